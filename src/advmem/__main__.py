@@ -1,0 +1,5 @@
+import sys
+
+from advmem.cli import main
+
+sys.exit(main())

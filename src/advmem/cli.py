@@ -1,0 +1,236 @@
+"""The `advmem` command.
+
+Exit codes: 0 success, 2 bad input (one line, no traceback; `--debug` shows it), 1 failure at
+run time, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import traceback
+from pathlib import Path
+from typing import Any, Callable
+
+from advmem import __version__
+from advmem.errors import RunFailure, UserError
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse that raises UserError (exit 2, one line) instead of printing usage and exiting."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UserError(f"{self.prog}: {message} (see '{self.prog} --help')")
+
+
+def command(name: str):
+    def wrap(fn):
+        COMMANDS[name] = fn
+        return fn
+
+    return wrap
+
+
+# -------------------------------------------------------------------------------------------
+# train / demo
+
+
+@command("train")
+def cmd_train(args: argparse.Namespace) -> int:
+    from advmem.engine.rundir import RunDir
+    from advmem.engine.trainer import train
+    from advmem.recipe import load_recipe
+
+    if args.resume:
+        run = RunDir(args.resume)
+        if args.recipe is not None or args.name or args.set:
+            raise UserError("--resume continues a run as recorded; do not pass a recipe, --name or --set with it")
+        run.check_start(resume=True, overwrite=False)
+        recipe = run.load_recipe()
+        run_dir, summary = train(recipe, run_root=run.path.parent, resume=True, quiet=args.quiet)
+    else:
+        if args.recipe is None:
+            raise UserError("advmem train: a recipe is required, e.g. 'advmem train recipes/quickstart.yaml' "
+                            "(or --resume runs/NAME)")
+        overrides = list(args.set or [])
+        if args.name:
+            overrides.append(f"name={args.name}")
+        recipe = load_recipe(args.recipe, overrides)
+        run_dir, summary = train(recipe, overwrite=args.overwrite, quiet=args.quiet)
+    print_summary(run_dir.path, summary)
+    return 0
+
+
+@command("demo")
+def cmd_demo(args: argparse.Namespace) -> int:
+    from advmem.engine.trainer import train
+    from advmem.recipe import load_recipe
+
+    recipe = load_recipe("quickstart", list(args.set or []))
+    root = Path(recipe.output_root)
+    name, k = recipe.name, 1
+    while (root / name).exists():
+        k += 1
+        name = f"{recipe.name}-{k}"
+    recipe = recipe.model_copy(update={"name": name})
+    print(f"advmem demo: PGD-AT on a Fashion-MNIST subset with {recipe.model.name}; run directory {root / name}",
+          file=sys.stderr)
+    run_dir, summary = train(recipe, quiet=args.quiet)
+    print_summary(run_dir.path, summary)
+    return 0
+
+
+def print_summary(path: Path, summary: dict[str, Any]) -> None:
+    print(f"\nrun: {path}   (best selected on {summary.get('best_selected_on')})")
+    header = f"{'checkpoint':<12}{'epoch':>6}" + "".join(f"{s + ' nat':>11}{s + ' rob':>11}" for s in ("train", "val", "test"))
+    print(header)
+    for label in ("best", "last"):
+        row = summary.get(label) or {}
+        cells = [f"{label:<12}{row.get('epoch', '-'):>6}"]
+        for s in ("train", "val", "test"):
+            for k in ("nat_acc", "rob_acc"):
+                v = row.get(f"{s}_{k}")
+                cells.append(f"{100 * v:>10.1f}%" if v is not None else f"{'-':>11}")
+        print("".join(cells))
+    print(f"curves: {path / 'curves.png'}   metrics: {path / 'metrics.csv'}")
+
+
+# -------------------------------------------------------------------------------------------
+# eval
+
+
+@command("eval")
+def cmd_eval(args: argparse.Namespace) -> int:
+    from advmem.evaluation import evaluate_target
+
+    result = evaluate_target(args.target, attacks=args.attack, split=args.split, n_examples=args.n_examples,
+                             batch_size=args.batch_size, steps=args.steps, restarts=args.restarts,
+                             eps=args.eps, seed=args.seed, device=args.device, quiet=args.quiet)
+    for item in result:
+        print(json.dumps({k: v for k, v in item.items() if k not in ("per_sample",)}, indent=2))
+    return 0
+
+
+# -------------------------------------------------------------------------------------------
+# recipes / info
+
+
+@command("recipes")
+def cmd_recipes(args: argparse.Namespace) -> int:
+    import yaml
+
+    from advmem.recipe import shipped_recipes
+
+    for name, path in shipped_recipes().items():
+        try:
+            desc = (yaml.safe_load(path.read_text()) or {}).get("description", "")
+        except yaml.YAMLError:
+            desc = "(unreadable)"
+        print(f"{name:<44} {desc.splitlines()[0] if desc else ''}")
+    return 0
+
+
+@command("info")
+def cmd_info(args: argparse.Namespace) -> int:
+    import platform
+
+    import torch
+
+    from advmem.data import DataConfig, find_dataset_files
+
+    info = {
+        "advmem": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cuda_available": torch.cuda.is_available(),
+        "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"cpu ({torch.get_num_threads()} threads)",
+        "datasets": find_dataset_files(DataConfig(data_root=args.data_root)),
+    }
+    for mod in ("safetensors", "pydantic", "numpy", "pyautoattack", "pyarrow", "sklearn"):
+        try:
+            info[mod] = getattr(__import__(mod), "__version__", "installed")
+        except ImportError:
+            info[mod] = "not installed"
+    print(json.dumps(info, indent=2, default=str))
+    return 0
+
+
+# -------------------------------------------------------------------------------------------
+
+
+def build_parser() -> Parser:
+    parser = Parser(prog="advmem", description="Adversarial training and the study of memorization in it.")
+    parser.add_argument("--version", action="version", version=f"advmem {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks for errors")
+    sub = parser.add_subparsers(dest="command", parser_class=Parser, metavar="COMMAND")
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
+        p.add_argument("--debug", action="store_true", help="show full tracebacks for errors")
+
+    p = sub.add_parser("train", help="train from a recipe", description="Train from a recipe into runs/<name>/.")
+    p.add_argument("recipe", nargs="?", help="recipe file or shipped recipe name (see 'advmem recipes')")
+    p.add_argument("--set", action="append", metavar="KEY.PATH=VALUE", help="override a recipe value (repeatable)")
+    p.add_argument("--name", help="run name (directory under output_root)")
+    p.add_argument("--resume", metavar="RUN", help="continue the run in RUN after its last completed epoch")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing run directory of the same name")
+    common(p)
+
+    p = sub.add_parser("eval", help="evaluate a run or checkpoint",
+                       description="Evaluate a run (best and last checkpoints) or one checkpoint.")
+    p.add_argument("target", help="run directory or checkpoint (.safetensors with its .json sidecar)")
+    p.add_argument("--attack", action="append", default=None,
+                   help="clean, fgsm, pgd, pgd-cw, autoattack, autoattack-lite (repeatable; default clean+pgd)")
+    p.add_argument("--split", choices=["test", "val", "train"], default="test")
+    p.add_argument("--n-examples", type=int, default=None, help="first N examples of the split (default all)")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--steps", type=int, default=20, help="PGD steps (default 20)")
+    p.add_argument("--restarts", type=int, default=1)
+    p.add_argument("--eps", default=None, help="budget (default: the checkpoint's), e.g. 8/255")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    common(p)
+
+    p = sub.add_parser("demo", help="run the quickstart recipe (a few minutes on CPU)",
+                       description="PGD-AT on a Fashion-MNIST subset with small_cnn; prints best/last and writes curves.png.")
+    p.add_argument("--set", action="append", metavar="KEY.PATH=VALUE", help="override a recipe value")
+    common(p)
+
+    p = sub.add_parser("recipes", help="list shipped recipes", description="List shipped recipes.")
+    common(p)
+    p = sub.add_parser("info", help="versions, device, datasets found", description="Versions, device and datasets found.")
+    p.add_argument("--data-root", default=None, help="also search this directory for datasets")
+    common(p)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        if args.command is None:
+            parser.print_help()
+            return 2
+        return COMMANDS[args.command](args)
+    except UserError as err:
+        if debug:
+            traceback.print_exc()
+        print(f"advmem: error: {err}", file=sys.stderr)
+        return 2
+    except RunFailure as err:
+        if debug:
+            traceback.print_exc()
+        print(f"advmem: failed: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("advmem: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

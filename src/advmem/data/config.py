@@ -1,0 +1,53 @@
+"""The `data:` section of a recipe.
+
+Pydantic v2 with `extra="forbid"` so a misspelt key is an error rather than a silent default;
+range checks are `Field` constraints so the recipe layer can format them with the rest of the
+validation errors.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+DATASET_NAMES = ("fashion-mnist", "cifar10", "cifar100", "svhn", "digits", "synthetic")
+AUGMENT_KINDS = ("default", "none", "crop_flip", "crop", "flip")
+
+
+class SyntheticConfig(BaseModel):
+    """Shape and seed of the synthetic dataset (class-dependent mean patterns plus noise)."""
+
+    model_config = ConfigDict(extra="forbid")
+    n_train: int = Field(512, gt=0)
+    n_test: int = Field(256, gt=0)
+    num_classes: int = Field(10, ge=2)
+    channels: int = Field(1, gt=0)
+    image_size: int = Field(8, gt=0)
+    seed: int = 0
+
+
+class DataConfig(BaseModel):
+    """Which dataset, where it lives, and how it is split, subset and augmented."""
+
+    model_config = ConfigDict(extra="forbid")
+    dataset: Literal["fashion-mnist", "cifar10", "cifar100", "svhn", "digits", "synthetic"] = (
+        "fashion-mnist"
+    )
+    # Searched first, in torchvision's on-disk layout.
+    data_root: str | None = None
+    # Opt-in; needs torchvision (used only to fetch the files, which our readers then parse).
+    download: bool = False
+    # Seeded subset of the train set after the validation split is removed; None = all.
+    train_size: int | None = Field(None, gt=0)
+    # Fixed seeded held-out validation split taken from the train set.
+    val_size: int = Field(0, ge=0)
+    # Seeded subset of the test set evaluated during training; None = all.
+    test_size: int | None = Field(None, gt=0)
+    # "default": crop_flip for cifar10/cifar100, none for the rest.
+    augment: Literal["default", "none", "crop_flip", "crop", "flip"] = "default"
+    crop_padding: int = Field(4, ge=0)
+    # Seeds the validation split and the train/test subsets, independent of the training seed,
+    # so runs with different training seeds share the same data.
+    split_seed: int = 0
+    synthetic: SyntheticConfig = Field(default_factory=SyntheticConfig)

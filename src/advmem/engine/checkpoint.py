@@ -1,0 +1,97 @@
+"""Checkpoints: safetensors weights plus a JSON sidecar that says what the weights are.
+
+The sidecar (architecture and kwargs, dataset, threat model, eps as written, normalization,
+recipe hash, epoch, metrics) makes a checkpoint self-describing: `advmem eval` rebuilds the
+model from it without the recipe. Nothing here unpickles: weights are safetensors, metadata
+JSON, and the resume state is loaded with `weights_only=True`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save
+
+from advmem import __version__
+from advmem.engine.io import atomic_write_bytes, atomic_write_json
+from advmem.errors import UserError
+
+FORMAT = "advmem-checkpoint/1"
+
+
+def save_checkpoint(stem: str | Path, model: torch.nn.Module, meta: dict[str, Any]) -> Path:
+    """Write `<stem>.safetensors` and `<stem>.json` atomically; returns the weights path."""
+    stem = Path(stem)
+    state = {k: v.detach().contiguous().cpu().clone() for k, v in model.state_dict().items()}
+    weights = stem.with_suffix(".safetensors")
+    atomic_write_bytes(weights, save(state))
+    atomic_write_json(stem.with_suffix(".json"), {"format": FORMAT, "advmem_version": __version__, **meta})
+    return weights
+
+
+def checkpoint_paths(path: str | Path) -> tuple[Path, Path]:
+    path = Path(path)
+    stem = path.with_suffix("") if path.suffix in (".safetensors", ".json") else path
+    return stem.with_suffix(".safetensors"), stem.with_suffix(".json")
+
+
+def read_sidecar(path: str | Path) -> dict[str, Any]:
+    _, sidecar = checkpoint_paths(path)
+    try:
+        meta = json.loads(sidecar.read_text())
+    except FileNotFoundError:
+        raise UserError(f"{sidecar}: checkpoint sidecar not found; pass an advmem checkpoint (.safetensors with its .json)") from None
+    except json.JSONDecodeError:
+        raise UserError(f"{sidecar}: sidecar is not valid JSON (truncated or corrupt); restore it from a copy") from None
+    if meta.get("format") != FORMAT:
+        raise UserError(f"{sidecar}: not an advmem checkpoint sidecar (format {meta.get('format')!r}, expected {FORMAT})")
+    return meta
+
+
+def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
+    weights, _ = checkpoint_paths(path)
+    if not weights.is_file():
+        raise UserError(f"{weights}: checkpoint weights not found")
+    try:
+        return load_file(str(weights))
+    except (SafetensorError, OSError, ValueError) as err:
+        raise UserError(f"{weights}: cannot read safetensors weights ({err}); the file is truncated or corrupt") from None
+
+
+def build_from_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> tuple[torch.nn.Module, dict[str, Any]]:
+    """Rebuild the model a checkpoint describes and load its weights."""
+    from advmem.models import build_model
+
+    meta = read_sidecar(path)
+    arch = meta["architecture"]
+    model = build_model(arch["name"], in_channels=arch["in_channels"], num_classes=arch["num_classes"],
+                        image_size=tuple(arch["image_size"]), mean=tuple(arch["mean"]), std=tuple(arch["std"]),
+                        **arch.get("kwargs", {}))
+    state = load_weights(path)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise UserError(f"{path}: weights do not match architecture {arch['name']} "
+                        f"(missing {list(missing)[:3]}, unexpected {list(unexpected)[:3]})")
+    return model.to(device).eval(), meta
+
+
+def save_resume_state(path: str | Path, state: dict[str, Any]) -> None:
+    import io
+
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def load_resume_state(path: str | Path) -> dict[str, Any]:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise UserError(f"{path}: no resume state; the run has not completed an epoch (start it again with --overwrite)") from None
+    except Exception as err:  # a truncated zip or refused global: never run code, say what to do
+        raise UserError(f"{path}: cannot load resume state ({type(err).__name__}); it is corrupt — "
+                        "restart with --overwrite") from None

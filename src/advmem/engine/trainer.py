@@ -1,0 +1,295 @@
+"""The trainer: recipe in, run directory out.
+
+Per step: the method builds adversarial examples (eval-mode attack), the model goes to train
+mode for the method's loss, the optimizer steps. Step metrics (loss, accuracy, squared global
+gradient norm) are accumulated on the device and read once per epoch, so the step never waits
+on the host. Per epoch: clean and robust accuracy on train (fixed subset for robust), val and
+test; checkpoints `last` and `best` (by validation robust accuracy); a resume state written
+atomically so a killed run continues where its last completed epoch ended.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from advmem import __version__
+from advmem.data import DataBundle, build_data
+from advmem.engine.checkpoint import load_resume_state, save_checkpoint, save_resume_state
+from advmem.engine.evaluate import EvalAttack, clean_per_sample, robust_per_sample, summarize
+from advmem.engine.rundir import RunDir
+from advmem.engine.schedules import lr_at
+from advmem.errors import RunFailure, UserError
+from advmem.methods import build_method
+from advmem.models import build_model
+from advmem.recipe import Recipe, budget_value
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("device 'cuda' requested but no CUDA GPU is available; use --set device=cpu or device=auto")
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def epoch_generator(seed: int, epoch: int, stream: int) -> torch.Generator:
+    """A fresh CPU generator per (seed, epoch, stream): data order and eval noise carry no state."""
+    g = torch.Generator()
+    g.manual_seed((seed * 1_000_003 + epoch * 7919 + stream * 104_729) % (2**63 - 1))
+    return g
+
+
+def eval_attack_of(recipe: Recipe) -> EvalAttack:
+    e = recipe.eval.attack
+    return EvalAttack(
+        eps=budget_value(e.eps) if e.eps is not None else recipe.attack.eps_value,
+        step_size=budget_value(e.step_size) if e.step_size is not None else recipe.attack.step_value,
+        steps=e.steps, norm=recipe.attack.norm, restarts=e.restarts,
+    )
+
+
+def architecture_meta(recipe: Recipe, bundle: DataBundle, model: torch.nn.Module) -> dict[str, Any]:
+    return {
+        "name": recipe.model.name,
+        "kwargs": getattr(model, "arch_kwargs", recipe.model.kwargs),
+        "in_channels": bundle.in_channels,
+        "num_classes": bundle.num_classes,
+        "image_size": list(bundle.image_size),
+        "mean": list(bundle.mean),
+        "std": list(bundle.std),
+    }
+
+
+@dataclass
+class Trainer:
+    recipe: Recipe
+    run: RunDir
+    quiet: bool = False
+    callbacks: list[Any] = field(default_factory=list)
+    log: Callable[[str], None] = field(default=lambda msg: print(msg, file=sys.stderr))
+
+    def setup(self, resume: bool) -> None:
+        """Everything that can fail on bad input happens here, before the run directory is touched."""
+        r = self.recipe
+        if r.deterministic:
+            torch.use_deterministic_algorithms(True)
+        self.device = resolve_device(r.device)
+        self.bundle = build_data(r.data, self.device)
+        if r.data.val_size == 0:
+            self.log("note: data.val_size is 0, so the 'best' checkpoint is selected on the test set "
+                     "(optimistic; set data.val_size for an honest early-stopping row)")
+        torch.manual_seed(r.seed)
+        if self.device.type == "cuda":
+            torch.cuda.manual_seed_all(r.seed)
+        b = self.bundle
+        kwargs = dict(r.model.kwargs)
+        self.model = build_model(r.model.name, in_channels=b.in_channels, num_classes=b.num_classes,
+                                 image_size=b.image_size, mean=b.mean, std=b.std, **kwargs).to(self.device)
+        self.method = build_method(r.method, r.attack, num_train=len(b.train), num_classes=b.num_classes,
+                                   device=self.device, label_smoothing=r.optim.label_smoothing)
+        o = r.optim
+        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=o.lr, momentum=o.momentum,
+                                         nesterov=o.nesterov, weight_decay=o.weight_decay)
+        self.eval_attack = eval_attack_of(r)
+        self.train_eval_set = self._train_eval_subset()
+        self.start_epoch = 1
+        self.rows: list[dict[str, Any]] = []
+        self.best: dict[str, Any] | None = None
+        if resume:
+            self._load_resume()
+
+    def _train_eval_subset(self):
+        n = len(self.bundle.train)
+        k = min(self.recipe.eval.train_subset, n)
+        g = torch.Generator().manual_seed(self.recipe.seed + 17)
+        idx = torch.randperm(n, generator=g)[:k].sort().values
+        return self.bundle.train.subset(idx.to(self.bundle.train.y.device))
+
+    # -- resume ------------------------------------------------------------------------
+    def _resume_state(self, epoch: int) -> dict[str, Any]:
+        return {
+            "format": 1,
+            "advmem_version": __version__,
+            "epoch": epoch,
+            "model": {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()},
+            "optimizer": self.optimizer.state_dict(),
+            "method": self.method.state_dict(),
+            "rng_cpu": torch.get_rng_state(),
+            "rng_cuda": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [],
+            "best": self.best,
+            "recipe_hash": self.recipe.hash(),
+        }
+
+    def _load_resume(self) -> None:
+        state = load_resume_state(self.run.resume_path)
+        if state.get("recipe_hash") != self.recipe.hash():
+            raise UserError(f"{self.run.path}: recipe.yaml differs from the one the resume state was written with; "
+                            "start a new run instead of resuming")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.method.load_state_dict(state["method"])
+        torch.set_rng_state(state["rng_cpu"])
+        if state["rng_cuda"] and self.device.type == "cuda":
+            torch.cuda.set_rng_state_all(state["rng_cuda"])
+        self.best = state["best"]
+        self.start_epoch = int(state["epoch"]) + 1
+        self.rows = [row for row in self.run.read_metrics() if row["epoch"] < self.start_epoch]
+
+    # -- the loop ------------------------------------------------------------------------
+    def train_epoch(self, epoch: int) -> dict[str, float]:
+        r, model, method, opt = self.recipe, self.model, self.method, self.optimizer
+        lr = lr_at(r.optim, epoch)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        method.on_epoch_start(epoch)
+        gen = epoch_generator(r.seed, epoch, stream=0)
+        dev = self.device
+        sums = {"loss": torch.zeros((), device=dev), "acc": torch.zeros((), device=dev),
+                "grad_norm_sq": torch.zeros((), device=dev)}
+        n_batches, n_images = 0, 0
+        batches = self.bundle.train.batches(r.optim.batch_size, shuffle=True, generator=gen,
+                                            augment=self.bundle.augment)
+        total = math.ceil(len(self.bundle.train) / r.optim.batch_size)
+        bar = None
+        if not self.quiet:
+            from tqdm import tqdm
+
+            bar = tqdm(total=len(self.bundle.train), unit="img", unit_scale=True, leave=False,
+                       desc=f"epoch {epoch}/{r.optim.epochs}", file=sys.stderr, dynamic_ncols=True,
+                       disable=None)
+        start = time.perf_counter()
+        for batch in batches:
+            ctx = method.attack(model, batch, epoch)
+            method.before_loss(model, batch, ctx, epoch)
+            model.train()
+            loss, logs = method.outer_loss(model, batch, ctx, epoch)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_sq = torch.zeros((), device=dev)
+            for p in model.parameters():
+                if p.grad is not None:
+                    grad_sq = grad_sq + p.grad.detach().float().pow(2).sum()
+            opt.step()
+            method.after_step(model)
+            sums["loss"] += loss.detach().float()
+            sums["acc"] += logs["acc"].float()
+            sums["grad_norm_sq"] += grad_sq
+            n_batches += 1
+            n_images += batch.y.shape[0]
+            if bar is not None:
+                bar.update(batch.y.shape[0])
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        train_time = time.perf_counter() - start
+        if bar is not None:
+            bar.close()
+        values = torch.stack([sums["loss"], sums["acc"], sums["grad_norm_sq"]]).div(max(n_batches, 1)).tolist()
+        if not all(math.isfinite(v) for v in values):
+            raise RunFailure(f"epoch {epoch}: non-finite training loss or gradient (loss {values[0]}); "
+                             "lower optim.lr or check the data")
+        assert total >= n_batches
+        return {"lr": lr, "train_loss": values[0], "train_batch_acc": values[1], "grad_norm_sq": values[2],
+                "train_time": train_time, "images_per_s": n_images / max(train_time, 1e-9)}
+
+    def evaluate_epoch(self, epoch: int) -> dict[str, float]:
+        r, model = self.recipe, self.model
+        bs = r.eval.batch_size
+        row: dict[str, float] = {}
+        splits = [("train", self.bundle.train, self.train_eval_set), ("val", self.bundle.val, self.bundle.val),
+                  ("test", self.bundle.test, self.bundle.test)]
+        for stream, (name, clean_set, robust_set) in enumerate(splits, start=1):
+            if clean_set is None or len(clean_set) == 0:
+                continue
+            clean = summarize(clean_per_sample(model, clean_set, bs))
+            row[f"{name}_nat_acc"], row[f"{name}_nat_loss"] = clean["acc"], clean["loss"]
+            if len(robust_set) == 0:
+                continue
+            gen = epoch_generator(r.seed, epoch, stream=stream)
+            rob = summarize(robust_per_sample(model, robust_set, self.eval_attack, bs, generator=gen))
+            row[f"{name}_rob_acc"], row[f"{name}_rob_loss"] = rob["acc"], rob["loss"]
+        return row
+
+    def _checkpoint_meta(self, epoch: int, row: dict[str, Any]) -> dict[str, Any]:
+        r = self.recipe
+        return {
+            "architecture": architecture_meta(r, self.bundle, self.model),
+            "dataset": r.data.dataset,
+            "data": r.data.model_dump(mode="json"),
+            "threat_model": r.attack.norm,
+            "eps": r.attack.eps,
+            "normalization": {"mean": list(self.bundle.mean), "std": list(self.bundle.std), "inside_model": True},
+            "method": r.method.name,
+            "recipe_hash": r.hash(),
+            "run": r.name,
+            "epoch": epoch,
+            "metrics": {k: v for k, v in row.items() if isinstance(v, (int, float))},
+        }
+
+    def _is_better(self, row: dict[str, Any]) -> bool:
+        split = "val" if self.bundle.val is not None and len(self.bundle.val) > 0 else "test"
+        key = (row.get(f"{split}_rob_acc"), row.get(f"{split}_nat_acc"))
+        if key[0] is None:
+            return False
+        if self.best is None:
+            return True
+        return key > (self.best["rob_acc"], self.best["nat_acc"])
+
+    def fit(self) -> dict[str, Any]:
+        r = self.recipe
+        if self.start_epoch == 1:
+            save_checkpoint(self.run.checkpoints / "init", self.model, self._checkpoint_meta(0, {}))
+        split = "val" if self.bundle.val is not None and len(self.bundle.val) > 0 else "test"
+        for epoch in range(self.start_epoch, r.optim.epochs + 1):
+            t0 = time.perf_counter()
+            row: dict[str, Any] = {"epoch": epoch}
+            row.update(self.train_epoch(epoch))
+            if epoch % r.eval.every == 0 or epoch == r.optim.epochs:
+                e0 = time.perf_counter()
+                row.update(self.evaluate_epoch(epoch))
+                row["eval_time"] = time.perf_counter() - e0
+            for callback in self.callbacks:
+                callback.on_epoch_end(self, epoch, row)
+            row["epoch_time"] = time.perf_counter() - t0
+            self.rows.append(row)
+            if self._is_better(row):
+                self.best = {"epoch": epoch, "split": split, "rob_acc": row[f"{split}_rob_acc"],
+                             "nat_acc": row[f"{split}_nat_acc"]}
+                save_checkpoint(self.run.checkpoints / "best", self.model, self._checkpoint_meta(epoch, row))
+            save_checkpoint(self.run.checkpoints / "last", self.model, self._checkpoint_meta(epoch, row))
+            save_resume_state(self.run.resume_path, self._resume_state(epoch))
+            self.run.write_metrics(self.rows)
+            if not self.quiet:
+                self.log(format_row(row))
+        summary = self.run.write_summary(self.rows, self.best, self.recipe)
+        self.run.plot_curves(self.rows)
+        return summary
+
+
+def format_row(row: dict[str, Any]) -> str:
+    parts = [f"epoch {row['epoch']:>3}", f"lr {row['lr']:.4g}", f"loss {row['train_loss']:.4f}"]
+    for split in ("train", "val", "test"):
+        if f"{split}_nat_acc" in row:
+            rob = row.get(f"{split}_rob_acc")
+            parts.append(f"{split} {100 * row[f'{split}_nat_acc']:.1f}/" + (f"{100 * rob:.1f}" if rob is not None else "-"))
+    parts.append(f"{row['images_per_s']:.0f} img/s")
+    parts.append(f"{row['epoch_time']:.1f}s")
+    return "  ".join(parts)
+
+
+def train(recipe: Recipe, *, run_root: Path | None = None, resume: bool = False, overwrite: bool = False,
+          quiet: bool = False, callbacks: list[Any] | None = None) -> tuple[RunDir, dict[str, Any]]:
+    """Validate, set up, then (only then) create the run directory and train."""
+    run = RunDir(Path(run_root or recipe.output_root) / recipe.name)
+    run.check_start(resume=resume, overwrite=overwrite)
+    trainer = Trainer(recipe, run, quiet=quiet, callbacks=list(callbacks or []))
+    trainer.setup(resume=resume)
+    run.prepare(recipe, trainer.bundle.info, overwrite=overwrite and not resume)
+    summary = trainer.fit()
+    return run, summary

@@ -1,0 +1,89 @@
+"""The Method interface: how one adversarial-training method turns a batch into a loss.
+
+A method builds its own adversarial examples (`attack`) and its own training loss
+(`outer_loss`). The two are separate so that analysis tools can regenerate adversarial
+examples at perturbed weights, or hold them fixed, and take the gradient of the same loss the
+trainer used. Hooks around the loss (`before_loss`, `after_step`) let weight-perturbation
+methods such as AWP wrap any base method without touching the trainer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from advmem.attacks import pgd
+from advmem.attacks.objectives import Objective
+from advmem.recipe import AttackConfig, MethodConfig
+
+
+@dataclass
+class AdvContext:
+    """What the attack produced for one batch: x_adv and anything the loss reuses."""
+
+    x_adv: torch.Tensor | None
+    clean_logits: torch.Tensor | None = None
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+class Method:
+    """Base class. Subclasses set `Config` and implement `attack` and `outer_loss`."""
+
+    Config: ClassVar[type[MethodConfig]]
+    default_start: ClassVar[str] = "uniform"
+
+    def __init__(self, cfg: MethodConfig, attack: AttackConfig, *, num_train: int, num_classes: int,
+                 device: torch.device | str = "cpu", label_smoothing: float = 0.0) -> None:
+        self.cfg = cfg
+        self.attack_cfg = attack
+        self.num_train = num_train
+        self.num_classes = num_classes
+        self.device = torch.device(device)
+        self.label_smoothing = label_smoothing
+
+    # -- the step ------------------------------------------------------------------------
+    def attack(self, model: nn.Module, batch, epoch: int) -> AdvContext:
+        raise NotImplementedError
+
+    def before_loss(self, model: nn.Module, batch, ctx: AdvContext, epoch: int) -> None:
+        """Hook before the training forward pass (AWP perturbs the weights here)."""
+
+    def outer_loss(self, model: nn.Module, batch, ctx: AdvContext, epoch: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        raise NotImplementedError
+
+    def after_step(self, model: nn.Module) -> None:
+        """Hook after the optimizer step (AWP restores the weights here)."""
+
+    def on_epoch_start(self, epoch: int) -> None:
+        """Hook at the start of each (1-indexed) epoch."""
+
+    # -- state ---------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state:
+            raise ValueError(f"method {self.cfg.name} has no state, got keys {sorted(state)}")
+
+    # -- helpers -------------------------------------------------------------------------
+    @property
+    def start(self) -> str:
+        return self.default_start if self.attack_cfg.start == "auto" else self.attack_cfg.start
+
+    def run_pgd(self, model: nn.Module, x: torch.Tensor, objective: Objective,
+                generator: torch.Generator | None = None) -> torch.Tensor:
+        a = self.attack_cfg
+        return pgd(model, x, objective, eps=a.eps_value, step_size=a.step_value, steps=a.steps,
+                   norm=a.norm, start=self.start, bn_mode=a.bn_mode, generator=generator)
+
+    def ce(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits, y, label_smoothing=self.label_smoothing)
+
+
+def accuracy_log(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Fraction correct, kept on the device (no host sync inside the step)."""
+    return (logits.detach().argmax(dim=1) == y).float().mean()

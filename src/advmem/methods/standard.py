@@ -1,0 +1,25 @@
+"""Standard (non-adversarial) training: cross-entropy on the natural inputs."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from advmem.methods.base import AdvContext, Method, accuracy_log
+from advmem.methods.registry import register_method
+from advmem.recipe import MethodConfig
+
+
+class StandardConfig(MethodConfig):
+    name: Literal["standard"] = "standard"
+
+
+@register_method("standard")
+class Standard(Method):
+    Config = StandardConfig
+
+    def attack(self, model, batch, epoch):
+        return AdvContext(x_adv=None)
+
+    def outer_loss(self, model, batch, ctx, epoch):
+        logits = model(batch.x)
+        return self.ce(logits, batch.y), {"acc": accuracy_log(logits, batch.y)}

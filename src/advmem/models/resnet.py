@@ -1,0 +1,67 @@
+"""Standard CIFAR ResNet-18 (kuangliu/pytorch-cifar; the memorization-AT paper's code).
+
+3x3 stride-1 stem, BasicBlocks with BN after each conv, 1x1 conv+BN shortcuts on shape change,
+no max-pool. Adaptive pooling replaces the fixed 4x4 average pool so any input size works.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from advmem.models.registry import check_positive, register_model
+
+
+class BasicBlock(nn.Module):
+    expansion = 1
+
+    def __init__(self, in_planes: int, planes: int, stride: int = 1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride=1, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or in_planes != planes:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(in_planes, planes, 1, stride=stride, bias=False), nn.BatchNorm2d(planes)
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return F.relu(out + self.shortcut(x))
+
+
+class ResNet(nn.Module):
+    def __init__(self, num_blocks: tuple[int, ...], in_channels: int, num_classes: int, width: int = 64):
+        super().__init__()
+        self.in_planes = width
+        self.conv1 = nn.Conv2d(in_channels, width, 3, stride=1, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.layer1 = self._make_layer(width, num_blocks[0], 1)
+        self.layer2 = self._make_layer(2 * width, num_blocks[1], 2)
+        self.layer3 = self._make_layer(4 * width, num_blocks[2], 2)
+        self.layer4 = self._make_layer(8 * width, num_blocks[3], 2)
+        self.linear = nn.Linear(8 * width, num_classes)
+
+    def _make_layer(self, planes: int, n: int, stride: int) -> nn.Sequential:
+        layers = []
+        for s in [stride] + [1] * (n - 1):
+            layers.append(BasicBlock(self.in_planes, planes, s))
+            self.in_planes = planes
+        return nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.layer4(self.layer3(self.layer2(self.layer1(out))))
+        out = F.adaptive_avg_pool2d(out, 1).flatten(1)
+        return self.linear(out)
+
+
+@register_model("resnet18")
+def resnet18(in_channels: int, num_classes: int, image_size: tuple[int, int], *, width: int = 64) -> nn.Module:
+    """CIFAR ResNet-18; `width` is the stem width (stages width, 2w, 4w, 8w)."""
+    check_positive("resnet18", width=width)
+    return ResNet((2, 2, 2, 2), in_channels, num_classes, width)

@@ -1,0 +1,342 @@
+"""Recipes: the typed, validated description of a run.
+
+A recipe is data, never code: the only strings interpreted are budgets written as fractions
+("8/255"), which are recorded exactly as written so results say which eps was really used.
+Every section forbids unknown keys, so a typo is an error naming the valid keys, not a silently
+ignored setting.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SerializeAsAny,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from typing_extensions import Annotated
+
+from advmem.data.config import DataConfig
+from advmem.errors import UserError
+
+_BUDGET_RE = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*(?:/\s*([0-9]*\.?[0-9]+))?\s*$")
+
+
+def budget_value(text: str | float | int) -> float:
+    """The float value of a budget written as a number or a fraction such as "8/255"."""
+    if isinstance(text, (int, float)) and not isinstance(text, bool):
+        return float(text)
+    match = _BUDGET_RE.match(str(text))
+    if not match:
+        raise ValueError(f"'{text}' is not a number or a fraction like 8/255")
+    num = float(match.group(1))
+    den = float(match.group(2)) if match.group(2) is not None else 1.0
+    if den == 0:
+        raise ValueError(f"'{text}' divides by zero")
+    return num / den
+
+
+def _budget_as_written(value: Any) -> str:
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ValueError(f"expected a number or a fraction like 8/255, got {value!r}")
+    budget_value(value)  # raises ValueError with a readable message
+    return value.strip() if isinstance(value, str) else repr(value)
+
+
+Budget = Annotated[str, BeforeValidator(_budget_as_written)]
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class AttackConfig(Section):
+    """The training attack (and, unless eval.attack overrides it, the evaluation attack)."""
+
+    norm: Literal["Linf", "L2"] = "Linf"
+    eps: Budget = "8/255"
+    step_size: Budget = "2/255"
+    steps: int = Field(10, ge=1)
+    start: Literal["auto", "uniform", "gaussian", "none"] = "auto"
+    bn_mode: Literal["eval", "train"] = "eval"
+
+    @model_validator(mode="after")
+    def _check_budgets(self) -> "AttackConfig":
+        eps = budget_value(self.eps)
+        if eps < 0:
+            raise ValueError(f"attack.eps must be >= 0, got {self.eps}")
+        if self.norm == "Linf" and eps > 1:
+            raise ValueError(f"attack.eps {self.eps} is > 1 for inputs in [0,1]; write it as a fraction, e.g. 8/255")
+        if budget_value(self.step_size) <= 0:
+            raise ValueError(f"attack.step_size must be > 0, got {self.step_size}")
+        return self
+
+    @property
+    def eps_value(self) -> float:
+        return budget_value(self.eps)
+
+    @property
+    def step_value(self) -> float:
+        return budget_value(self.step_size)
+
+
+class ScheduleConfig(Section):
+    """Learning-rate schedule, applied per epoch. Epochs are 1-indexed: with milestones [100]
+    epochs 1..100 use lr and epoch 101 on uses lr*gamma, as in the paper's code."""
+
+    name: Literal["multistep", "step", "cosine", "constant"] = "multistep"
+    milestones: list[int] = Field(default_factory=list)
+    gamma: float = Field(0.1, gt=0)
+    step_size: int | None = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> "ScheduleConfig":
+        if self.name == "step" and self.step_size is None:
+            raise ValueError("optim.schedule.step_size is required with schedule name 'step'")
+        if sorted(self.milestones) != self.milestones or any(m < 1 for m in self.milestones):
+            raise ValueError("optim.schedule.milestones must be increasing positive epochs")
+        return self
+
+
+class OptimConfig(Section):
+    epochs: int = Field(10, ge=1)
+    batch_size: int = Field(128, ge=1)
+    lr: float = Field(0.1, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    nesterov: bool = False
+    weight_decay: float = Field(5e-4, ge=0)
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    schedule: ScheduleConfig = ScheduleConfig()
+
+    @model_validator(mode="after")
+    def _check(self) -> "OptimConfig":
+        if self.nesterov and self.momentum == 0:
+            raise ValueError("optim.nesterov needs optim.momentum > 0")
+        late = [m for m in self.schedule.milestones if m >= self.epochs]
+        if late:
+            raise ValueError(
+                f"optim.schedule.milestones {late} are not before the last epoch {self.epochs}; "
+                "lower them or raise optim.epochs"
+            )
+        return self
+
+
+class EvalAttackConfig(Section):
+    """Evaluation attack during training; unset budgets default to the training attack's."""
+
+    eps: Budget | None = None
+    step_size: Budget | None = None
+    steps: int = Field(10, ge=1)
+    restarts: int = Field(1, ge=1)
+
+
+class EvalConfig(Section):
+    every: int = Field(1, ge=1)
+    train_subset: int = Field(1000, ge=0)
+    batch_size: int = Field(256, ge=1)
+    attack: EvalAttackConfig = EvalAttackConfig()
+
+
+class ModelConfig(Section):
+    name: str = "small_cnn"
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+
+
+class MethodConfig(BaseModel):
+    """Base of each method's own config; the registry picks the subclass by `name`."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    name: str
+
+
+def _method_config(value: Any) -> MethodConfig:
+    from advmem.methods import method_config_class
+
+    if isinstance(value, MethodConfig):
+        return value
+    if isinstance(value, str):
+        value = {"name": value}
+    if not isinstance(value, dict) or "name" not in value:
+        raise ValueError("method must be a mapping with a 'name', e.g. method: {name: pgd_at}")
+    return method_config_class(value["name"]).model_validate(value)
+
+
+class Recipe(Section):
+    name: str = "run"
+    description: str = ""
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    deterministic: bool = False
+    output_root: str = "runs"
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    method: SerializeAsAny[MethodConfig] = Field(default_factory=lambda: _method_config({"name": "pgd_at"}))
+    attack: AttackConfig = AttackConfig()
+    optim: OptimConfig = OptimConfig()
+    eval: EvalConfig = EvalConfig()
+
+    @field_validator("method", mode="before")
+    @classmethod
+    def _resolve_method(cls, value: Any) -> MethodConfig:
+        return _method_config(value)
+
+    @field_validator("name")
+    @classmethod
+    def _check_name(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", value):
+            raise ValueError(f"name '{value}' must be letters, digits, '.', '_' or '-' (it names the run directory)")
+        return value
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def hash(self) -> str:
+        """Hash of everything that changes what is computed (not the name or description)."""
+        body = self.to_dict()
+        for key in ("name", "description", "output_root"):
+            body.pop(key, None)
+        return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading, overrides and error messages
+
+
+def shipped_recipes_dir() -> Path:
+    """Recipes shipped with advmem: inside the package when installed, else the checkout's."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "recipes", here.parents[1] / "recipes"):
+        if candidate.is_dir():
+            return candidate
+    return here.parents[1] / "recipes"
+
+
+def shipped_recipes() -> dict[str, Path]:
+    root = shipped_recipes_dir()
+    return {str(p.relative_to(root).with_suffix("")): p for p in sorted(root.rglob("*.yaml"))}
+
+
+def resolve_recipe_path(spec: str) -> Path:
+    path = Path(spec)
+    if path.is_file():
+        return path
+    shipped = shipped_recipes()
+    key = spec[:-5] if spec.endswith(".yaml") else spec
+    key = key[len("recipes/"):] if key.startswith("recipes/") else key
+    if key in shipped:
+        return shipped[key]
+    raise UserError(
+        f"recipe '{spec}' not found: not a file, and not a shipped recipe; "
+        f"run 'advmem recipes' to list them ({', '.join(list(shipped)[:6])}, ...)"
+    )
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    if "=" not in text or text.startswith("=") or text.split("=", 1)[0].strip() == "":
+        raise UserError(f"malformed --set '{text}': expected key.path=value, e.g. --set optim.lr=0.05")
+    key, raw = text.split("=", 1)
+    path = key.strip().split(".")
+    if any(not part for part in path):
+        raise UserError(f"malformed --set '{text}': empty key part; expected key.path=value, e.g. --set optim.lr=0.05")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() != "" else ""
+    except yaml.YAMLError:
+        value = raw
+    return path, value
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    for text in overrides:
+        path, value = parse_override(text)
+        node = data
+        for part in path[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise UserError(f"--set {text}: '{part}' is a value, not a section")
+            node = child
+        node[path[-1]] = value
+    return data
+
+
+def _section_class_at(loc: tuple[Any, ...], data: dict[str, Any]) -> type[BaseModel] | None:
+    """The pydantic class that owns the keys at `loc` (used to list valid keys)."""
+    cls: type[BaseModel] = Recipe
+    node: Any = data
+    for part in loc:
+        if cls is Recipe and part == "method":
+            from advmem.methods import method_config_class
+
+            name = node.get("method", {}).get("name") if isinstance(node.get("method"), dict) else None
+            try:
+                cls = method_config_class(name) if name else MethodConfig
+            except (UserError, ValueError):
+                return None
+            node = node.get("method", {})
+            continue
+        field = cls.model_fields.get(str(part))
+        if field is None:
+            return None
+        ann = field.annotation
+        candidates = [ann] + list(getattr(ann, "__args__", ()))
+        sub = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
+        if sub is None:
+            return None
+        cls = sub
+        node = node.get(part, {}) if isinstance(node, dict) else {}
+    return cls
+
+
+def format_validation_error(err: ValidationError, data: dict[str, Any], source: str) -> str:
+    first = err.errors()[0]
+    loc = tuple(p for p in first["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+    where = ".".join(str(p) for p in loc) or "(top level)"
+    if first["type"] == "extra_forbidden":
+        parent = _section_class_at(loc[:-1], data)
+        valid = ", ".join(sorted(parent.model_fields)) if parent else "see the docs"
+        level = ".".join(str(p) for p in loc[:-1]) or "the top level"
+        return f"{source}: unknown key '{where}'; valid keys at {level}: {valid}"
+    msg = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "literal_error":
+        return f"{source}: {where}: {msg} (got {first.get('input')!r})"
+    got = first.get("input")
+    suffix = "" if isinstance(got, dict) or got is None else f" (got {got!r})"
+    return f"{source}: {where}: {msg}{suffix}"
+
+
+def recipe_from_dict(data: dict[str, Any], source: str = "recipe") -> Recipe:
+    try:
+        return Recipe.model_validate(data)
+    except ValidationError as err:
+        raise UserError(format_validation_error(err, data, source)) from None
+
+
+def load_recipe(spec: str | Path, overrides: list[str] | None = None) -> Recipe:
+    path = resolve_recipe_path(str(spec))
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise UserError(f"{path}: not valid YAML{where}; fix the syntax") from None
+    except OSError as err:
+        raise UserError(f"{path}: cannot read recipe ({err.strerror})") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: a recipe must be a mapping of sections (data:, model:, method:, ...)")
+    data = apply_overrides(data, overrides or [])
+    return recipe_from_dict(data, source=str(path))
