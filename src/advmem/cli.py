@@ -18,6 +18,17 @@ from advmem.errors import RunFailure, UserError
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
 
+# Commands that live in their own modules. Each module defines `add_parser(subparsers)`, which
+# adds its parser(s) and sets `func=<callable(args) -> int>` with `set_defaults`. A module that
+# is not there (yet) is skipped, so a command is one new file plus one line here.
+PLUGIN_MODULES = [
+    "advmem.studies.cli",    # advmem study random-labels | robust-overfitting
+    "advmem.analysis.cli",   # advmem analyze grad-stability | measures
+    "advmem.report.cli",     # advmem report / compare
+    "advmem.export",         # advmem export
+    "advmem.sweep",          # advmem sweep
+]
+
 
 class Parser(argparse.ArgumentParser):
     """argparse that raises UserError (exit 2, one line) instead of printing usage and exiting."""
@@ -204,6 +215,17 @@ def build_parser() -> Parser:
     p = sub.add_parser("info", help="versions, device, datasets found", description="Versions, device and datasets found.")
     p.add_argument("--data-root", default=None, help="also search this directory for datasets")
     common(p)
+
+    import importlib
+
+    for module_name in PLUGIN_MODULES:
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as err:
+            if err.name == module_name:
+                continue
+            raise
+        module.add_parser(sub, common)
     return parser
 
 
@@ -216,7 +238,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.command is None:
             parser.print_help()
             return 2
-        return COMMANDS[args.command](args)
+        func = getattr(args, "func", None) or COMMANDS.get(args.command)
+        if func is None:
+            raise UserError(f"advmem {args.command}: choose a subcommand (see 'advmem {args.command} --help')")
+        return func(args)
     except UserError as err:
         if debug:
             traceback.print_exc()
