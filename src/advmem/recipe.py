@@ -109,6 +109,15 @@ class ScheduleConfig(Section):
         return self
 
 
+class EMAConfig(Section):
+    """Weight averaging: an exponential moving average of the weights (and BatchNorm buffers),
+    updated after every optimizer step from `start_epoch` on, evaluated and checkpointed
+    alongside the raw model (`checkpoints/ema_best.*`, `ema_last.*`, metrics `ema_*`)."""
+
+    decay: float = Field(0.999, gt=0, lt=1)
+    start_epoch: int = Field(1, ge=1)
+
+
 class OptimConfig(Section):
     epochs: int = Field(10, ge=1)
     batch_size: int = Field(128, ge=1)
@@ -118,6 +127,7 @@ class OptimConfig(Section):
     weight_decay: float = Field(5e-4, ge=0)
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     schedule: ScheduleConfig = ScheduleConfig()
+    ema: EMAConfig | None = None
 
     @model_validator(mode="after")
     def _check(self) -> "OptimConfig":
@@ -129,6 +139,8 @@ class OptimConfig(Section):
                 f"optim.schedule.milestones {late} are not before the last epoch {self.epochs}; "
                 "lower them or raise optim.epochs"
             )
+        if self.ema is not None and self.ema.start_epoch > self.epochs:
+            raise ValueError(f"optim.ema.start_epoch {self.ema.start_epoch} is after the last epoch {self.epochs}")
         return self
 
 
@@ -158,6 +170,9 @@ class MethodConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
     name: str
+
+    def check_against(self, recipe: "Recipe") -> None:
+        """Checks that need the whole recipe (e.g. epochs); raise ValueError with the fix."""
 
 
 def _method_config(value: Any) -> MethodConfig:
@@ -190,6 +205,11 @@ class Recipe(Section):
     @classmethod
     def _resolve_method(cls, value: Any) -> MethodConfig:
         return _method_config(value)
+
+    @model_validator(mode="after")
+    def _check_method_against_recipe(self) -> "Recipe":
+        self.method.check_against(self)
+        return self
 
     @field_validator("name")
     @classmethod

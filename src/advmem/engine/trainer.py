@@ -97,6 +97,13 @@ class Trainer:
         o = r.optim
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=o.lr, momentum=o.momentum,
                                          nesterov=o.nesterov, weight_decay=o.weight_decay)
+        if o.ema is not None:
+            from advmem.engine.ema import WeightEMA
+
+            self.callbacks.append(WeightEMA(o.ema))
+        for callback in self.callbacks:
+            if hasattr(callback, "setup"):
+                callback.setup(self)
         self.eval_attack = eval_attack_of(r)
         self.train_eval_set = self._train_eval_subset()
         self.start_epoch = 1
@@ -125,6 +132,7 @@ class Trainer:
             "rng_cuda": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [],
             "best": self.best,
             "recipe_hash": self.recipe.hash(),
+            "callbacks": {callback_key(cb): cb.state_dict() for cb in self.callbacks if hasattr(cb, "state_dict")},
         }
 
     def _load_resume(self) -> None:
@@ -139,6 +147,9 @@ class Trainer:
         if state["rng_cuda"] and self.device.type == "cuda":
             torch.cuda.set_rng_state_all(state["rng_cuda"])
         self.best = state["best"]
+        for callback in self.callbacks:
+            if hasattr(callback, "load_state_dict") and callback_key(callback) in state.get("callbacks", {}):
+                callback.load_state_dict(state["callbacks"][callback_key(callback)])
         self.start_epoch = int(state["epoch"]) + 1
         self.rows = [row for row in self.run.read_metrics() if row["epoch"] < self.start_epoch]
 
@@ -176,8 +187,12 @@ class Trainer:
             for p in model.parameters():
                 if p.grad is not None:
                     grad_sq = grad_sq + p.grad.detach().float().pow(2).sum()
+            method.before_step(model)
             opt.step()
             method.after_step(model)
+            for callback in self.callbacks:
+                if hasattr(callback, "on_step_end"):
+                    callback.on_step_end(self, epoch)
             sums["loss"] += loss.detach().float()
             sums["acc"] += logs["acc"].float()
             sums["grad_norm_sq"] += grad_sq
@@ -267,9 +282,15 @@ class Trainer:
             self.run.write_metrics(self.rows)
             if not self.quiet:
                 self.log(format_row(row))
+        self.method.save_artifacts(self.run.path)
         summary = self.run.write_summary(self.rows, self.best, self.recipe)
         self.run.plot_curves(self.rows)
         return summary
+
+
+def callback_key(callback: Any) -> str:
+    """Name a callback's state in the resume state (its `state_key`, else its class name)."""
+    return getattr(callback, "state_key", type(callback).__name__)
 
 
 def format_row(row: dict[str, Any]) -> str:

@@ -7,7 +7,7 @@ from advmem.methods.registry import METHODS, method_class, register_method
 
 def _load_all() -> None:
     # Imported for their registration side effect; each file is one method.
-    from advmem.methods import pgd_at, standard, trades  # noqa: F401
+    from advmem.methods import awp, mart, pgd_at, standard, te, trades  # noqa: F401
 
 
 def method_config_class(name: str):

@@ -55,8 +55,12 @@ class Method:
     def outer_loss(self, model: nn.Module, batch, ctx: AdvContext, epoch: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         raise NotImplementedError
 
+    def before_step(self, model: nn.Module) -> None:
+        """Hook after backward, before the optimizer step (AWP restores the unperturbed
+        weights here, so the step starts from them with the gradient taken at w + v)."""
+
     def after_step(self, model: nn.Module) -> None:
-        """Hook after the optimizer step (AWP restores the weights here)."""
+        """Hook after the optimizer step."""
 
     def on_epoch_start(self, epoch: int) -> None:
         """Hook at the start of each (1-indexed) epoch."""
@@ -68,6 +72,9 @@ class Method:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state:
             raise ValueError(f"method {self.cfg.name} has no state, got keys {sorted(state)}")
+
+    def save_artifacts(self, directory) -> None:
+        """Called once at the end of training with the run directory (TE writes its buffer)."""
 
     # -- helpers -------------------------------------------------------------------------
     @property
