@@ -1,0 +1,72 @@
+"""`advmem study robust-overfitting --scale tiny` end to end: runs, table, figures, REPRODUCTION section, skip."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from advmem.cli import main
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny tensors gain nothing from intra-op threads; on a loaded 2-core machine they only wait."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.slow
+def test_study_runs_end_to_end_at_tiny_scale(tmp_path, capsys):
+    out, repro = tmp_path / "study", tmp_path / "REPRODUCTION.md"
+    repro.write_text("# Reproduction\n\n<!-- other:begin -->\nkept\n<!-- other:end -->\n")
+    args = ["study", "robust-overfitting", "--scale", "tiny", "--out", str(out), "--aa-n", "8",
+            "--reproduction", str(repro), "--quiet"]
+    assert main(args) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert list(results["methods"]) == ["pgd_at", "pgd_at_te", "trades", "trades_te"]
+    for key, res in results["methods"].items():
+        ev = res["eval"]
+        assert {"best", "last"} <= set(ev)
+        for stem in ev.values():
+            assert 0 <= stem["natural"] <= 1 and 0 <= stem["pgd"] <= 1 and 0 <= stem["autoattack"] <= 1
+            assert stem["autoattack"] <= stem["natural"]
+        assert res["hard"], key  # hardest-sample robust accuracy logged from the selection epoch on
+        assert res["hard"][0][0] == 2  # the last epoch before the decay after epoch 2
+    assert {"ema_best", "ema_last"} <= set(results["methods"]["pgd_at"]["eval"])
+    assert (out / "runs" / "pgd_at_te" / "te_buffer.safetensors").is_file()
+    assert (out / "runs" / "pgd_at" / "hardest_train.json").is_file()
+    for name in ("table.md", "table.csv", "robust_acc_vs_epoch.png", "hardest_train_rob_acc.png", "README.md"):
+        assert (out / name).stat().st_size > 0, name
+    text = repro.read_text()
+    assert "<!-- other:begin -->\nkept\n<!-- other:end -->" in text
+    assert text.count("<!-- robust-overfitting:begin -->") == 1
+    assert "| PGD-AT+TE |" in text and "Early stopping (PGD-AT)" in text and "PGD-AT+EMA" in text
+    # a second invocation skips the complete runs and reuses the cached evaluation
+    capsys.readouterr()
+    assert main(args) == 0
+    assert capsys.readouterr().err.count("complete, skipped") == 4
+    assert repro.read_text().count("<!-- robust-overfitting:begin -->") == 1
+
+
+def test_bad_arguments_are_one_line_errors_and_write_nothing(tmp_path, capsys):
+    out = tmp_path / "never"
+    base = ["study", "robust-overfitting", "--scale", "tiny", "--out", str(out), "--no-reproduction"]
+    for extra in (["--aa-n", "-1"], ["--dataset", "svhn"]):
+        assert main(base + extra) == 2
+        assert "error" in capsys.readouterr().err
+    env = {**os.environ, "PYTHONPATH": str(SRC)}
+    proc = subprocess.run([sys.executable, "-m", "advmem", *base, "--methods", "pgd_at,nope"],
+                          capture_output=True, text=True, env=env)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.count("\n") == 1 and "--methods: unknown nope" in proc.stderr
+    assert not out.exists()
