@@ -185,6 +185,12 @@ class TemporalEnsembling(Method):
         logs["te_penalty"] = penalty.detach()
         return loss + weight * penalty, logs
 
+    def sync_state(self, batch, comm) -> None:
+        """DDP: every rank gets every row updated in this step (called only when WORLD_SIZE > 1)."""
+        index = comm.all_gather(batch.index)
+        self.buffer[index] = comm.all_gather(self.buffer[batch.index])
+        self.visits[index] = comm.all_gather(self.visits[batch.index])
+
     # -- state and export -------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         return {"buffer": self.buffer.detach().cpu().clone(), "visits": self.visits.detach().cpu().clone()}
