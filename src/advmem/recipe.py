@@ -30,7 +30,7 @@ from typing_extensions import Annotated
 from advmem.data.config import DataConfig
 from advmem.errors import UserError
 
-_BUDGET_RE = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*(?:/\s*([0-9]*\.?[0-9]+))?\s*$")
+_BUDGET_RE = re.compile(r"^\s*(-?[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*(?:/\s*([0-9]*\.?[0-9]+))?\s*$")
 
 
 def budget_value(text: str | float | int) -> float:
