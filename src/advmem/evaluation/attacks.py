@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from advmem.attacks import cross_entropy, cw_margin, pgd
+from advmem.attacks import attack_mode, cross_entropy, cw_margin, project, random_start
 
 WHITE_BOX = ("clean", "fgsm", "pgd", "pgd-cw")
 
@@ -54,11 +54,14 @@ def clean_correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor, s: AttackS
 
 def pgd_correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor, s: AttackSettings, *, objective: str = "ce",
                 steps: int | None = None, restarts: int | None = None, eps: float | None = None,
-                step_size: float | None = None, start: str = "uniform") -> torch.Tensor:
+                step_size: float | None = None, start: str = "uniform", count: str = "any") -> torch.Tensor:
     """Per-sample correctness under PGD; with restarts a point must survive all of them.
 
-    The random starts come from a generator seeded with `s.seed`, so a rerun gives the same
-    flags. Batches run in order, so the draws do not depend on the device.
+    `count="any"` (evaluation): a point is broken if *any* iterate misclassifies it, since
+    every iterate is a valid input in the ball (as AutoAttack keeps the best point; it costs
+    nothing, the logits of each iterate are computed anyway). `count="last"`: only the final
+    iterate counts (the sanity checks use it to see whether more steps help).
+    The random starts come from a generator seeded with `s.seed`, so a rerun gives the same flags.
     """
     steps = s.steps if steps is None else steps
     restarts = s.restarts if restarts is None else restarts
@@ -71,14 +74,37 @@ def pgd_correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor, s: AttackSet
         for i in range(0, len(x), s.batch_size):
             xb, yb = x[i:i + s.batch_size].to(device), y[i:i + s.batch_size].to(device)
             obj = cw_margin(yb) if objective == "cw" else cross_entropy(yb)
-            x_adv = pgd(model, xb, obj, eps=eps, step_size=step_size, steps=steps, norm=s.norm, start=start,
-                        generator=generator)
+            ok = _pgd_batch(model, xb, yb, obj, eps=eps, step_size=step_size, steps=steps, norm=s.norm, start=start,
+                            generator=generator, count=count)
+            correct[i:i + s.batch_size] &= ok.cpu()
+    return correct
+
+
+def _pgd_batch(model: nn.Module, x: torch.Tensor, y: torch.Tensor, objective, *, eps: float, step_size: float,
+               steps: int, norm: str, start: str, generator: torch.Generator, count: str) -> torch.Tensor:
+    """advmem.attacks.pgd's update (same start, step, projection and clamp), recording whether
+    each iterate is classified correctly."""
+    x = x.detach()
+    correct = torch.ones(len(x), dtype=torch.bool, device=x.device)
+    with attack_mode(model, "eval"):
+        delta = random_start(x, eps, norm, start, generator) if eps > 0 else torch.zeros_like(x)
+        delta = (x + delta).clamp(0, 1) - x
+        for _ in range(steps):
+            delta.requires_grad_(True)
+            logits = model(x + delta)
+            if count == "any":
+                correct &= logits.detach().argmax(1) == y
+            (grad,) = torch.autograd.grad(objective(logits).sum(), delta)
             with torch.no_grad():
-                was_training = model.training
-                model.eval()
-                pred = model(x_adv).argmax(1)
-                model.train(was_training)
-            correct[i:i + s.batch_size] &= (pred == yb).cpu()
+                if norm == "Linf":
+                    delta = delta + step_size * grad.sign()
+                else:
+                    delta = delta + step_size * grad / grad.flatten(1).norm(dim=1).clamp_min(1e-12).view(
+                        -1, *([1] * (x.dim() - 1)))
+                delta = project(delta, eps, norm)
+                delta = (x + delta).clamp(0, 1) - x
+        with torch.no_grad():
+            correct &= model(x + delta).argmax(1) == y
     return correct
 
 

@@ -91,7 +91,7 @@ def check_steps(model: nn.Module, x: torch.Tensor, y: torch.Tensor, s: AttackSet
     ladder = sorted({1, max(1, s.steps // 4), s.steps})
     accs = {}
     for k in ladder:
-        flags = pgd_correct(model, x, y, s, steps=k, restarts=1)
+        flags = pgd_correct(model, x, y, s, steps=k, restarts=1, count="last")
         raw[f"pgd{k}"] = flags
         accs[k] = _acc(flags)
     tol = tolerance(len(x))
@@ -110,7 +110,7 @@ def check_black_box(model: nn.Module, x: torch.Tensor, y: torch.Tensor, s: Attac
     clean = raw.get("clean")
     if clean is None:
         clean = raw["clean"] = clean_correct(model, x, y, s)
-    white = clean & raw[f"pgd{s.steps}"] & pgd_correct(model, x, y, s, objective="cw")
+    white = clean & pgd_correct(model, x, y, s, objective="ce") & pgd_correct(model, x, y, s, objective="cw")
     idx = clean.nonzero().squeeze(1)
     square = clean.clone()
     if len(idx):
