@@ -94,7 +94,9 @@ def _pgd_batch(model: nn.Module, x: torch.Tensor, y: torch.Tensor, objective, *,
             logits = model(x + delta)
             if count == "any":
                 correct &= logits.detach().argmax(1) == y
-            (grad,) = torch.autograd.grad(objective(logits).sum(), delta)
+            loss = objective(logits).sum()
+            # a model whose output has no gradient path to its input gets a zero gradient
+            grad = torch.autograd.grad(loss, delta)[0] if loss.requires_grad else torch.zeros_like(delta)
             with torch.no_grad():
                 if norm == "Linf":
                     delta = delta + step_size * grad.sign()

@@ -69,7 +69,7 @@ def input_gradients(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_si
             xb = x[i:i + batch_size].to(device).clone().requires_grad_(True)
             yb = y[i:i + batch_size].to(device)
             loss = cw_margin(yb)(model(xb)).sum()
-            (g,) = torch.autograd.grad(loss, xb, allow_unused=True)
+            (g,) = torch.autograd.grad(loss, xb, allow_unused=True) if loss.requires_grad else (None,)
             grads.append((torch.zeros_like(xb) if g is None else g).detach().cpu())
     return torch.cat(grads)
 
