@@ -113,6 +113,10 @@ def parse_floats(text: str | None, what: str) -> list[float] | None:
     return values
 
 
+def _close(a: list[float], b: list[float]) -> bool:
+    return len(a) == len(b) and all(abs(u - v) <= 1e-6 * max(1.0, abs(v)) for u, v in zip(a, b))
+
+
 def build_external(path: Path, *, arch: str | None, dataset: str | None, num_classes: int | None,
                    model_kwargs: dict[str, Any], mean: list[float] | None, std: list[float] | None,
                    no_normalize: bool, norm: str, eps: str | None, device: torch.device):
@@ -135,22 +139,29 @@ def build_external(path: Path, *, arch: str | None, dataset: str | None, num_cla
     state = to_classifier_keys(load_external_state(path))
     bundle = build_data(data_cfg, device)
     classes = num_classes or bundle.num_classes
-    if no_normalize:
+    if "normalize.mean" in state:  # an advmem-style state dict carries its normalization
+        mean_ = state["normalize.mean"].flatten().tolist()
+        std_ = state["normalize.std"].flatten().tolist()
+        if mean is not None and (not _close(mean, mean_) or not _close(std, std_)):
+            raise UserError(f"{path}: --mean/--std differ from the normalization stored in the checkpoint "
+                            f"({mean_}, {std_}); drop them")
+    elif no_normalize:
         mean_, std_ = [0.0] * bundle.in_channels, [1.0] * bundle.in_channels
     elif mean is not None:
         mean_, std_ = mean, std
-    elif "normalize.mean" in state:
-        mean_ = state["normalize.mean"].flatten().tolist()
-        std_ = state["normalize.std"].flatten().tolist()
     else:
         raise UserError(f"{path}: say how the model expects its inputs: --no-normalize (it takes [0,1] images, "
                         "normalization inside, RobustBench style) or --mean/--std (advmem adds the layer)")
-    if "normalize.mean" not in state:
-        state["normalize.mean"] = torch.tensor(mean_).view(1, -1, 1, 1)
-        state["normalize.std"] = torch.tensor(std_).view(1, -1, 1, 1)
+    state.setdefault("normalize.mean", torch.tensor(mean_, dtype=torch.float32).view(1, -1, 1, 1))
+    state.setdefault("normalize.std", torch.tensor(std_, dtype=torch.float32).view(1, -1, 1, 1))
     model = build_model(arch, in_channels=bundle.in_channels, num_classes=classes, image_size=bundle.image_size,
                         mean=mean_, std=std_, **dict(model_kwargs))
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as err:  # shape mismatches
+        first = next((line.strip() for line in str(err).splitlines() if "mismatch" in line), str(err)[:200])
+        raise UserError(f"{path}: weights do not match --arch {arch} ({first}); check --arch, --num-classes and "
+                        "--model-kwargs") from None
     if missing or unexpected:
         raise UserError(f"{path}: weights do not match --arch {arch} (missing {sorted(missing)[:3]}, unexpected "
                         f"{sorted(unexpected)[:3]}); check --arch, --num-classes and --model-kwargs")
