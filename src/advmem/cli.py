@@ -115,14 +115,9 @@ def print_summary(path: Path, summary: dict[str, Any]) -> None:
 
 @command("eval")
 def cmd_eval(args: argparse.Namespace) -> int:
-    from advmem.evaluation import evaluate_target
+    from advmem.evaluation.cli import run_eval
 
-    result = evaluate_target(args.target, attacks=args.attack, split=args.split, n_examples=args.n_examples,
-                             batch_size=args.batch_size, steps=args.steps, restarts=args.restarts,
-                             eps=args.eps, seed=args.seed, device=args.device, quiet=args.quiet)
-    for item in result:
-        print(json.dumps({k: v for k, v in item.items() if k not in ("per_sample",)}, indent=2))
-    return 0
+    return run_eval(args)
 
 
 # -------------------------------------------------------------------------------------------
@@ -192,17 +187,9 @@ def build_parser() -> Parser:
 
     p = sub.add_parser("eval", help="evaluate a run or checkpoint",
                        description="Evaluate a run (best and last checkpoints) or one checkpoint.")
-    p.add_argument("target", help="run directory or checkpoint (.safetensors with its .json sidecar)")
-    p.add_argument("--attack", action="append", default=None,
-                   help="clean, fgsm, pgd, pgd-cw, autoattack, autoattack-lite (repeatable; default clean+pgd)")
-    p.add_argument("--split", choices=["test", "val", "train"], default="test")
-    p.add_argument("--n-examples", type=int, default=None, help="first N examples of the split (default all)")
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--steps", type=int, default=20, help="PGD steps (default 20)")
-    p.add_argument("--restarts", type=int, default=1)
-    p.add_argument("--eps", default=None, help="budget (default: the checkpoint's), e.g. 8/255")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    from advmem.evaluation.cli import add_eval_arguments
+
+    add_eval_arguments(p)
     common(p)
 
     p = sub.add_parser("demo", help="run the quickstart recipe (a few minutes on CPU)",

@@ -148,6 +148,12 @@ class EvalConfig(Section):
     attack: EvalAttackConfig = EvalAttackConfig()
 
 
+class LogConfig(Section):
+    """Extra logging sinks; metrics.jsonl/.csv in the run directory stay the source of truth."""
+
+    tensorboard: bool = False  # scalars per epoch into runs/<name>/tb/ (needs the tensorboard package)
+
+
 class ModelConfig(Section):
     name: str = "small_cnn"
     kwargs: dict[str, Any] = Field(default_factory=dict)
@@ -185,6 +191,7 @@ class Recipe(Section):
     attack: AttackConfig = AttackConfig()
     optim: OptimConfig = OptimConfig()
     eval: EvalConfig = EvalConfig()
+    log: LogConfig = LogConfig()
 
     @field_validator("method", mode="before")
     @classmethod

@@ -288,7 +288,12 @@ def train(recipe: Recipe, *, run_root: Path | None = None, resume: bool = False,
     """Validate, set up, then (only then) create the run directory and train."""
     run = RunDir(Path(run_root or recipe.output_root) / recipe.name)
     run.check_start(resume=resume, overwrite=overwrite)
-    trainer = Trainer(recipe, run, quiet=quiet, callbacks=list(callbacks or []))
+    callbacks = list(callbacks or [])
+    if recipe.log.tensorboard:
+        from advmem.track.tensorboard import TensorBoardCallback
+
+        callbacks.append(TensorBoardCallback(run.path / "tb"))
+    trainer = Trainer(recipe, run, quiet=quiet, callbacks=callbacks)
     trainer.setup(resume=resume)
     run.prepare(recipe, trainer.bundle.info, overwrite=overwrite and not resume)
     summary = trainer.fit()
