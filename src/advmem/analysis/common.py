@@ -77,7 +77,7 @@ def check_runs(run_dirs: list[str | Path], checkpoint: str) -> list[Path]:
     return [resolve_checkpoint(r, checkpoint) for r in run_dirs]
 
 
-def load_run(run_dir: str | Path, checkpoint: str = "last", device: torch.device | str = "cpu") -> LoadedRun:
+def load_run(run_dir: str | Path, checkpoint: str = "last", device: torch.device | str | None = None) -> LoadedRun:
     """Open a run at a checkpoint: model (eval mode), data of its recipe, and its method.
 
     The data config is the run's own, so the training labels are the ones it was trained on
@@ -92,7 +92,7 @@ def load_run(run_dir: str | Path, checkpoint: str = "last", device: torch.device
     path = resolve_checkpoint(run_dir, checkpoint)
     run = RunDir(run_dir)
     recipe = run.load_recipe()
-    device = torch.device(device)
+    device = resolve(device)
     model, meta = build_from_checkpoint(path, device)
     bundle = build_data(recipe.data, device)
     method = build_method(recipe.method, recipe.attack, num_train=len(bundle.train), num_classes=bundle.num_classes,
@@ -121,6 +121,13 @@ def default_out(run_dirs: list[Path], out: str | None, what: str) -> Path:
     if len(run_dirs) == 1:
         return Path(run_dirs[0])
     raise UserError(f"{what} of several runs goes in one folder: pass --out DIR")
+
+
+def resolve(device: torch.device | str | None) -> torch.device:
+    """None or "auto": the GPU when there is one, else the CPU."""
+    from advmem.engine.trainer import resolve_device
+
+    return resolve_device("auto" if device is None else str(device)) if not isinstance(device, torch.device) else device
 
 
 def add_device_argument(parser) -> None:

@@ -154,7 +154,7 @@ def probe_batch(bundle, batch_size: int, seed: int):
 
 def probe_run(run_dir: str | Path, *, checkpoint: str = "last", alphas: Sequence[float] | None = None,
               directions: int = 5, batch_size: int = 128, seed: int = 0,
-              device: torch.device | str = "cpu") -> dict[str, Any]:
+              device: torch.device | str | None = None) -> dict[str, Any]:
     """The probe on one run directory at one checkpoint."""
     run = load_run(run_dir, checkpoint, device)
     batch = probe_batch(run.bundle, batch_size, seed)
@@ -221,7 +221,7 @@ def plot_grad_stability(results: list[dict[str, Any]], path: Path) -> None:
 
 def probe_runs(run_dirs: list[Path], out_dir: Path, *, checkpoint: str = "last", alphas: Sequence[float] | None = None,
                directions: int = 5, batch_size: int = 128, seed: int = 0,
-               device: torch.device | str = "cpu") -> dict[str, Any]:
+               device: torch.device | str | None = None) -> dict[str, Any]:
     """Probe every run, then write `grad_stability.json` and `grad_stability.png` in `out_dir`."""
     check_runs(run_dirs, checkpoint)
     alphas = list(DEFAULT_ALPHAS if alphas is None else alphas)

@@ -28,6 +28,7 @@ from typing import Any, Sequence
 import torch
 
 from advmem.analysis.common import (CHECKPOINT_HELP, add_device_argument, check_runs, default_out, load_run,
+                                    resolve,
                                     positive_int, seeded_rows)
 from advmem.analysis.measures.base import FAMILIES, MeasureContext, MeasureSettings, compute_all
 from advmem.analysis.measures.kendall import kendall_tau
@@ -77,13 +78,14 @@ def _gaps(run, checkpoint: str, train_values: dict[str, Any], n_samples: int, se
 
 
 def measure_run(run_dir: str | Path, *, checkpoint: str = "last", n_samples: int = 1000, seed: int = 0,
-                device: torch.device | str = "cpu", settings: MeasureSettings | None = None,
+                device: torch.device | str | None = None, settings: MeasureSettings | None = None,
                 families: Sequence[str] = FAMILIES) -> dict[str, Any]:
     """One row of the table: the run's measures and gaps at `checkpoint`."""
     from advmem.engine.checkpoint import build_from_checkpoint
     from advmem.engine.trainer import eval_attack_of
 
     settings = settings or MeasureSettings()
+    device = resolve(device)
     run = load_run(run_dir, checkpoint, device)
     train = run.bundle.train.subset(seeded_rows(len(run.bundle.train), n_samples, seed))
     init_path = run.path / "checkpoints" / "init.safetensors"
@@ -97,7 +99,7 @@ def measure_run(run_dir: str | Path, *, checkpoint: str = "last", n_samples: int
 
 
 def measure_runs(run_dirs: list[Path], out_dir: Path, *, checkpoint: str = "last", n_samples: int = 1000, seed: int = 0,
-                 device: torch.device | str = "cpu", settings: MeasureSettings | None = None,
+                 device: torch.device | str | None = None, settings: MeasureSettings | None = None,
                  families: Sequence[str] = FAMILIES) -> list[dict[str, Any]]:
     """Measure every run, then write measures.csv, measures_kendall.csv and measures.md in `out_dir`."""
     from advmem.analysis.measures.table import write_tables
