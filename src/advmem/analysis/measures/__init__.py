@@ -28,8 +28,7 @@ from typing import Any, Sequence
 import torch
 
 from advmem.analysis.common import (CHECKPOINT_HELP, add_device_argument, check_runs, default_out, load_run,
-                                    resolve,
-                                    positive_int, seeded_rows)
+                                    positive_int, resolve, seeded_rows)
 from advmem.analysis.measures.base import FAMILIES, MeasureContext, MeasureSettings, compute_all
 from advmem.analysis.measures.kendall import kendall_tau
 from advmem.errors import UserError

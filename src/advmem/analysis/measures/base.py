@@ -45,10 +45,12 @@ class MeasureSettings:
     # Margins: the 10th percentile over "all" samples (the definition), or over the "correct"
     # ones only (always positive; for runs that fit under 90% of their samples).
     margin_over: str = "all"
-    # PAC-Bayes flatness: bisection for sigma in [0, sigma_max] (nitarshan: [0, 2], 15 steps, 10 draws).
+    # PAC-Bayes flatness: bisection on log sigma in [sigma_min, sigma_max] (nitarshan: sigma in
+    # [0, 2], 15 steps, 10 draws); 8 steps pin sigma to about 5%.
     flatness_drop: float = 0.1  # absolute accuracy drop allowed
-    flatness_depth: int = 10
+    flatness_depth: int = 8
     flatness_draws: int = 3
+    flatness_sigma_min: float = 1e-5
     flatness_sigma_max: float = 2.0
     flatness_tolerance: float = 0.01
     # Sharpness of the robust loss: projected ascent in a per-filter relative ball.
