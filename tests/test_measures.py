@@ -131,6 +131,9 @@ def test_preactivation_batchnorm_is_kept_as_a_diagonal_layer():
         assert torch.allclose(folded.net(model.normalize(x)), model(x), atol=1e-5)
     kept = [layer for layer in folded.layers if layer.kind == "batchnorm"]
     assert all(torch.equal(layer.matrix, torch.diag(torch.diagonal(layer.matrix))) for layer in kept)
+    m = measure_model(model, x, torch.tensor([0, 1]), ATTACK, families=("norms", "path_norm", "bartlett"))
+    assert m["folded_bn"] == 8 and m["kept_bn"].split(";")[-1] == "bn"
+    assert all(math.isfinite(m[k]) and m[k] > 0 for k in ("path_norm", "frobenius_sq_sum", "fro_over_spectral_sum"))
 
 
 def test_input_gradient_norm_of_a_linear_model():
