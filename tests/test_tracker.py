@@ -57,6 +57,7 @@ def recompute(rows: dict[str, np.ndarray], epoch: int, prev_epoch: int | None) -
     corrupted = rows["corrupted"][at]
     for kind in ("nat", "rob"):
         correct = rows[f"{kind}_correct"][at]
+        out[f"track_{kind}_acc"] = correct.mean()
         out[f"track_{kind}_acc_clean"] = correct[~corrupted].mean()
         out[f"track_{kind}_acc_corrupted"] = correct[corrupted].mean()
         if prev_epoch is not None:

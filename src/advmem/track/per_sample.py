@@ -9,6 +9,7 @@ one row per (epoch, sample), rewritten atomically at each tracked epoch. On resu
 epochs at or after the resume point are dropped first, so each epoch appears once.
 
 Epoch summaries (added to the metrics row, omitted when the group is empty):
+  track_nat_acc / track_rob_acc                   clean / robust accuracy on all tracked samples
   track_nat_acc_clean / track_nat_acc_corrupted   clean accuracy on clean vs corrupted samples
   track_rob_acc_clean / track_rob_acc_corrupted   robust accuracy on clean vs corrupted samples
   track_memorized_frac   among samples whose label was changed by the noise, the fraction that
@@ -68,6 +69,7 @@ def epoch_summary(current: dict[str, np.ndarray], previous: dict[str, np.ndarray
     corrupted = current["corrupted"]
     for kind in ("nat", "rob"):
         correct = current[f"{kind}_correct"]
+        out[f"track_{kind}_acc"] = float(correct.mean())
         for group, mask in (("clean", ~corrupted), ("corrupted", corrupted)):
             if mask.any():
                 out[f"track_{kind}_acc_{group}"] = float(correct[mask].mean())
