@@ -28,6 +28,7 @@ from pydantic import (
 from typing_extensions import Annotated
 
 from advmem.data.config import DataConfig
+from advmem.track.config import TrackConfig
 from advmem.errors import UserError
 
 _BUDGET_RE = re.compile(r"^\s*(-?[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*(?:/\s*([0-9]*\.?[0-9]+))?\s*$")
@@ -192,6 +193,7 @@ class Recipe(Section):
     optim: OptimConfig = OptimConfig()
     eval: EvalConfig = EvalConfig()
     log: LogConfig = LogConfig()
+    track: TrackConfig = TrackConfig()
 
     @field_validator("method", mode="before")
     @classmethod
