@@ -169,7 +169,27 @@ def _method_config(value: Any) -> MethodConfig:
         value = {"name": value}
     if not isinstance(value, dict) or "name" not in value:
         raise ValueError("method must be a mapping with a 'name', e.g. method: {name: pgd_at}")
+    if not isinstance(value["name"], str):
+        raise ValueError(f"method.name must be a method name such as pgd_at, got {value['name']!r}")
     return method_config_class(value["name"]).model_validate(value)
+
+
+class ReliabilityConfig(Section):
+    """What the trainer does when a step's loss or gradient is not finite (docs/reliability.md)."""
+
+    on_nonfinite: Literal["stop", "skip_batch"] = "stop"
+
+
+class DistributedConfig(Section):
+    """Used only under torchrun (WORLD_SIZE > 1); see docs/distributed.md."""
+
+    sync_bn: bool = False
+    backend: Literal["auto", "gloo", "nccl"] = "auto"
+    timeout_s: int = Field(1800, ge=10)
+
+
+# Keys that do not change what a run computes: excluded from Recipe.hash() and settable with --resume.
+RESUME_SETTABLE = ("reliability.on_nonfinite", "distributed.backend", "distributed.timeout_s")
 
 
 class Recipe(Section):
@@ -185,6 +205,8 @@ class Recipe(Section):
     attack: AttackConfig = AttackConfig()
     optim: OptimConfig = OptimConfig()
     eval: EvalConfig = EvalConfig()
+    reliability: ReliabilityConfig = ReliabilityConfig()
+    distributed: DistributedConfig = DistributedConfig()
 
     @field_validator("method", mode="before")
     @classmethod
@@ -209,6 +231,9 @@ class Recipe(Section):
         body = self.to_dict()
         for key in ("name", "description", "output_root"):
             body.pop(key, None)
+        for dotted in RESUME_SETTABLE:
+            section, key = dotted.split(".")
+            body.get(section, {}).pop(key, None)
         return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
 
 
