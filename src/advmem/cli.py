@@ -236,6 +236,10 @@ def build_parser() -> Parser:
     return parser
 
 
+def _one_line(err: BaseException) -> str:
+    return str(err).replace("\r", "\\r").replace("\n", "\\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
@@ -252,12 +256,12 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as err:
         if debug:
             traceback.print_exc()
-        print(f"advmem: error: {err}", file=sys.stderr)
+        print(f"advmem: error: {_one_line(err)}", file=sys.stderr)
         return 2
     except RunFailure as err:
         if debug:
             traceback.print_exc()
-        print(f"advmem: failed: {err}", file=sys.stderr)
+        print(f"advmem: failed: {_one_line(err)}", file=sys.stderr)
         return 1
     except Interrupted as err:
         print(f"advmem: {err}", file=sys.stderr)

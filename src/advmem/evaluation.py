@@ -26,6 +26,10 @@ ATTACKS = ("clean", "fgsm", "pgd", "pgd-cw")
 def checkpoints_of(target: str | Path) -> list[Path]:
     path = Path(target)
     if path.is_dir():
+        from advmem.engine.rundir import RunDir
+
+        if RunDir(path).is_run():
+            RunDir(path).check_readable()  # refuses a run written by a newer advmem
         found = [path / "checkpoints" / f"{s}.safetensors" for s in ("best", "last")]
         found = [p for p in found if p.is_file()]
         if not found:

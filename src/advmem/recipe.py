@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -50,7 +51,8 @@ def budget_value(text: str | float | int) -> float:
 def _budget_as_written(value: Any) -> str:
     if isinstance(value, bool) or not isinstance(value, (int, float, str)):
         raise ValueError(f"expected a number or a fraction like 8/255, got {value!r}")
-    budget_value(value)  # raises ValueError with a readable message
+    if not math.isfinite(budget_value(value)):  # raises ValueError with a readable message
+        raise ValueError(f"{value!r} is not a finite number; write a fraction like 8/255")
     return value.strip() if isinstance(value, str) else repr(value)
 
 
@@ -58,7 +60,7 @@ Budget = Annotated[str, BeforeValidator(_budget_as_written)]
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class AttackConfig(Section):
@@ -104,8 +106,9 @@ class ScheduleConfig(Section):
     def _check(self) -> "ScheduleConfig":
         if self.name == "step" and self.step_size is None:
             raise ValueError("optim.schedule.step_size is required with schedule name 'step'")
-        if sorted(self.milestones) != self.milestones or any(m < 1 for m in self.milestones):
-            raise ValueError("optim.schedule.milestones must be increasing positive epochs")
+        m = self.milestones
+        if any(b <= a for a, b in zip(m, m[1:])) or any(x < 1 for x in m):
+            raise ValueError(f"optim.schedule.milestones must be strictly increasing positive epochs, got {m}")
         return self
 
 
@@ -140,6 +143,14 @@ class EvalAttackConfig(Section):
     steps: int = Field(10, ge=1)
     restarts: int = Field(1, ge=1)
 
+    @model_validator(mode="after")
+    def _check_budgets(self) -> "EvalAttackConfig":
+        if self.eps is not None and budget_value(self.eps) < 0:
+            raise ValueError(f"eval.attack.eps must be >= 0, got {self.eps}")
+        if self.step_size is not None and budget_value(self.step_size) <= 0:
+            raise ValueError(f"eval.attack.step_size must be > 0, got {self.step_size}")
+        return self
+
 
 class EvalConfig(Section):
     every: int = Field(1, ge=1)
@@ -156,7 +167,7 @@ class ModelConfig(Section):
 class MethodConfig(BaseModel):
     """Base of each method's own config; the registry picks the subclass by `name`."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
     name: str
 
 
@@ -195,7 +206,7 @@ RESUME_SETTABLE = ("reliability.on_nonfinite", "distributed.backend", "distribut
 class Recipe(Section):
     name: str = "run"
     description: str = ""
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=2**32)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     deterministic: bool = False
     output_root: str = "runs"
@@ -345,10 +356,13 @@ def format_validation_error(err: ValidationError, data: dict[str, Any], source: 
 
 
 def recipe_from_dict(data: dict[str, Any], source: str = "recipe") -> Recipe:
+    if not isinstance(data, dict):
+        raise UserError(f"{source}: a recipe must be a mapping of sections (data:, model:, method:, ...)")
     try:
         return Recipe.model_validate(data)
     except ValidationError as err:
-        raise UserError(format_validation_error(err, data, source)) from None
+        message = format_validation_error(err, data, source)
+        raise UserError(message.replace("\r", "\\r").replace("\n", "\\n")) from None  # always one line
 
 
 def load_recipe(spec: str | Path, overrides: list[str] | None = None) -> Recipe:
