@@ -11,6 +11,7 @@ lost peer (a killed rank, a dead node) becomes a one-line RunFailure instead of 
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -39,6 +40,7 @@ class Comm:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    run_path: str = "RUN"  # named in failure messages
 
     @property
     def enabled(self) -> bool:
@@ -106,11 +108,12 @@ def is_comm_error(err: BaseException) -> bool:
 
 
 def peer_failure(comm: Comm, err: BaseException) -> RunFailure:
-    first = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
+    text = re.sub(r"^\[[^\]]*\]\s*", "", str(err).strip())  # drop gloo's "[file.cc:553]" prefix
+    first = text.splitlines()[0][:120] if text else type(err).__name__
     return RunFailure(
-        f"DDP rank {comm.rank}/{comm.world_size}: lost contact with another worker ({first}); "
-        "another rank crashed or was killed (see its log); the run directory holds the last completed epoch: "
-        "relaunch all workers with 'torchrun ... -m advmem train --resume RUN'")
+        f"DDP rank {comm.rank} of {comm.world_size}: lost contact with another worker ({first}); "
+        "another rank crashed or was killed (see its log); the run directory keeps the last completed epoch: "
+        f"relaunch all workers with 'torchrun ... -m advmem train --resume {comm.run_path}'")
 
 
 class collective_errors:
@@ -137,9 +140,10 @@ def comm_from_env() -> Comm:
     return Comm(rank=rank, world_size=world, local_rank=local)
 
 
-def init_distributed(recipe) -> Comm:
+def init_distributed(recipe, run_path: str = "RUN") -> Comm:
     """Read torchrun's environment, check the recipe against it, and join the process group."""
     comm = comm_from_env()
+    comm.run_path = run_path
     if not comm.enabled:
         return comm
     batch = recipe.optim.batch_size

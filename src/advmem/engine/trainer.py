@@ -401,7 +401,7 @@ def train(recipe: Recipe, *, run_root: Path | None = None, resume: bool = False,
     SIGTERM/SIGINT stop after the current step (Interrupted); a lost DDP peer is a RunFailure.
     """
     run = RunDir(Path(run_root or recipe.output_root) / recipe.name)
-    comm = distributed.init_distributed(recipe)
+    comm = distributed.init_distributed(recipe, run_path=str(run.path))
     try:
         if comm.is_main:
             run.check_start(resume=resume, overwrite=overwrite)
