@@ -199,6 +199,19 @@ class DistributedConfig(Section):
     timeout_s: int = Field(1800, ge=10)
 
 
+class LauncherConfig(Section):
+    """Cluster resources for `advmem sweep --launcher slurm`; not used by `advmem train`."""
+
+    partition: str | None = None
+    gpus_per_node: int = Field(1, ge=0)
+    nodes: int = Field(1, ge=1)
+    cpus_per_task: int = Field(8, ge=1)
+    mem_gb: int | None = Field(None, ge=1)
+    time_min: int = Field(1440, ge=1)
+    account: str | None = None
+    qos: str | None = None
+
+
 # Keys that do not change what a run computes: excluded from Recipe.hash() and settable with --resume.
 RESUME_SETTABLE = ("reliability.on_nonfinite", "distributed.backend", "distributed.timeout_s")
 
@@ -218,6 +231,7 @@ class Recipe(Section):
     eval: EvalConfig = EvalConfig()
     reliability: ReliabilityConfig = ReliabilityConfig()
     distributed: DistributedConfig = DistributedConfig()
+    launcher: LauncherConfig = LauncherConfig()
 
     @field_validator("method", mode="before")
     @classmethod
@@ -240,7 +254,7 @@ class Recipe(Section):
     def hash(self) -> str:
         """Hash of everything that changes what is computed (not the name or description)."""
         body = self.to_dict()
-        for key in ("name", "description", "output_root"):
+        for key in ("name", "description", "output_root", "launcher"):
             body.pop(key, None)
         for dotted in RESUME_SETTABLE:
             section, key = dotted.split(".")
