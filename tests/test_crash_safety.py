@@ -124,6 +124,7 @@ def test_sigkill_five_times_then_resume_is_bitwise_identical(tmp_path, one_threa
         assert_consistent(run)
     assert took_over >= 1, "a resume after SIGKILL should report taking over the stale lock"
     assert not (run / LOCK_NAME).exists()
+    assert not list(run.rglob("*.tmp")), "temporaries of killed writers are cleaned up on resume"
     got, want = weights(run), weights(ref_run.path)
     assert got.keys() == want.keys()
     for key in want:

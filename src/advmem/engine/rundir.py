@@ -94,6 +94,9 @@ class RunDir:
                 else:
                     child.unlink()
         self.checkpoints.mkdir(parents=True, exist_ok=True)
+        for folder in (self.path, self.checkpoints):  # temporaries of a writer killed mid-write
+            for tmp in folder.glob(".*.tmp"):
+                tmp.unlink(missing_ok=True)
         if not self.format_path.exists():
             atomic_write_json(self.format_path, {"format": RUN_FORMAT, "advmem_version": __version__})
         if not self.recipe_path.exists():

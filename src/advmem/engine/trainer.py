@@ -10,6 +10,7 @@ atomically so a killed run continues where its last completed epoch ended.
 
 from __future__ import annotations
 
+import json
 import math
 import sys
 import time
@@ -142,7 +143,7 @@ class Trainer:
             "rng_cuda": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [],
             "best": self.best,
             "recipe_hash": self.recipe.hash(),
-            "rows": self.rows,
+            "rows": json.loads(json.dumps(self.rows, default=_plain)),  # plain types: loads with weights_only
             "world_size": self.comm.world_size,
             "rng_cpu_ranks": self.comm.all_gather_object(torch.get_rng_state()) if self.comm.enabled else [],
         }
@@ -375,6 +376,13 @@ class Trainer:
         summary = self.run.write_summary(self.rows, self.best, self.recipe)
         self.run.plot_curves(self.rows)
         return summary
+
+
+def _plain(value: Any) -> Any:
+    """numpy / torch scalars a callback may put in a metrics row, as plain Python numbers."""
+    if hasattr(value, "item"):
+        return value.item()
+    return str(value)
 
 
 class _StopRequested(Exception):
