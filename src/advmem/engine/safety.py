@@ -66,12 +66,21 @@ def read_lock(path: Path) -> dict[str, Any] | None:
 
 def lock_holder(run_path: Path) -> dict[str, Any] | None:
     """The live holder of the run's lock, or None if the run is free (no lock, or a stale one)."""
-    info = read_lock(Path(run_path) / LOCK_NAME)
-    if info is None or not info:
+    path = Path(run_path) / LOCK_NAME
+    info = read_lock(path)
+    if info is None:
         return None
+    if not info:  # unreadable: a holder between creating and writing it, or debris of a crash
+        try:
+            young = time.time() - path.stat().st_mtime < 10
+        except OSError:
+            return None
+        return {"pid": "?", "hostname": socket.gethostname()} if young else None
     if info.get("hostname") != socket.gethostname():
         return info  # cannot check a process on another host: assume it is alive
     pid = info.get("pid")
+    if pid == "?":
+        return info
     if not isinstance(pid, int) or not _pid_alive(pid, info.get("start_time")):
         return None
     if pid == os.getpid():
