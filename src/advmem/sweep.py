@@ -385,7 +385,8 @@ def write_table(table: list[dict[str, Any]], keys: list[str], out: Path) -> str:
 
 def add_parser(sub, common) -> None:
     p = sub.add_parser("sweep", help="run a grid of recipe overrides x seeds and compare them",
-                       description=__doc__.split("\n\n")[0])
+                       description="Run a grid of recipe overrides times seeds (locally or on Slurm), skip complete "
+                                   "runs, resume incomplete ones, and print the comparison table (docs/distributed.md).")
     p.add_argument("recipe", help="recipe file or shipped recipe name")
     p.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
                    help="a recipe key and its values (repeatable; the grid is their product)")
