@@ -144,9 +144,11 @@ def _spawned(rank: int, world: int, port: int, root: str) -> None:
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **kwargs)
             self.seen = torch.zeros(self.num_train, dtype=torch.long)
+            self.local = torch.zeros(self.num_train, dtype=torch.long)  # never synced: this rank's shard
 
         def attack(self, model, batch, epoch):
             self.seen[batch.index] += 1  # local rows only: the other ranks learn of them in sync_state
+            self.local[batch.index] += 1
             return AdvContext(x_adv=None)
 
         def outer_loss(self, model, batch, ctx, epoch):
@@ -174,6 +176,7 @@ def _spawned(rank: int, world: int, port: int, root: str) -> None:
     def fit(self):  # record every rank's final state (only rank 0 writes the run directory)
         out = original(self)
         torch.save(self.method.state_dict()["seen"], Path(root) / f"seen{rank}.pt")
+        torch.save(self.method.local, Path(root) / f"local{rank}.pt")
         return out
 
     trainer_module.Trainer.fit = fit
@@ -185,6 +188,10 @@ def test_per_sample_state_is_identical_on_every_rank(tmp_path):
 
     mp.spawn(_spawned, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
     seen = [torch.load(tmp_path / f"seen{r}.pt") for r in (0, 1)]
+    local = [torch.load(tmp_path / f"local{r}.pt") for r in (0, 1)]
+    # each rank trained on its own half of every epoch: disjoint per epoch, together all samples
+    assert local[0].sum() == local[1].sum() == 144 and torch.equal(local[0] + local[1], torch.full((144,), 2))
+    assert (local[0] > 0).sum() < 144 and (local[1] > 0).sum() < 144
     assert torch.equal(seen[0], seen[1])
     # 144 training images, sharded over 2 ranks: every sample once per epoch, 2 epochs
     assert seen[0].tolist() == [2] * 144

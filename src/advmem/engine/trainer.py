@@ -193,8 +193,9 @@ class Trainer:
         sums = {"loss": torch.zeros((), device=dev), "acc": torch.zeros((), device=dev),
                 "grad_norm_sq": torch.zeros((), device=dev)}
         n_batches, n_images = 0, 0
-        batches = self.bundle.train.batches(r.optim.batch_size, shuffle=True, generator=gen,
-                                            augment=self.bundle.augment)
+        world = self.comm.world_size  # DDP: this rank's shard of the permutation, batch_size / world each
+        batches = self.bundle.train.batches(r.optim.batch_size // world, shuffle=True, generator=gen,
+                                            augment=self.bundle.augment, rank=self.comm.rank, world_size=world)
         total = math.ceil(len(self.bundle.train) / r.optim.batch_size)
         bar = None
         if not self.quiet:
@@ -246,7 +247,7 @@ class Trainer:
             raise RunFailure(f"epoch {epoch}: every batch had a non-finite loss or gradient and was skipped; "
                              "lower optim.lr or check the data")
         values = stacked.div(n_batches).tolist()
-        assert total >= n_batches // self.comm.world_size
+        assert total >= n_batches // world
         row = {"lr": lr, "train_loss": values[0], "train_batch_acc": values[1], "grad_norm_sq": values[2],
                "train_time": train_time, "images_per_s": n_images / max(train_time, 1e-9)}
         if self.recipe.reliability.on_nonfinite == "skip_batch":
