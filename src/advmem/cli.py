@@ -1,7 +1,7 @@
 """The `advmem` command.
 
 Exit codes: 0 success, 2 bad input (one line, no traceback; `--debug` shows it), 1 failure at
-run time, 130 interrupted.
+run time, 130 / 143 stopped cleanly by SIGINT / SIGTERM (resume with `advmem train --resume RUN`).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from advmem import __version__
-from advmem.errors import RunFailure, UserError
+from advmem.errors import Interrupted, RunFailure, UserError
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
 
@@ -56,11 +56,17 @@ def cmd_train(args: argparse.Namespace) -> int:
     from advmem.recipe import load_recipe
 
     if args.resume:
+        from advmem.recipe import RESUME_SETTABLE
+
         run = RunDir(args.resume)
-        if args.recipe is not None or args.name or args.set:
-            raise UserError("--resume continues a run as recorded; do not pass a recipe, --name or --set with it")
+        if args.recipe is not None or args.name or args.overwrite:
+            raise UserError("--resume continues a run as recorded; do not pass a recipe, --name or --overwrite with it")
+        fixed = [s for s in args.set or [] if s.split("=", 1)[0].strip() not in RESUME_SETTABLE]
+        if fixed:
+            raise UserError(f"--set {fixed[0]} cannot change a run being resumed; only {', '.join(RESUME_SETTABLE)} can "
+                            "(start a new run for other changes)")
         run.check_start(resume=True, overwrite=False)
-        recipe = run.load_recipe()
+        recipe = run.load_recipe(list(args.set or []))
         run_dir, summary = train(recipe, run_root=run.path.parent, resume=True, quiet=args.quiet)
     else:
         if args.recipe is None:
@@ -71,7 +77,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             overrides.append(f"name={args.name}")
         recipe = load_recipe(args.recipe, overrides)
         run_dir, summary = train(recipe, overwrite=args.overwrite, quiet=args.quiet)
-    print_summary(run_dir.path, summary)
+    if summary:  # empty on DDP ranks other than 0
+        print_summary(run_dir.path, summary)
     return 0
 
 
@@ -216,6 +223,10 @@ def build_parser() -> Parser:
     return parser
 
 
+def _one_line(err: BaseException) -> str:
+    return str(err).replace("\r", "\\r").replace("\n", "\\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
@@ -232,15 +243,19 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as err:
         if debug:
             traceback.print_exc()
-        print(f"advmem: error: {err}", file=sys.stderr)
+        print(f"advmem: error: {_one_line(err)}", file=sys.stderr)
         return 2
     except RunFailure as err:
         if debug:
             traceback.print_exc()
-        print(f"advmem: failed: {err}", file=sys.stderr)
+        print(f"advmem: failed: {_one_line(err)}", file=sys.stderr)
         return 1
+    except Interrupted as err:
+        print(f"advmem: {err}", file=sys.stderr)
+        return err.exit_code
     except KeyboardInterrupt:
-        print("advmem: interrupted", file=sys.stderr)
+        print("advmem: interrupted (files in the run directory are written atomically; "
+              "resume a training run with 'advmem train --resume RUN')", file=sys.stderr)
         return 130
 
 

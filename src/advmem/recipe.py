@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -51,7 +52,8 @@ def budget_value(text: str | float | int) -> float:
 def _budget_as_written(value: Any) -> str:
     if isinstance(value, bool) or not isinstance(value, (int, float, str)):
         raise ValueError(f"expected a number or a fraction like 8/255, got {value!r}")
-    budget_value(value)  # raises ValueError with a readable message
+    if not math.isfinite(budget_value(value)):  # raises ValueError with a readable message
+        raise ValueError(f"{value!r} is not a finite number; write a fraction like 8/255")
     return value.strip() if isinstance(value, str) else repr(value)
 
 
@@ -59,7 +61,7 @@ Budget = Annotated[str, BeforeValidator(_budget_as_written)]
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class AttackConfig(Section):
@@ -105,8 +107,9 @@ class ScheduleConfig(Section):
     def _check(self) -> "ScheduleConfig":
         if self.name == "step" and self.step_size is None:
             raise ValueError("optim.schedule.step_size is required with schedule name 'step'")
-        if sorted(self.milestones) != self.milestones or any(m < 1 for m in self.milestones):
-            raise ValueError("optim.schedule.milestones must be increasing positive epochs")
+        m = self.milestones
+        if any(b <= a for a, b in zip(m, m[1:])) or any(x < 1 for x in m):
+            raise ValueError(f"optim.schedule.milestones must be strictly increasing positive epochs, got {m}")
         return self
 
 
@@ -141,6 +144,14 @@ class EvalAttackConfig(Section):
     steps: int = Field(10, ge=1)
     restarts: int = Field(1, ge=1)
 
+    @model_validator(mode="after")
+    def _check_budgets(self) -> "EvalAttackConfig":
+        if self.eps is not None and budget_value(self.eps) < 0:
+            raise ValueError(f"eval.attack.eps must be >= 0, got {self.eps}")
+        if self.step_size is not None and budget_value(self.step_size) <= 0:
+            raise ValueError(f"eval.attack.step_size must be > 0, got {self.step_size}")
+        return self
+
 
 class EvalConfig(Section):
     every: int = Field(1, ge=1)
@@ -163,7 +174,7 @@ class ModelConfig(Section):
 class MethodConfig(BaseModel):
     """Base of each method's own config; the registry picks the subclass by `name`."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
     name: str
 
 
@@ -176,13 +187,46 @@ def _method_config(value: Any) -> MethodConfig:
         value = {"name": value}
     if not isinstance(value, dict) or "name" not in value:
         raise ValueError("method must be a mapping with a 'name', e.g. method: {name: pgd_at}")
+    if not isinstance(value["name"], str):
+        raise ValueError(f"method.name must be a method name such as pgd_at, got {value['name']!r}")
     return method_config_class(value["name"]).model_validate(value)
+
+
+class ReliabilityConfig(Section):
+    """What the trainer does when a step's loss or gradient is not finite (docs/reliability.md)."""
+
+    on_nonfinite: Literal["stop", "skip_batch"] = "stop"
+
+
+class DistributedConfig(Section):
+    """Used only under torchrun (WORLD_SIZE > 1); see docs/distributed.md."""
+
+    sync_bn: bool = False
+    backend: Literal["auto", "gloo", "nccl"] = "auto"
+    timeout_s: int = Field(1800, ge=10)
+
+
+class LauncherConfig(Section):
+    """Cluster resources for `advmem sweep --launcher slurm`; not used by `advmem train`."""
+
+    partition: str | None = None
+    gpus_per_node: int = Field(1, ge=0)
+    nodes: int = Field(1, ge=1)
+    cpus_per_task: int = Field(8, ge=1)
+    mem_gb: int | None = Field(None, ge=1)
+    time_min: int = Field(1440, ge=1)
+    account: str | None = None
+    qos: str | None = None
+
+
+# Keys that do not change what a run computes: excluded from Recipe.hash() and settable with --resume.
+RESUME_SETTABLE = ("reliability.on_nonfinite", "distributed.backend", "distributed.timeout_s")
 
 
 class Recipe(Section):
     name: str = "run"
     description: str = ""
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=2**32)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     deterministic: bool = False
     output_root: str = "runs"
@@ -194,6 +238,9 @@ class Recipe(Section):
     eval: EvalConfig = EvalConfig()
     log: LogConfig = LogConfig()
     track: TrackConfig = TrackConfig()
+    reliability: ReliabilityConfig = ReliabilityConfig()
+    distributed: DistributedConfig = DistributedConfig()
+    launcher: LauncherConfig = LauncherConfig()
 
     @field_validator("method", mode="before")
     @classmethod
@@ -219,8 +266,11 @@ class Recipe(Section):
         Keys left at their defaults are excluded, so a later advmem version that adds a section
         with behaviour-preserving defaults does not orphan existing runs' resume states."""
         body = self.model_dump(mode="json", exclude_defaults=True)
-        for key in ("name", "description", "output_root"):
+        for key in ("name", "description", "output_root", "launcher"):
             body.pop(key, None)
+        for dotted in RESUME_SETTABLE:
+            section, key = dotted.split(".")
+            body.get(section, {}).pop(key, None)
         return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -332,10 +382,13 @@ def format_validation_error(err: ValidationError, data: dict[str, Any], source: 
 
 
 def recipe_from_dict(data: dict[str, Any], source: str = "recipe") -> Recipe:
+    if not isinstance(data, dict):
+        raise UserError(f"{source}: a recipe must be a mapping of sections (data:, model:, method:, ...)")
     try:
         return Recipe.model_validate(data)
     except ValidationError as err:
-        raise UserError(format_validation_error(err, data, source)) from None
+        message = format_validation_error(err, data, source)
+        raise UserError(message.replace("\r", "\\r").replace("\n", "\\n")) from None  # always one line
 
 
 def load_recipe(spec: str | Path, overrides: list[str] | None = None) -> Recipe:

@@ -10,6 +10,7 @@ atomically so a killed run continues where its last completed epoch ended.
 
 from __future__ import annotations
 
+import json
 import math
 import sys
 import time
@@ -21,22 +22,33 @@ import torch
 
 from advmem import __version__
 from advmem.data import DataBundle, build_data
+from advmem.engine import distributed
 from advmem.engine.checkpoint import load_resume_state, save_checkpoint, save_resume_state
 from advmem.engine.evaluate import EvalAttack, clean_per_sample, robust_per_sample, summarize
+from advmem.engine.io import atomic_write_json
 from advmem.engine.rundir import RunDir
+from advmem.engine.safety import GracefulStop, RunLock
 from advmem.engine.schedules import lr_at
-from advmem.errors import RunFailure, UserError
+from advmem.errors import Interrupted, RunFailure, UserError
 from advmem.methods import build_method
 from advmem.models import build_model
 from advmem.recipe import Recipe, budget_value
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise UserError("device 'cuda' requested but no CUDA GPU is available; use --set device=cpu or device=auto")
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device("cuda", local_rank) if name == "cuda" and local_rank else torch.device(name)
+
+
+class NonFinite(RunFailure):
+    """A step produced a non-finite loss or gradient and reliability.on_nonfinite is 'stop'."""
+
+    def __init__(self, epoch: int, step: int, quantity: str) -> None:
+        super().__init__(f"epoch {epoch} step {step}: non-finite {quantity}")
+        self.epoch, self.step, self.quantity = epoch, step, quantity
 
 
 def epoch_generator(seed: int, epoch: int, stream: int) -> torch.Generator:
@@ -74,13 +86,15 @@ class Trainer:
     quiet: bool = False
     callbacks: list[Any] = field(default_factory=list)
     log: Callable[[str], None] = field(default=lambda msg: print(msg, file=sys.stderr))
+    comm: distributed.Comm = field(default_factory=distributed.Comm)
+    stop: GracefulStop | None = None
 
     def setup(self, resume: bool) -> None:
         """Everything that can fail on bad input happens here, before the run directory is touched."""
         r = self.recipe
         if r.deterministic:
             torch.use_deterministic_algorithms(True)
-        self.device = resolve_device(r.device)
+        self.device = resolve_device(r.device, self.comm.local_rank if self.comm.enabled else 0)
         self.bundle = build_data(r.data, self.device)
         if r.data.val_size == 0:
             self.log("note: data.val_size is 0, so the 'best' checkpoint is selected on the test set "
@@ -92,6 +106,9 @@ class Trainer:
         kwargs = dict(r.model.kwargs)
         self.model = build_model(r.model.name, in_channels=b.in_channels, num_classes=b.num_classes,
                                  image_size=b.image_size, mean=b.mean, std=b.std, **kwargs).to(self.device)
+        self.model = self.comm.convert_sync_bn(self.model, r.distributed.sync_bn)
+        if self.comm.rank > 0:  # same init on every rank, but each rank draws its own attack noise
+            torch.manual_seed(r.seed * 1_000_003 + self.comm.rank)
         self.method = build_method(r.method, r.attack, num_train=len(b.train), num_classes=b.num_classes,
                                    device=self.device, label_smoothing=r.optim.label_smoothing)
         o = r.optim
@@ -107,6 +124,7 @@ class Trainer:
         from advmem.track.callbacks import recipe_callbacks
 
         self.callbacks = recipe_callbacks(self) + list(self.callbacks)
+        self.train_model = self.comm.wrap(self.model, self.device)
 
     def _train_eval_subset(self):
         n = len(self.bundle.train)
@@ -128,22 +146,43 @@ class Trainer:
             "rng_cuda": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [],
             "best": self.best,
             "recipe_hash": self.recipe.hash(),
+            "rows": json.loads(json.dumps(self.rows, default=_plain)),  # plain types: loads with weights_only
+            "world_size": self.comm.world_size,
+            "rng_cpu_ranks": self.comm.all_gather_object(torch.get_rng_state()) if self.comm.enabled else [],
         }
 
     def _load_resume(self) -> None:
+        if not self.run.resume_path.exists():
+            # killed before its first epoch ended: nothing to lose, so start again from epoch 1
+            self.log(f"advmem: {self.run.path} has no completed epoch yet; starting it again from epoch 1")
+            return
         state = load_resume_state(self.run.resume_path)
         if state.get("recipe_hash") != self.recipe.hash():
             raise UserError(f"{self.run.path}: recipe.yaml differs from the one the resume state was written with; "
                             "start a new run instead of resuming")
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.method.load_state_dict(state["method"])
-        torch.set_rng_state(state["rng_cpu"])
-        if state["rng_cuda"] and self.device.type == "cuda":
-            torch.cuda.set_rng_state_all(state["rng_cuda"])
-        self.best = state["best"]
-        self.start_epoch = int(state["epoch"]) + 1
-        self.rows = [row for row in self.run.read_metrics() if row["epoch"] < self.start_epoch]
+        try:
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.method.load_state_dict(state["method"])
+            rng_ranks = state.get("rng_cpu_ranks") or []
+            if self.comm.enabled and len(rng_ranks) == self.comm.world_size:
+                torch.set_rng_state(rng_ranks[self.comm.rank])
+            elif self.comm.enabled and self.comm.rank > 0:
+                torch.manual_seed(self.recipe.seed * 1_000_003 + self.comm.rank + 7919 * int(state["epoch"]))
+            else:
+                torch.set_rng_state(state["rng_cpu"])
+            if state["rng_cuda"] and self.device.type == "cuda":
+                torch.cuda.set_rng_state_all(state["rng_cuda"])
+            self.best = state["best"]
+            self.start_epoch = int(state["epoch"]) + 1
+        except (KeyError, TypeError, ValueError, RuntimeError) as err:
+            detail = str(err).strip().splitlines()[0][:120] if str(err).strip() else type(err).__name__
+            raise UserError(f"{self.run.resume_path}: resume state does not match this run ({detail}); "
+                            "it is from another version or run; start again with --overwrite") from None
+        rows = state.get("rows")
+        if rows is None:  # written before resume states carried their rows
+            rows = self.run.read_metrics()
+        self.rows = [row for row in rows if row["epoch"] < self.start_epoch]
 
     # -- the loop ------------------------------------------------------------------------
     def train_epoch(self, epoch: int) -> dict[str, float]:
@@ -157,8 +196,9 @@ class Trainer:
         sums = {"loss": torch.zeros((), device=dev), "acc": torch.zeros((), device=dev),
                 "grad_norm_sq": torch.zeros((), device=dev)}
         n_batches, n_images = 0, 0
-        batches = self.bundle.train.batches(r.optim.batch_size, shuffle=True, generator=gen,
-                                            augment=self.bundle.augment)
+        world = self.comm.world_size  # DDP: this rank's shard of the permutation, batch_size / world each
+        batches = self.bundle.train.batches(r.optim.batch_size // world, shuffle=True, generator=gen,
+                                            augment=self.bundle.augment, rank=self.comm.rank, world_size=world)
         total = math.ceil(len(self.bundle.train) / r.optim.batch_size)
         bar = None
         if not self.quiet:
@@ -168,19 +208,29 @@ class Trainer:
                        desc=f"epoch {epoch}/{r.optim.epochs}", file=sys.stderr, dynamic_ncols=True,
                        disable=None)
         start = time.perf_counter()
-        for batch in batches:
+        skipped = 0
+        for step, batch in enumerate(batches, start=1):
             ctx = method.attack(model, batch, epoch)
             method.before_loss(model, batch, ctx, epoch)
             model.train()
-            loss, logs = method.outer_loss(model, batch, ctx, epoch)
+            loss, logs = method.outer_loss(self.train_model, batch, ctx, epoch)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             grad_sq = torch.zeros((), device=dev)
             for p in model.parameters():
                 if p.grad is not None:
                     grad_sq = grad_sq + p.grad.detach().float().pow(2).sum()
-            opt.step()
+            skip, stop = self._check_step(epoch, step, loss, grad_sq)
+            if not skip:
+                opt.step()
             method.after_step(model)
+            if self.comm.enabled and hasattr(method, "sync_state"):
+                method.sync_state(batch, self.comm)
+            if stop:
+                raise _StopRequested(epoch, step)
+            if skip:
+                skipped += 1
+                continue
             sums["loss"] += loss.detach().float()
             sums["acc"] += logs["acc"].float()
             sums["grad_norm_sq"] += grad_sq
@@ -193,13 +243,35 @@ class Trainer:
         train_time = time.perf_counter() - start
         if bar is not None:
             bar.close()
-        values = torch.stack([sums["loss"], sums["acc"], sums["grad_norm_sq"]]).div(max(n_batches, 1)).tolist()
-        if not all(math.isfinite(v) for v in values):
-            raise RunFailure(f"epoch {epoch}: non-finite training loss or gradient (loss {values[0]}); "
+        counts = torch.tensor([n_batches, n_images], dtype=torch.float64)
+        stacked = self.comm.all_reduce(torch.stack([sums["loss"], sums["acc"], sums["grad_norm_sq"]]))
+        n_batches, n_images = (int(v) for v in self.comm.all_reduce(counts).tolist())
+        if n_batches == 0:
+            raise RunFailure(f"epoch {epoch}: every batch had a non-finite loss or gradient and was skipped; "
                              "lower optim.lr or check the data")
-        assert total >= n_batches
-        return {"lr": lr, "train_loss": values[0], "train_batch_acc": values[1], "grad_norm_sq": values[2],
-                "train_time": train_time, "images_per_s": n_images / max(train_time, 1e-9)}
+        values = stacked.div(n_batches).tolist()
+        assert total >= n_batches // world
+        row = {"lr": lr, "train_loss": values[0], "train_batch_acc": values[1], "grad_norm_sq": values[2],
+               "train_time": train_time, "images_per_s": n_images / max(train_time, 1e-9)}
+        if self.recipe.reliability.on_nonfinite == "skip_batch":
+            row["skipped_batches"] = skipped
+        return row
+
+    def _check_step(self, epoch: int, step: int, loss: torch.Tensor, grad_sq: torch.Tensor) -> tuple[bool, bool]:
+        """(skip this batch, stop now). One host sync per step: the loss and squared gradient norm
+        are checked on the device, and under DDP the verdict (and a pending SIGTERM) is agreed by
+        all ranks with one small all-reduce, so every rank skips or stops at the same step."""
+        flags = torch.stack([(~torch.isfinite(loss.detach().float())).float(), (~torch.isfinite(grad_sq)).float(),
+                             torch.tensor(float(bool(self.stop and self.stop.requested)), device=grad_sq.device)])
+        bad_loss, bad_grad, stop = (v > 0 for v in self.comm.all_reduce(flags, op="max").tolist())
+        if bad_loss or bad_grad:
+            quantity = "loss" if bad_loss else "gradient"
+            if self.recipe.reliability.on_nonfinite == "stop":
+                raise NonFinite(epoch, step, quantity)
+            self.log(f"advmem: epoch {epoch} step {step}: non-finite {quantity}; batch skipped "
+                     "(reliability.on_nonfinite: skip_batch)")
+            return True, stop
+        return False, stop
 
     def evaluate_epoch(self, epoch: int) -> dict[str, float]:
         r, model = self.recipe, self.model
@@ -245,37 +317,85 @@ class Trainer:
         return key > (self.best["rob_acc"], self.best["nat_acc"])
 
     def fit(self) -> dict[str, Any]:
+        """Train the remaining epochs. Only rank 0 evaluates, runs callbacks and writes the run
+        directory; the resume state is written last in each epoch, so it is the commit point."""
+        try:
+            return self._fit()
+        except NonFinite as err:
+            last_good = self.start_epoch - 1 if not self.rows else self.rows[-1]["epoch"]
+            if self.comm.is_main:
+                atomic_write_json(self.run.path / "failure.json", {
+                    "reason": "non-finite", "quantity": err.quantity, "epoch": err.epoch, "step": err.step,
+                    "on_nonfinite": self.recipe.reliability.on_nonfinite, "last_good_epoch": last_good,
+                    "advmem_version": __version__})
+            kept = (f"the last good state (epoch {last_good}) is kept in checkpoints/last and resume.pt"
+                    if last_good > 0 else "no epoch had completed")
+            raise RunFailure(f"{err}; stopped (reliability.on_nonfinite: stop) and wrote {self.run.path / 'failure.json'}; "
+                             f"{kept}; lower optim.lr, or resume with --set reliability.on_nonfinite=skip_batch") from None
+        except _StopRequested as err:
+            signum = self.stop.signum if self.stop and self.stop.signum else 15
+            done = self.start_epoch - 1 if not self.rows else self.rows[-1]["epoch"]
+            where = (f"at epoch {err.epoch} step {err.step}; the partial epoch is discarded"
+                     if err.step else f"after epoch {done}")
+            raise Interrupted(f"stopped {where}; the run is consistent at epoch {done}; "
+                              f"continue with: advmem train --resume {self.run.path}", signum) from None
+
+    def _fit(self) -> dict[str, Any]:
         r = self.recipe
-        for callback in self.callbacks:
-            if hasattr(callback, "on_fit_start"):
-                callback.on_fit_start(self)
-        if self.start_epoch == 1:
+        main = self.comm.is_main
+        if main:
+            for callback in self.callbacks:
+                if hasattr(callback, "on_fit_start"):
+                    callback.on_fit_start(self)
+        if self.start_epoch == 1 and main:
             save_checkpoint(self.run.checkpoints / "init", self.model, self._checkpoint_meta(0, {}))
         split = "val" if self.bundle.val is not None and len(self.bundle.val) > 0 else "test"
         for epoch in range(self.start_epoch, r.optim.epochs + 1):
             t0 = time.perf_counter()
             row: dict[str, Any] = {"epoch": epoch}
             row.update(self.train_epoch(epoch))
-            if epoch % r.eval.every == 0 or epoch == r.optim.epochs:
+            if main and (epoch % r.eval.every == 0 or epoch == r.optim.epochs):
                 e0 = time.perf_counter()
                 row.update(self.evaluate_epoch(epoch))
                 row["eval_time"] = time.perf_counter() - e0
-            for callback in self.callbacks:
-                callback.on_epoch_end(self, epoch, row)
+            if main:
+                for callback in self.callbacks:
+                    callback.on_epoch_end(self, epoch, row)
+            if self.comm.enabled:
+                row["world_size"] = self.comm.world_size
             row["epoch_time"] = time.perf_counter() - t0
             self.rows.append(row)
-            if self._is_better(row):
+            if main and self._is_better(row):
                 self.best = {"epoch": epoch, "split": split, "rob_acc": row[f"{split}_rob_acc"],
                              "nat_acc": row[f"{split}_nat_acc"]}
                 save_checkpoint(self.run.checkpoints / "best", self.model, self._checkpoint_meta(epoch, row))
-            save_checkpoint(self.run.checkpoints / "last", self.model, self._checkpoint_meta(epoch, row))
-            save_resume_state(self.run.resume_path, self._resume_state(epoch))
-            self.run.write_metrics(self.rows)
-            if not self.quiet:
+            state = self._resume_state(epoch)  # collective under DDP: every rank builds it
+            if main:
+                save_checkpoint(self.run.checkpoints / "last", self.model, self._checkpoint_meta(epoch, row))
+                self.run.write_metrics(self.rows)
+                save_resume_state(self.run.resume_path, state)
+            if not self.quiet and main:
                 self.log(format_row(row))
+            pending = torch.tensor([float(bool(self.stop and self.stop.requested))])
+            if epoch < r.optim.epochs and self.comm.all_reduce(pending, op="max").item() > 0:
+                raise _StopRequested(epoch, 0)
+        if not main:
+            return {}
         summary = self.run.write_summary(self.rows, self.best, self.recipe)
         self.run.plot_curves(self.rows)
         return summary
+
+
+def _plain(value: Any) -> Any:
+    """numpy / torch scalars a callback may put in a metrics row, as plain Python numbers."""
+    if hasattr(value, "item"):
+        return value.item()
+    return str(value)
+
+
+class _StopRequested(Exception):
+    def __init__(self, epoch: int, step: int) -> None:
+        self.epoch, self.step = epoch, step
 
 
 def format_row(row: dict[str, Any]) -> str:
@@ -291,16 +411,39 @@ def format_row(row: dict[str, Any]) -> str:
 
 def train(recipe: Recipe, *, run_root: Path | None = None, resume: bool = False, overwrite: bool = False,
           quiet: bool = False, callbacks: list[Any] | None = None) -> tuple[RunDir, dict[str, Any]]:
-    """Validate, set up, then (only then) create the run directory and train."""
-    run = RunDir(Path(run_root or recipe.output_root) / recipe.name)
-    run.check_start(resume=resume, overwrite=overwrite)
-    callbacks = list(callbacks or [])
-    if recipe.log.tensorboard:
-        from advmem.track.tensorboard import TensorBoardCallback
+    """Validate, set up, then (only then) lock and create the run directory and train.
 
-        callbacks.append(TensorBoardCallback(run.path / "tb"))
-    trainer = Trainer(recipe, run, quiet=quiet, callbacks=callbacks)
-    trainer.setup(resume=resume)
-    run.prepare(recipe, trainer.bundle.info, overwrite=overwrite and not resume)
-    summary = trainer.fit()
-    return run, summary
+    Under torchrun every rank runs this; rank 0 alone locks and writes the run directory.
+    SIGTERM/SIGINT stop after the current step (Interrupted); a lost DDP peer is a RunFailure.
+    """
+    run = RunDir(Path(run_root or recipe.output_root) / recipe.name)
+    comm = distributed.init_distributed(recipe, run_path=str(run.path))
+    try:
+        if comm.is_main:
+            run.check_start(resume=resume, overwrite=overwrite)
+        callbacks = list(callbacks or [])
+        if recipe.log.tensorboard and comm.is_main:
+            from advmem.track.tensorboard import TensorBoardCallback
+
+            callbacks.append(TensorBoardCallback(run.path / "tb"))
+        trainer = Trainer(recipe, run, quiet=quiet or not comm.is_main, callbacks=callbacks, comm=comm)
+        trainer.setup(resume=resume)
+        lock = RunLock(run.path, log=trainer.log) if comm.is_main else None
+        with GracefulStop(log=trainer.log) as stop:
+            trainer.stop = stop
+            if lock is not None:
+                lock.acquire()
+            try:
+                if comm.is_main:
+                    run.prepare(recipe, trainer.bundle.info, overwrite=overwrite and not resume)
+                summary = trainer.fit()
+            finally:
+                if lock is not None:
+                    lock.release()
+        return run, summary
+    except Exception as err:
+        if comm.enabled and distributed.is_comm_error(err):
+            raise distributed.peer_failure(comm, err) from err
+        raise
+    finally:
+        distributed.shutdown(comm)

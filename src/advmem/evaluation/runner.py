@@ -172,6 +172,10 @@ def checkpoints_of(target: str | Path, which: str = "both") -> list[Path]:
     """The checkpoints `advmem eval` evaluates: a run's best and/or last, or one file."""
     path = Path(target)
     if path.is_dir():
+        from advmem.engine.rundir import RunDir
+
+        if RunDir(path).is_run():
+            RunDir(path).check_readable()  # refuses a run written by a newer advmem
         stems = {"both": ("best", "last"), "best": ("best",), "last": ("last",)}[which]
         found = [path / "checkpoints" / f"{s}.safetensors" for s in stems]
         found = [p for p in found if p.is_file()]
