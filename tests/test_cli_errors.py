@@ -57,7 +57,7 @@ def test_existing_run_is_never_overwritten_silently(tmp_path, monkeypatch, capsy
 
 @pytest.mark.parametrize("args,needle", [
     (["train", "no-such-recipe"], "not found"),
-    (["train", "--resume", "nowhere"], "not an advmem run directory"),
+    (["train", "--resume", "nowhere"], "no such run directory"),
     (["eval", "nowhere"], "no such run directory or checkpoint"),
     (["train", "r.yaml", "--bogus-flag"], "unrecognized arguments"),
 ])
