@@ -23,6 +23,7 @@ from advmem import __version__
 from advmem.data import DataBundle, build_data
 from advmem.engine.checkpoint import load_resume_state, save_checkpoint, save_resume_state
 from advmem.engine.evaluate import EvalAttack, clean_per_sample, robust_per_sample, summarize
+from advmem.engine.perf import resolve_perf
 from advmem.engine.rundir import RunDir
 from advmem.engine.schedules import lr_at
 from advmem.errors import RunFailure, UserError
@@ -92,6 +93,11 @@ class Trainer:
         kwargs = dict(r.model.kwargs)
         self.model = build_model(r.model.name, in_channels=b.in_channels, num_classes=b.num_classes,
                                  image_size=b.image_size, mean=b.mean, std=b.std, **kwargs).to(self.device)
+        # perf: `self.model` (eager) is saved and evaluated; `self.step_model` (maybe compiled,
+        # same parameters) runs the training step under autocast.
+        self.perf = resolve_perf(r.perf, self.device)
+        self.step_model = self.perf.prepare_model(self.model)
+        self.scaler = self.perf.grad_scaler()
         self.method = build_method(r.method, r.attack, num_train=len(b.train), num_classes=b.num_classes,
                                    device=self.device, label_smoothing=r.optim.label_smoothing)
         o = r.optim
@@ -123,6 +129,7 @@ class Trainer:
             "method": self.method.state_dict(),
             "rng_cpu": torch.get_rng_state(),
             "rng_cuda": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [],
+            "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else {},
             "best": self.best,
             "recipe_hash": self.recipe.hash(),
         }
@@ -135,6 +142,8 @@ class Trainer:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.method.load_state_dict(state["method"])
+        if state.get("scaler") and self.scaler.is_enabled():
+            self.scaler.load_state_dict(state["scaler"])
         torch.set_rng_state(state["rng_cpu"])
         if state["rng_cuda"] and self.device.type == "cuda":
             torch.cuda.set_rng_state_all(state["rng_cuda"])
@@ -144,7 +153,7 @@ class Trainer:
 
     # -- the loop ------------------------------------------------------------------------
     def train_epoch(self, epoch: int) -> dict[str, float]:
-        r, model, method, opt = self.recipe, self.model, self.method, self.optimizer
+        r, method, opt = self.recipe, self.method, self.optimizer
         lr = lr_at(r.optim, epoch)
         for group in opt.param_groups:
             group["lr"] = lr
@@ -166,21 +175,7 @@ class Trainer:
                        disable=None)
         start = time.perf_counter()
         for batch in batches:
-            ctx = method.attack(model, batch, epoch)
-            method.before_loss(model, batch, ctx, epoch)
-            model.train()
-            loss, logs = method.outer_loss(model, batch, ctx, epoch)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            grad_sq = torch.zeros((), device=dev)
-            for p in model.parameters():
-                if p.grad is not None:
-                    grad_sq = grad_sq + p.grad.detach().float().pow(2).sum()
-            opt.step()
-            method.after_step(model)
-            sums["loss"] += loss.detach().float()
-            sums["acc"] += logs["acc"].float()
-            sums["grad_norm_sq"] += grad_sq
+            self.train_step(batch, epoch, sums)
             n_batches += 1
             n_images += batch.y.shape[0]
             if bar is not None:
@@ -197,6 +192,40 @@ class Trainer:
         assert total >= n_batches
         return {"lr": lr, "train_loss": values[0], "train_batch_acc": values[1], "grad_norm_sq": values[2],
                 "train_time": train_time, "images_per_s": n_images / max(train_time, 1e-9)}
+
+    def train_step(self, batch, epoch: int, sums: dict[str, torch.Tensor]) -> None:
+        """One optimizer step; metrics are added to the on-device `sums` (no host sync)."""
+        model, method, opt, perf = self.step_model, self.method, self.optimizer, self.perf
+        if perf.channels_last:
+            batch = batch._replace(x=perf.prepare_input(batch.x))
+        with perf.autocast():
+            ctx = method.attack(model, batch, epoch)
+            method.before_loss(model, batch, ctx, epoch)
+            model.train()
+            loss, logs = method.outer_loss(model, batch, ctx, epoch)
+        opt.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(opt)  # no-op unless fp16, so the gradient norm below is the true one
+        grad_sq = torch.zeros((), device=self.device)
+        for p in model.parameters():
+            if p.grad is not None:
+                grad_sq = grad_sq + p.grad.detach().float().pow(2).sum()
+        self.scaler.step(opt)  # plain opt.step() unless fp16
+        self.scaler.update()
+        method.after_step(model)
+        sums["loss"] += loss.detach().float()
+        sums["acc"] += logs["acc"].float()
+        sums["grad_norm_sq"] += grad_sq
+
+    def evaluate_full_test(self, epoch: int) -> dict[str, float]:
+        """The last epoch's evaluation on the full test set when data.test_size subsets it."""
+        r = self.recipe
+        full = build_data(r.data.model_copy(update={"test_size": None}), self.device).test
+        clean = summarize(clean_per_sample(self.model, full, r.eval.batch_size))
+        gen = epoch_generator(r.seed, epoch, stream=3)
+        rob = summarize(robust_per_sample(self.model, full, self.eval_attack, r.eval.batch_size, generator=gen))
+        return {"test_full_nat_acc": clean["acc"], "test_full_nat_loss": clean["loss"],
+                "test_full_rob_acc": rob["acc"], "test_full_rob_loss": rob["loss"]}
 
     def evaluate_epoch(self, epoch: int) -> dict[str, float]:
         r, model = self.recipe, self.model
@@ -253,6 +282,8 @@ class Trainer:
             if epoch % r.eval.every == 0 or epoch == r.optim.epochs:
                 e0 = time.perf_counter()
                 row.update(self.evaluate_epoch(epoch))
+                if epoch == r.optim.epochs and r.eval.final_full and r.data.test_size is not None:
+                    row.update(self.evaluate_full_test(epoch))
                 row["eval_time"] = time.perf_counter() - e0
             for callback in self.callbacks:
                 callback.on_epoch_end(self, epoch, row)
