@@ -21,6 +21,8 @@ import sys
 import time
 from pathlib import Path
 
+import torch
+
 from advmem.bench.common import Section, Settings, data_section, table
 
 K_SCALE = 10
@@ -46,10 +48,10 @@ def _reset_peak() -> bool:
 
 def worker(cfg: dict) -> dict:
     """Set up a trainer for `cfg`, warm up, reset the memory peak, time one epoch."""
-    import torch
+    from advmem.bench.common import fresh_sums, make_trainer
 
-    from advmem.bench.common import Settings, fresh_sums, make_trainer
-
+    if cfg.get("threads"):
+        torch.set_num_threads(int(cfg["threads"]))
     settings = Settings(device=torch.device(cfg["device"]))
     recipe = {"data": cfg["data"], "model": cfg["model"], "method": {"name": "pgd_at"},
               "attack": {"steps": cfg["steps"]}, "optim": {"batch_size": cfg["batch_size"], "epochs": 1},
@@ -115,7 +117,7 @@ def run(settings: Settings) -> Section:
 
     def cfg(n: int, bs: int) -> dict:
         return {"device": settings.device.type, "data": data_section(settings, n, test_size=64), "model": model,
-                "batch_size": bs, "steps": steps}
+                "batch_size": bs, "steps": steps, "threads": torch.get_num_threads()}
 
     section.add(
         f"PGD-{steps} AT epoch of small_cnn {model['kwargs']} on "
