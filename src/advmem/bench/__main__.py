@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from advmem.bench.common import Section, Settings, load_average, machine_lines, python_module_command
+from advmem.bench.common import Section, Settings, git_commit, load_average, machine_lines, python_module_command
 from advmem.engine.io import atomic_write_text
 
 FAMILIES = ("step", "epoch", "eval", "scale")
@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
                           else "cpu")
     settings = Settings(device=device, quick=args.quick, tiny=args.tiny, repeats=args.repeats,
                         data_root=args.data_root, peak_tflops=args.peak_tflops)
-    load_start = load_average()
+    load_start, started, commit = load_average(), time.time(), git_commit()
     from advmem.bench import epoch, eval as eval_bench, gpu, scale, step
 
     modules = {"step": step, "epoch": epoch, "eval": eval_bench, "scale": scale}
@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         sections.append(gpu_section)
     finally:
         shutil.rmtree(settings.workdir, ignore_errors=True)
-    header = machine_lines(settings, python_module_command(argv), load_start, load_average())
+    header = machine_lines(settings, python_module_command(argv), load_start, load_average(), commit, started)
     text = render(sections, header)
     out = Path(args.out)
     atomic_write_text(out, text)

@@ -175,12 +175,13 @@ def load_average() -> tuple[float, float, float] | None:
         return None
 
 
-def machine_lines(settings: Settings, command: str, load_start, load_end) -> list[str]:
+def machine_lines(settings: Settings, command: str, load_start, load_end, commit: str, started: float) -> list[str]:
     cores = os.cpu_count()
     lines = [
         f"- Command: `{command}`",
-        f"- Date (UTC): {time.strftime('%Y-%m-%d %H:%M', time.gmtime())}",
-        f"- Git commit: {git_commit()}",
+        f"- Date (UTC): {time.strftime('%Y-%m-%d %H:%M', time.gmtime(started))} "
+        f"(took {(time.time() - started) / 60:.1f} min)",
+        f"- Git commit: {commit}",
         f"- CPU: {cpu_model()}, {cores} logical cores; torch {torch.__version__} using {torch.get_num_threads()} threads; "
         f"Python {platform.python_version()}",
         f"- Device benchmarked: {settings.device.type}"

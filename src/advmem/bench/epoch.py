@@ -181,4 +181,34 @@ def run(settings: Settings) -> Section:
     )
     section.goals.append(Goal("Parity: PGD-20 robust acc, toolkit - reference", f"{diff:+.1f} pp (SE {100 * se:.1f})",
                               "within max(1 pp, 2 SE)", abs(diff) <= max(1.0, 200 * se)))
+    _data_pipeline(section, settings, train_set, o.batch_size)
     return section
+
+
+def _data_pipeline(section: Section, settings: Settings, train_set, batch_size: int) -> None:
+    """The input pipeline alone, with crop+flip augmentation: per-sample PIL DataLoader vs the
+    device-resident dataset with batched tensor augmentation (what the toolkit uses)."""
+    from advmem.data.dataset import Augment
+
+    dev = settings.device
+    loader = loader_from_device_dataset(train_set, batch_size, crop_padding=4, flip=True,
+                                        num_workers=2 if settings.cuda else 0, seed=1)
+    augment = Augment("crop_flip", 4)
+
+    def reference() -> None:
+        for x, y in loader:
+            x.to(dev), y.to(dev)
+
+    def resident() -> None:
+        for _ in train_set.batches(batch_size, shuffle=True, generator=torch.Generator().manual_seed(1),
+                                   augment=augment):
+            pass
+
+    times = interleaved({"reference": reference, "resident": resident}, rounds=settings.rounds(default=5, quick=3),
+                        warmup=1, device=dev)
+    r = ratio(times["reference"], times["resident"])
+    section.add("", f"Input pipeline alone (one epoch of {len(train_set)} images with random crop + flip, no model): "
+                f"per-sample PIL DataLoader {median(times['reference']):.3f} s, device-resident dataset with "
+                f"batched augmentation {median(times['resident']):.3f} s: {r.text(1)}x faster.")
+    section.goals.append(Goal(f"Input pipeline: PIL DataLoader / device-resident batches, {dev.type}",
+                              f"{r.text(1)}x", "report", None))
