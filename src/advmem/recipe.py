@@ -28,6 +28,7 @@ from pydantic import (
 from typing_extensions import Annotated
 
 from advmem.data.config import DataConfig
+from advmem.track.config import TrackConfig
 from advmem.errors import UserError
 
 _BUDGET_RE = re.compile(r"^\s*(-?[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*(?:/\s*([0-9]*\.?[0-9]+))?\s*$")
@@ -210,6 +211,7 @@ class Recipe(Section):
     optim: OptimConfig = OptimConfig()
     eval: EvalConfig = EvalConfig()
     log: LogConfig = LogConfig()
+    track: TrackConfig = TrackConfig()
     perf: PerfConfig = PerfConfig()
 
     @field_validator("method", mode="before")
@@ -231,8 +233,11 @@ class Recipe(Section):
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
     def hash(self) -> str:
-        """Hash of everything that changes what is computed (not the name or description)."""
-        body = self.to_dict()
+        """Hash of everything that changes what is computed (not the name or description).
+
+        Keys left at their defaults are excluded, so a later advmem version that adds a section
+        with behaviour-preserving defaults does not orphan existing runs' resume states."""
+        body = self.model_dump(mode="json", exclude_defaults=True)
         for key in ("name", "description", "output_root"):
             body.pop(key, None)
         return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]

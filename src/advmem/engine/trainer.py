@@ -110,6 +110,9 @@ class Trainer:
         self.best: dict[str, Any] | None = None
         if resume:
             self._load_resume()
+        from advmem.track.callbacks import recipe_callbacks
+
+        self.callbacks = recipe_callbacks(self) + list(self.callbacks)
 
     def _train_eval_subset(self):
         n = len(self.bundle.train)
@@ -272,6 +275,9 @@ class Trainer:
 
     def fit(self) -> dict[str, Any]:
         r = self.recipe
+        for callback in self.callbacks:
+            if hasattr(callback, "on_fit_start"):
+                callback.on_fit_start(self)
         if self.start_epoch == 1:
             save_checkpoint(self.run.checkpoints / "init", self.model, self._checkpoint_meta(0, {}))
         split = "val" if self.bundle.val is not None and len(self.bundle.val) > 0 else "test"
