@@ -158,6 +158,8 @@ class EvalConfig(Section):
     train_subset: int = Field(1000, ge=0)
     batch_size: int = Field(256, ge=1)
     attack: EvalAttackConfig = EvalAttackConfig()
+    # With data.test_size set, the last epoch also evaluates the full test set (test_full_* keys).
+    final_full: bool = True
 
 
 class LogConfig(Section):
@@ -169,6 +171,22 @@ class LogConfig(Section):
 class ModelConfig(Section):
     name: str = "small_cnn"
     kwargs: dict[str, Any] = Field(default_factory=dict)
+
+
+class PerfConfig(Section):
+    """Speed settings; none changes what is computed beyond floating-point rounding.
+
+    "auto" resolves per device: channels_last and bf16 autocast on CUDA, contiguous fp32 on CPU.
+    Evaluation always runs in fp32. fp16 scales the attack's input gradient by
+    `fp16_attack_scale` (so sign steps do not underflow to zero) and the weight gradients with
+    torch.amp.GradScaler. `cuda_graphs` compiles with mode="reduce-overhead" (CUDA only).
+    """
+
+    channels_last: Literal["auto", True, False] = "auto"
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    compile: bool = False
+    cuda_graphs: bool = False
+    fp16_attack_scale: float = Field(1024.0, gt=0)
 
 
 class MethodConfig(BaseModel):
@@ -241,6 +259,7 @@ class Recipe(Section):
     reliability: ReliabilityConfig = ReliabilityConfig()
     distributed: DistributedConfig = DistributedConfig()
     launcher: LauncherConfig = LauncherConfig()
+    perf: PerfConfig = PerfConfig()
 
     @field_validator("method", mode="before")
     @classmethod

@@ -144,7 +144,7 @@ class RunDir:
         best_row = next((row for row in evaluated if best and row["epoch"] == best["epoch"]), {})
 
         def pick(row: dict[str, Any]) -> dict[str, Any]:
-            keys = ["epoch"] + [f"{s}_{k}" for s in ("train", "val", "test") for k in ("nat_acc", "rob_acc")]
+            keys = ["epoch"] + [f"{s}_{k}" for s in ("train", "val", "test", "test_full") for k in ("nat_acc", "rob_acc")]
             return {k: row[k] for k in keys if k in row}
 
         summary = {

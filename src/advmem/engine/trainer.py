@@ -26,6 +26,7 @@ from advmem.engine import distributed
 from advmem.engine.checkpoint import load_resume_state, save_checkpoint, save_resume_state
 from advmem.engine.evaluate import EvalAttack, clean_per_sample, robust_per_sample, summarize
 from advmem.engine.io import atomic_write_json
+from advmem.engine.perf import resolve_perf
 from advmem.engine.rundir import RunDir
 from advmem.engine.safety import GracefulStop, RunLock
 from advmem.engine.schedules import lr_at
@@ -109,6 +110,12 @@ class Trainer:
         self.model = self.comm.convert_sync_bn(self.model, r.distributed.sync_bn)
         if self.comm.rank > 0:  # same init on every rank, but each rank draws its own attack noise
             torch.manual_seed(r.seed * 1_000_003 + self.comm.rank)
+        # perf: `self.model` (eager) is saved and evaluated; `self.step_model` (maybe compiled,
+        # same parameters) runs the training step under autocast; `self.train_model` is the
+        # step model wrapped for DDP (the outer loss only: attacks use the unwrapped module).
+        self.perf = resolve_perf(r.perf, self.device)
+        self.step_model = self.perf.prepare_model(self.model)
+        self.scaler = self.perf.grad_scaler()
         self.method = build_method(r.method, r.attack, num_train=len(b.train), num_classes=b.num_classes,
                                    device=self.device, label_smoothing=r.optim.label_smoothing)
         o = r.optim
@@ -124,7 +131,7 @@ class Trainer:
         from advmem.track.callbacks import recipe_callbacks
 
         self.callbacks = recipe_callbacks(self) + list(self.callbacks)
-        self.train_model = self.comm.wrap(self.model, self.device)
+        self.train_model = self.comm.wrap(self.step_model, self.device)
 
     def _train_eval_subset(self):
         n = len(self.bundle.train)
@@ -144,6 +151,7 @@ class Trainer:
             "method": self.method.state_dict(),
             "rng_cpu": torch.get_rng_state(),
             "rng_cuda": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [],
+            "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else {},
             "best": self.best,
             "recipe_hash": self.recipe.hash(),
             "rows": json.loads(json.dumps(self.rows, default=_plain)),  # plain types: loads with weights_only
@@ -164,6 +172,8 @@ class Trainer:
             self.model.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
             self.method.load_state_dict(state["method"])
+            if state.get("scaler") and self.scaler.is_enabled():
+                self.scaler.load_state_dict(state["scaler"])
             rng_ranks = state.get("rng_cpu_ranks") or []
             if self.comm.enabled and len(rng_ranks) == self.comm.world_size:
                 torch.set_rng_state(rng_ranks[self.comm.rank])
@@ -186,7 +196,7 @@ class Trainer:
 
     # -- the loop ------------------------------------------------------------------------
     def train_epoch(self, epoch: int) -> dict[str, float]:
-        r, model, method, opt = self.recipe, self.model, self.method, self.optimizer
+        r, method, opt = self.recipe, self.method, self.optimizer
         lr = lr_at(r.optim, epoch)
         for group in opt.param_groups:
             group["lr"] = lr
@@ -210,30 +220,12 @@ class Trainer:
         start = time.perf_counter()
         skipped = 0
         for step, batch in enumerate(batches, start=1):
-            ctx = method.attack(model, batch, epoch)
-            method.before_loss(model, batch, ctx, epoch)
-            model.train()
-            loss, logs = method.outer_loss(self.train_model, batch, ctx, epoch)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            grad_sq = torch.zeros((), device=dev)
-            for p in model.parameters():
-                if p.grad is not None:
-                    grad_sq = grad_sq + p.grad.detach().float().pow(2).sum()
-            skip, stop = self._check_step(epoch, step, loss, grad_sq)
-            if not skip:
-                opt.step()
-            method.after_step(model)
-            if self.comm.enabled and hasattr(method, "sync_state"):
-                method.sync_state(batch, self.comm)
+            skip, stop = self.train_step(batch, epoch, step, sums)
             if stop:
                 raise _StopRequested(epoch, step)
             if skip:
                 skipped += 1
                 continue
-            sums["loss"] += loss.detach().float()
-            sums["acc"] += logs["acc"].float()
-            sums["grad_norm_sq"] += grad_sq
             n_batches += 1
             n_images += batch.y.shape[0]
             if bar is not None:
@@ -272,6 +264,52 @@ class Trainer:
                      "(reliability.on_nonfinite: skip_batch)")
             return True, stop
         return False, stop
+
+    def train_step(self, batch, epoch: int, step: int, sums: dict[str, torch.Tensor]) -> tuple[bool, bool]:
+        """One optimizer step; metrics are added to the on-device `sums`. Returns (skipped, stop).
+
+        The attack runs on the unwrapped (maybe compiled) step model; the outer loss on the
+        DDP-wrapped one, so gradients are all-reduced but attack passes fire no DDP hooks."""
+        model, method, opt, perf = self.step_model, self.method, self.optimizer, self.perf
+        if perf.channels_last:
+            batch = batch._replace(x=perf.prepare_input(batch.x))
+        with perf.autocast():
+            ctx = method.attack(model, batch, epoch)
+            method.before_loss(model, batch, ctx, epoch)
+            model.train()
+            loss, logs = method.outer_loss(self.train_model, batch, ctx, epoch)
+        opt.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(opt)  # no-op unless fp16, so the gradient norm below is the true one
+        grad_sq = torch.zeros((), device=self.device)
+        for p in model.parameters():
+            if p.grad is not None:
+                grad_sq = grad_sq + p.grad.detach().float().pow(2).sum()
+        # With fp16 loss scaling an overflowing gradient is routine (the scaler skips the step and
+        # lowers the scale), so only the loss counts as divergence there.
+        checked_grad = torch.zeros_like(grad_sq) if self.scaler.is_enabled() else grad_sq
+        skip, stop = self._check_step(epoch, step, loss, checked_grad)
+        if not skip:
+            self.scaler.step(opt)  # plain opt.step() unless fp16
+        self.scaler.update()
+        method.after_step(model)
+        if self.comm.enabled and hasattr(method, "sync_state"):
+            method.sync_state(batch, self.comm)
+        if not skip:
+            sums["loss"] += loss.detach().float()
+            sums["acc"] += logs["acc"].float()
+            sums["grad_norm_sq"] += torch.nan_to_num(grad_sq, nan=0.0, posinf=0.0)
+        return skip, stop
+
+    def evaluate_full_test(self, epoch: int) -> dict[str, float]:
+        """The last epoch's evaluation on the full test set when data.test_size subsets it."""
+        r = self.recipe
+        full = build_data(r.data.model_copy(update={"test_size": None}), self.device).test
+        clean = summarize(clean_per_sample(self.model, full, r.eval.batch_size))
+        gen = epoch_generator(r.seed, epoch, stream=3)
+        rob = summarize(robust_per_sample(self.model, full, self.eval_attack, r.eval.batch_size, generator=gen))
+        return {"test_full_nat_acc": clean["acc"], "test_full_nat_loss": clean["loss"],
+                "test_full_rob_acc": rob["acc"], "test_full_rob_loss": rob["loss"]}
 
     def evaluate_epoch(self, epoch: int) -> dict[str, float]:
         r, model = self.recipe, self.model
@@ -357,6 +395,8 @@ class Trainer:
             if main and (epoch % r.eval.every == 0 or epoch == r.optim.epochs):
                 e0 = time.perf_counter()
                 row.update(self.evaluate_epoch(epoch))
+                if epoch == r.optim.epochs and r.eval.final_full and r.data.test_size is not None:
+                    row.update(self.evaluate_full_test(epoch))
                 row["eval_time"] = time.perf_counter() - e0
             if main:
                 for callback in self.callbacks:
