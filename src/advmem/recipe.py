@@ -214,6 +214,10 @@ class ReliabilityConfig(Section):
     """What the trainer does when a step's loss or gradient is not finite (docs/reliability.md)."""
 
     on_nonfinite: Literal["stop", "skip_batch"] = "stop"
+    # With `stop`, the first non-finite step is recorded on the device (no host sync inside the
+    # step) and read every `check_every` steps and at the end of the epoch: 0 = end of epoch only.
+    # `skip_batch` and DDP must decide before the optimizer step, so they sync every step.
+    check_every: int = Field(0, ge=0)
 
 
 class DistributedConfig(Section):

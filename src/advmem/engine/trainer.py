@@ -219,6 +219,7 @@ class Trainer:
                        disable=None)
         start = time.perf_counter()
         skipped = 0
+        self._first_bad = torch.zeros(2, device=dev)  # (step, 1 loss | 2 gradient) of the first non-finite step
         for step, batch in enumerate(batches, start=1):
             skip, stop = self.train_step(batch, epoch, step, sums)
             if stop:
@@ -235,13 +236,19 @@ class Trainer:
         train_time = time.perf_counter() - start
         if bar is not None:
             bar.close()
-        counts = torch.tensor([n_batches, n_images], dtype=torch.float64)
-        stacked = self.comm.all_reduce(torch.stack([sums["loss"], sums["acc"], sums["grad_norm_sq"]]))
-        n_batches, n_images = (int(v) for v in self.comm.all_reduce(counts).tolist())
+        # One device read per epoch: the step sums and the first non-finite step, together.
+        sums_and_flag = torch.cat([torch.stack([sums["loss"], sums["acc"], sums["grad_norm_sq"]]), self._first_bad])
+        totals = self.comm.all_reduce(sums_and_flag).tolist()
+        bad_step, bad_code = totals[3], totals[4]
+        if bad_code > 0 and self.recipe.reliability.on_nonfinite == "stop" and not self.comm.enabled:
+            raise NonFinite(epoch, int(bad_step), "loss" if bad_code == 1 else "gradient")
+        if self.comm.enabled:
+            counts = torch.tensor([n_batches, n_images], dtype=torch.float64)
+            n_batches, n_images = (int(v) for v in self.comm.all_reduce(counts).tolist())
         if n_batches == 0:
             raise RunFailure(f"epoch {epoch}: every batch had a non-finite loss or gradient and was skipped; "
                              "lower optim.lr or check the data")
-        values = stacked.div(n_batches).tolist()
+        values = [v / n_batches for v in totals[:3]]
         assert total >= n_batches // world
         row = {"lr": lr, "train_loss": values[0], "train_batch_acc": values[1], "grad_norm_sq": values[2],
                "train_time": train_time, "images_per_s": n_images / max(train_time, 1e-9)}
@@ -250,20 +257,43 @@ class Trainer:
         return row
 
     def _check_step(self, epoch: int, step: int, loss: torch.Tensor, grad_sq: torch.Tensor) -> tuple[bool, bool]:
-        """(skip this batch, stop now). One host sync per step: the loss and squared gradient norm
-        are checked on the device, and under DDP the verdict (and a pending SIGTERM) is agreed by
-        all ranks with one small all-reduce, so every rank skips or stops at the same step."""
-        flags = torch.stack([(~torch.isfinite(loss.detach().float())).float(), (~torch.isfinite(grad_sq)).float(),
-                             torch.tensor(float(bool(self.stop and self.stop.requested)), device=grad_sq.device)])
+        """(skip this batch, stop now).
+
+        Single process with `on_nonfinite: stop`: no host sync inside the step. The first bad
+        step and quantity are recorded in a device tensor, read every `check_every` steps and at
+        the end of the epoch (`_raise_recorded_nonfinite`), so the failure names the exact step
+        and nothing after it is saved. `skip_batch` and DDP must decide before the optimizer step:
+        one host sync per step, and under DDP one small all-reduce so every rank skips or stops
+        at the same step (a pending SIGTERM is agreed the same way)."""
+        rel = self.recipe.reliability
+        bad_loss_t = ~torch.isfinite(loss.detach().float())
+        bad_grad_t = ~torch.isfinite(grad_sq)
+        stop_local = bool(self.stop and self.stop.requested)
+        if rel.on_nonfinite == "stop" and not self.comm.enabled:
+            code = torch.where(bad_loss_t, 1.0, torch.where(bad_grad_t, 2.0, 0.0))
+            fresh = (self._first_bad[0] == 0) & (code > 0)
+            self._first_bad = torch.where(fresh, torch.stack([torch.tensor(float(step), device=code.device), code]),
+                                          self._first_bad)
+            if rel.check_every and step % rel.check_every == 0:
+                self._raise_recorded_nonfinite(epoch)
+            return False, stop_local
+        flags = torch.stack([bad_loss_t.float(), bad_grad_t.float(),
+                             torch.tensor(float(stop_local), device=grad_sq.device)])
         bad_loss, bad_grad, stop = (v > 0 for v in self.comm.all_reduce(flags, op="max").tolist())
         if bad_loss or bad_grad:
             quantity = "loss" if bad_loss else "gradient"
-            if self.recipe.reliability.on_nonfinite == "stop":
+            if rel.on_nonfinite == "stop":
                 raise NonFinite(epoch, step, quantity)
             self.log(f"advmem: epoch {epoch} step {step}: non-finite {quantity}; batch skipped "
                      "(reliability.on_nonfinite: skip_batch)")
             return True, stop
         return False, stop
+
+    def _raise_recorded_nonfinite(self, epoch: int) -> None:
+        step, code = self._first_bad.tolist()
+        if code > 0:
+            raise NonFinite(epoch, int(step), "loss" if code == 1 else "gradient")
+
 
     def train_step(self, batch, epoch: int, step: int, sums: dict[str, torch.Tensor]) -> tuple[bool, bool]:
         """One optimizer step; metrics are added to the on-device `sums`. Returns (skipped, stop).
