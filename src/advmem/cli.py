@@ -1,7 +1,7 @@
 """The `advmem` command.
 
 Exit codes: 0 success, 2 bad input (one line, no traceback; `--debug` shows it), 1 failure at
-run time, 130 interrupted.
+run time, 130 / 143 stopped cleanly by SIGINT / SIGTERM (resume with `advmem train --resume RUN`).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from advmem import __version__
-from advmem.errors import RunFailure, UserError
+from advmem.errors import Interrupted, RunFailure, UserError
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
 
@@ -56,11 +56,17 @@ def cmd_train(args: argparse.Namespace) -> int:
     from advmem.recipe import load_recipe
 
     if args.resume:
+        from advmem.recipe import RESUME_SETTABLE
+
         run = RunDir(args.resume)
-        if args.recipe is not None or args.name or args.set:
-            raise UserError("--resume continues a run as recorded; do not pass a recipe, --name or --set with it")
+        if args.recipe is not None or args.name or args.overwrite:
+            raise UserError("--resume continues a run as recorded; do not pass a recipe, --name or --overwrite with it")
+        fixed = [s for s in args.set or [] if s.split("=", 1)[0].strip() not in RESUME_SETTABLE]
+        if fixed:
+            raise UserError(f"--set {fixed[0]} cannot change a run being resumed; only {', '.join(RESUME_SETTABLE)} can "
+                            "(start a new run for other changes)")
         run.check_start(resume=True, overwrite=False)
-        recipe = run.load_recipe()
+        recipe = run.load_recipe(list(args.set or []))
         run_dir, summary = train(recipe, run_root=run.path.parent, resume=True, quiet=args.quiet)
     else:
         if args.recipe is None:
@@ -71,7 +77,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             overrides.append(f"name={args.name}")
         recipe = load_recipe(args.recipe, overrides)
         run_dir, summary = train(recipe, overwrite=args.overwrite, quiet=args.quiet)
-    print_summary(run_dir.path, summary)
+    if summary:  # empty on DDP ranks other than 0
+        print_summary(run_dir.path, summary)
     return 0
 
 
@@ -115,14 +122,9 @@ def print_summary(path: Path, summary: dict[str, Any]) -> None:
 
 @command("eval")
 def cmd_eval(args: argparse.Namespace) -> int:
-    from advmem.evaluation import evaluate_target
+    from advmem.evaluation.cli import run_eval
 
-    result = evaluate_target(args.target, attacks=args.attack, split=args.split, n_examples=args.n_examples,
-                             batch_size=args.batch_size, steps=args.steps, restarts=args.restarts,
-                             eps=args.eps, seed=args.seed, device=args.device, quiet=args.quiet)
-    for item in result:
-        print(json.dumps({k: v for k, v in item.items() if k not in ("per_sample",)}, indent=2))
-    return 0
+    return run_eval(args)
 
 
 # -------------------------------------------------------------------------------------------
@@ -192,17 +194,9 @@ def build_parser() -> Parser:
 
     p = sub.add_parser("eval", help="evaluate a run or checkpoint",
                        description="Evaluate a run (best and last checkpoints) or one checkpoint.")
-    p.add_argument("target", help="run directory or checkpoint (.safetensors with its .json sidecar)")
-    p.add_argument("--attack", action="append", default=None,
-                   help="clean, fgsm, pgd, pgd-cw, autoattack, autoattack-lite (repeatable; default clean+pgd)")
-    p.add_argument("--split", choices=["test", "val", "train"], default="test")
-    p.add_argument("--n-examples", type=int, default=None, help="first N examples of the split (default all)")
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--steps", type=int, default=20, help="PGD steps (default 20)")
-    p.add_argument("--restarts", type=int, default=1)
-    p.add_argument("--eps", default=None, help="budget (default: the checkpoint's), e.g. 8/255")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    from advmem.evaluation.cli import add_eval_arguments
+
+    add_eval_arguments(p)
     common(p)
 
     p = sub.add_parser("demo", help="run the quickstart recipe (a few minutes on CPU)",
@@ -229,6 +223,10 @@ def build_parser() -> Parser:
     return parser
 
 
+def _one_line(err: BaseException) -> str:
+    return str(err).replace("\r", "\\r").replace("\n", "\\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
@@ -245,15 +243,19 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as err:
         if debug:
             traceback.print_exc()
-        print(f"advmem: error: {err}", file=sys.stderr)
+        print(f"advmem: error: {_one_line(err)}", file=sys.stderr)
         return 2
     except RunFailure as err:
         if debug:
             traceback.print_exc()
-        print(f"advmem: failed: {err}", file=sys.stderr)
+        print(f"advmem: failed: {_one_line(err)}", file=sys.stderr)
         return 1
+    except Interrupted as err:
+        print(f"advmem: {err}", file=sys.stderr)
+        return err.exit_code
     except KeyboardInterrupt:
-        print("advmem: interrupted", file=sys.stderr)
+        print("advmem: interrupted (files in the run directory are written atomically; "
+              "resume a training run with 'advmem train --resume RUN')", file=sys.stderr)
         return 130
 
 

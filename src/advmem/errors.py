@@ -11,3 +11,11 @@ class UserError(Exception):
 
 class RunFailure(Exception):
     """A failure at run time (divergence, a crashed worker): exit code 1."""
+
+
+class Interrupted(Exception):
+    """A clean stop on SIGTERM/SIGINT; the CLI exits with 128 + the signal number (130, 143)."""
+
+    def __init__(self, message: str, signum: int) -> None:
+        super().__init__(message)
+        self.exit_code = 128 + int(signum)

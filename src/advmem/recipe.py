@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -28,9 +29,10 @@ from pydantic import (
 from typing_extensions import Annotated
 
 from advmem.data.config import DataConfig
+from advmem.track.config import TrackConfig
 from advmem.errors import UserError
 
-_BUDGET_RE = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*(?:/\s*([0-9]*\.?[0-9]+))?\s*$")
+_BUDGET_RE = re.compile(r"^\s*(-?[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*(?:/\s*([0-9]*\.?[0-9]+))?\s*$")
 
 
 def budget_value(text: str | float | int) -> float:
@@ -50,7 +52,8 @@ def budget_value(text: str | float | int) -> float:
 def _budget_as_written(value: Any) -> str:
     if isinstance(value, bool) or not isinstance(value, (int, float, str)):
         raise ValueError(f"expected a number or a fraction like 8/255, got {value!r}")
-    budget_value(value)  # raises ValueError with a readable message
+    if not math.isfinite(budget_value(value)):  # raises ValueError with a readable message
+        raise ValueError(f"{value!r} is not a finite number; write a fraction like 8/255")
     return value.strip() if isinstance(value, str) else repr(value)
 
 
@@ -58,7 +61,7 @@ Budget = Annotated[str, BeforeValidator(_budget_as_written)]
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class AttackConfig(Section):
@@ -104,8 +107,9 @@ class ScheduleConfig(Section):
     def _check(self) -> "ScheduleConfig":
         if self.name == "step" and self.step_size is None:
             raise ValueError("optim.schedule.step_size is required with schedule name 'step'")
-        if sorted(self.milestones) != self.milestones or any(m < 1 for m in self.milestones):
-            raise ValueError("optim.schedule.milestones must be increasing positive epochs")
+        m = self.milestones
+        if any(b <= a for a, b in zip(m, m[1:])) or any(x < 1 for x in m):
+            raise ValueError(f"optim.schedule.milestones must be strictly increasing positive epochs, got {m}")
         return self
 
 
@@ -152,12 +156,28 @@ class EvalAttackConfig(Section):
     steps: int = Field(10, ge=1)
     restarts: int = Field(1, ge=1)
 
+    @model_validator(mode="after")
+    def _check_budgets(self) -> "EvalAttackConfig":
+        if self.eps is not None and budget_value(self.eps) < 0:
+            raise ValueError(f"eval.attack.eps must be >= 0, got {self.eps}")
+        if self.step_size is not None and budget_value(self.step_size) <= 0:
+            raise ValueError(f"eval.attack.step_size must be > 0, got {self.step_size}")
+        return self
+
 
 class EvalConfig(Section):
     every: int = Field(1, ge=1)
     train_subset: int = Field(1000, ge=0)
     batch_size: int = Field(256, ge=1)
     attack: EvalAttackConfig = EvalAttackConfig()
+    # With data.test_size set, the last epoch also evaluates the full test set (test_full_* keys).
+    final_full: bool = True
+
+
+class LogConfig(Section):
+    """Extra logging sinks; metrics.jsonl/.csv in the run directory stay the source of truth."""
+
+    tensorboard: bool = False  # scalars per epoch into runs/<name>/tb/ (needs the tensorboard package)
 
 
 class ModelConfig(Section):
@@ -165,10 +185,26 @@ class ModelConfig(Section):
     kwargs: dict[str, Any] = Field(default_factory=dict)
 
 
+class PerfConfig(Section):
+    """Speed settings; none changes what is computed beyond floating-point rounding.
+
+    "auto" resolves per device: channels_last and bf16 autocast on CUDA, contiguous fp32 on CPU.
+    Evaluation always runs in fp32. fp16 scales the attack's input gradient by
+    `fp16_attack_scale` (so sign steps do not underflow to zero) and the weight gradients with
+    torch.amp.GradScaler. `cuda_graphs` compiles with mode="reduce-overhead" (CUDA only).
+    """
+
+    channels_last: Literal["auto", True, False] = "auto"
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    compile: bool = False
+    cuda_graphs: bool = False
+    fp16_attack_scale: float = Field(1024.0, gt=0)
+
+
 class MethodConfig(BaseModel):
     """Base of each method's own config; the registry picks the subclass by `name`."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
     name: str
 
     def check_against(self, recipe: "Recipe") -> None:
@@ -184,13 +220,50 @@ def _method_config(value: Any) -> MethodConfig:
         value = {"name": value}
     if not isinstance(value, dict) or "name" not in value:
         raise ValueError("method must be a mapping with a 'name', e.g. method: {name: pgd_at}")
+    if not isinstance(value["name"], str):
+        raise ValueError(f"method.name must be a method name such as pgd_at, got {value['name']!r}")
     return method_config_class(value["name"]).model_validate(value)
+
+
+class ReliabilityConfig(Section):
+    """What the trainer does when a step's loss or gradient is not finite (docs/reliability.md)."""
+
+    on_nonfinite: Literal["stop", "skip_batch"] = "stop"
+    # With `stop`, the first non-finite step is recorded on the device (no host sync inside the
+    # step) and read every `check_every` steps and at the end of the epoch: 0 = end of epoch only.
+    # `skip_batch` and DDP must decide before the optimizer step, so they sync every step.
+    check_every: int = Field(0, ge=0)
+
+
+class DistributedConfig(Section):
+    """Used only under torchrun (WORLD_SIZE > 1); see docs/distributed.md."""
+
+    sync_bn: bool = False
+    backend: Literal["auto", "gloo", "nccl"] = "auto"
+    timeout_s: int = Field(1800, ge=10)
+
+
+class LauncherConfig(Section):
+    """Cluster resources for `advmem sweep --launcher slurm`; not used by `advmem train`."""
+
+    partition: str | None = None
+    gpus_per_node: int = Field(1, ge=0)
+    nodes: int = Field(1, ge=1)
+    cpus_per_task: int = Field(8, ge=1)
+    mem_gb: int | None = Field(None, ge=1)
+    time_min: int = Field(1440, ge=1)
+    account: str | None = None
+    qos: str | None = None
+
+
+# Keys that do not change what a run computes: excluded from Recipe.hash() and settable with --resume.
+RESUME_SETTABLE = ("reliability.on_nonfinite", "distributed.backend", "distributed.timeout_s")
 
 
 class Recipe(Section):
     name: str = "run"
     description: str = ""
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=2**32)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     deterministic: bool = False
     output_root: str = "runs"
@@ -200,6 +273,12 @@ class Recipe(Section):
     attack: AttackConfig = AttackConfig()
     optim: OptimConfig = OptimConfig()
     eval: EvalConfig = EvalConfig()
+    log: LogConfig = LogConfig()
+    track: TrackConfig = TrackConfig()
+    reliability: ReliabilityConfig = ReliabilityConfig()
+    distributed: DistributedConfig = DistributedConfig()
+    launcher: LauncherConfig = LauncherConfig()
+    perf: PerfConfig = PerfConfig()
 
     @field_validator("method", mode="before")
     @classmethod
@@ -225,10 +304,16 @@ class Recipe(Section):
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
     def hash(self) -> str:
-        """Hash of everything that changes what is computed (not the name or description)."""
-        body = self.to_dict()
-        for key in ("name", "description", "output_root"):
+        """Hash of everything that changes what is computed (not the name or description).
+
+        Keys left at their defaults are excluded, so a later advmem version that adds a section
+        with behaviour-preserving defaults does not orphan existing runs' resume states."""
+        body = self.model_dump(mode="json", exclude_defaults=True)
+        for key in ("name", "description", "output_root", "launcher"):
             body.pop(key, None)
+        for dotted in RESUME_SETTABLE:
+            section, key = dotted.split(".")
+            body.get(section, {}).pop(key, None)
         return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -340,10 +425,13 @@ def format_validation_error(err: ValidationError, data: dict[str, Any], source: 
 
 
 def recipe_from_dict(data: dict[str, Any], source: str = "recipe") -> Recipe:
+    if not isinstance(data, dict):
+        raise UserError(f"{source}: a recipe must be a mapping of sections (data:, model:, method:, ...)")
     try:
         return Recipe.model_validate(data)
     except ValidationError as err:
-        raise UserError(format_validation_error(err, data, source)) from None
+        message = format_validation_error(err, data, source)
+        raise UserError(message.replace("\r", "\\r").replace("\n", "\\n")) from None  # always one line
 
 
 def load_recipe(spec: str | Path, overrides: list[str] | None = None) -> Recipe:

@@ -3,11 +3,18 @@
 The attack asks autograd for the input gradient only: parameters have `requires_grad` turned
 off while it runs, so no weight gradient is computed (and `.grad` of the weights is untouched).
 The model runs in eval mode by default (`bn_mode`), and its mode is restored afterwards.
+
+Under fp16 autocast a small input gradient can underflow to zero in the half-precision
+backward, silently cancelling that pixel's sign step. `grad_scale` (or the ambient
+`attack_grad_scale(...)` context, which the trainer sets for fp16) multiplies the loss before
+the backward pass; sign steps and L2-normalized steps are invariant to it, so with a power of
+two it changes nothing in fp32 and keeps fp16 gradients representable.
 """
 
 from __future__ import annotations
 
 from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Iterator, Literal
 
 import torch
@@ -17,6 +24,18 @@ from advmem.attacks.objectives import Objective
 
 Norm = Literal["Linf", "L2"]
 Start = Literal["uniform", "gaussian", "none"]
+
+_GRAD_SCALE: ContextVar[float] = ContextVar("advmem_attack_grad_scale", default=1.0)
+
+
+@contextmanager
+def attack_grad_scale(scale: float) -> Iterator[None]:
+    """Scale the attack loss by `scale` in every `pgd` call inside the block (fp16 autocast)."""
+    token = _GRAD_SCALE.set(float(scale))
+    try:
+        yield
+    finally:
+        _GRAD_SCALE.reset(token)
 
 
 @contextmanager
@@ -78,17 +97,21 @@ def pgd(
     start: Start = "uniform",
     bn_mode: str = "eval",
     generator: torch.Generator | None = None,
+    grad_scale: float | None = None,
 ) -> torch.Tensor:
     """Return x_adv in the eps-ball around x and in [0,1] that ascends `objective`."""
     x = x.detach()
     if eps == 0 or steps == 0:
         return x.clone()
+    scale = _GRAD_SCALE.get() if grad_scale is None else float(grad_scale)
     with attack_mode(model, bn_mode):
         delta = random_start(x, eps, norm, start, generator)
         delta = (x + delta).clamp(0, 1) - x
         for _ in range(steps):
             delta.requires_grad_(True)
             loss = objective(model(x + delta)).sum()
+            if scale != 1.0:
+                loss = loss * scale
             (grad,) = torch.autograd.grad(loss, delta)
             with torch.no_grad():
                 if norm == "Linf":

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 DATASET_NAMES = ("fashion-mnist", "cifar10", "cifar100", "svhn", "digits", "synthetic")
 AUGMENT_KINDS = ("default", "none", "crop_flip", "crop", "flip")
@@ -51,3 +51,53 @@ class DataConfig(BaseModel):
     # so runs with different training seeds share the same data.
     split_seed: int = 0
     synthetic: SyntheticConfig = Field(default_factory=SyntheticConfig)
+    # Corruption of the training set only (after the val split and train subset; val/test stay
+    # clean). See data/corruption.py.
+    label_noise: "LabelNoiseConfig" = Field(default_factory=lambda: LabelNoiseConfig())
+    input_corruption: "InputCorruptionConfig" = Field(default_factory=lambda: InputCorruptionConfig())
+
+
+class LabelNoiseConfig(BaseModel):
+    """Training-label corruption, drawn from its own seed so the data split and training seed stay fixed.
+
+    symmetric: each label is redrawn uniformly over all C classes with probability `rate`
+    (rate 1.0 = completely random labels, as in Zhang et al. 2017 and the paper's code, so about
+    1/C of the redrawn labels land on the true class). pairflip: with probability `rate` the
+    label y becomes (y + 1) mod C.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+    kind: Literal["none", "symmetric", "pairflip"] = "none"
+    rate: float = Field(0.0, ge=0.0, le=1.0)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _check(self) -> "LabelNoiseConfig":
+        if self.kind == "none" and self.rate > 0:
+            raise ValueError(f"rate {self.rate} given with kind 'none'; set kind to symmetric or pairflip, or rate to 0")
+        return self
+
+
+class InputCorruptionConfig(BaseModel):
+    """Training-image corruption of Zhang et al. 2017 on a fraction `rate` of the training set.
+
+    random_pixels: each chosen image gets its own random permutation of pixel positions;
+    shuffled_pixels: one fixed permutation (drawn from `seed`) for all chosen images;
+    gaussian: the image is replaced by Gaussian noise with the training data's per-channel
+    mean and std (rounded and clipped to 0..255).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+    kind: Literal["none", "random_pixels", "shuffled_pixels", "gaussian"] = "none"
+    rate: float = Field(0.0, ge=0.0, le=1.0)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _check(self) -> "InputCorruptionConfig":
+        if self.kind == "none" and self.rate > 0:
+            raise ValueError(f"rate {self.rate} given with kind 'none'; set kind to random_pixels, "
+                             "shuffled_pixels or gaussian, or rate to 0")
+        return self
+
+
+DataConfig.model_rebuild()

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from advmem.data.config import DataConfig
+from advmem.data.corruption import Corruption, corrupt_training_set
 from advmem.data.sources import NUM_CLASSES, RawSplit, read_raw
 from advmem.errors import UserError
 
@@ -190,6 +191,8 @@ class DataBundle:
     std: tuple[float, ...]
     augment: Augment
     info: dict = field(default_factory=dict)
+    # Clean labels and corruption masks of the training set (None when nothing is corrupted).
+    corruption: Corruption | None = None
 
 
 def resolve_augment(cfg: DataConfig) -> str:
@@ -272,14 +275,20 @@ def build_data(cfg: DataConfig, device: torch.device | str = "cpu", seed: int | 
     """
     train_raw, test_raw, source = read_raw(cfg)
     tr, va, te = split_indices(len(train_raw.labels), len(test_raw.labels), cfg)
-    train = _to_device(train_raw, tr, device)
-    val = _to_device(train_raw, va, device) if len(va) else None
-    test = _to_device(test_raw, te, device)
     mean, std = channel_stats(train_raw.images[tr])
     if cfg.dataset == "synthetic":
         num_classes = cfg.synthetic.num_classes
     else:
         num_classes = NUM_CLASSES[cfg.dataset]
+    # Corruption touches the training set as used only; mean/std stay those of the clean images.
+    images, corruption = corrupt_training_set(train_raw.images[tr], train_raw.labels[tr], num_classes,
+                                              cfg.label_noise, cfg.input_corruption, mean, std)
+    if corruption is None:
+        train = _to_device(train_raw, tr, device)
+    else:
+        train = _to_device(RawSplit(images, corruption.labels), np.arange(len(tr)), device)
+    val = _to_device(train_raw, va, device) if len(va) else None
+    test = _to_device(test_raw, te, device)
     _, h, w, c = train_raw.images.shape
     aug = Augment(resolve_augment(cfg), cfg.crop_padding)
     info = {
@@ -299,6 +308,8 @@ def build_data(cfg: DataConfig, device: torch.device | str = "cpu", seed: int | 
         "num_classes": num_classes,
         "image_shape": [c, h, w],
     }
+    if corruption is not None:
+        info["corruption"] = corruption.info()
     return DataBundle(
         train=train,
         val=val,
@@ -310,4 +321,5 @@ def build_data(cfg: DataConfig, device: torch.device | str = "cpu", seed: int | 
         std=std,
         augment=aug,
         info=info,
+        corruption=corruption,
     )

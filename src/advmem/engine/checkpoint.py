@@ -47,8 +47,18 @@ def read_sidecar(path: str | Path) -> dict[str, Any]:
         raise UserError(f"{sidecar}: checkpoint sidecar not found; pass an advmem checkpoint (.safetensors with its .json)") from None
     except json.JSONDecodeError:
         raise UserError(f"{sidecar}: sidecar is not valid JSON (truncated or corrupt); restore it from a copy") from None
-    if meta.get("format") != FORMAT:
-        raise UserError(f"{sidecar}: not an advmem checkpoint sidecar (format {meta.get('format')!r}, expected {FORMAT})")
+    fmt = meta.get("format") if isinstance(meta, dict) else None
+    if isinstance(fmt, str) and fmt.startswith("advmem-checkpoint/") and fmt != FORMAT:
+        raise UserError(f"{sidecar}: written by a newer advmem (format {fmt}, this version reads {FORMAT}); "
+                        "upgrade advmem (pip install -U advmem) to load it")
+    if fmt != FORMAT:
+        raise UserError(f"{sidecar}: not an advmem checkpoint sidecar (format {fmt!r}, expected {FORMAT}); "
+                        "pass a checkpoint written by advmem")
+    arch = meta.get("architecture")
+    needed = ("name", "in_channels", "num_classes", "image_size", "mean", "std")
+    if not isinstance(arch, dict) or any(k not in arch for k in needed) or "dataset" not in meta:
+        raise UserError(f"{sidecar}: sidecar lacks the architecture or dataset entries (edited or truncated); "
+                        "restore it from the run directory")
     return meta
 
 
@@ -68,14 +78,26 @@ def build_from_checkpoint(path: str | Path, device: torch.device | str = "cpu") 
 
     meta = read_sidecar(path)
     arch = meta["architecture"]
-    model = build_model(arch["name"], in_channels=arch["in_channels"], num_classes=arch["num_classes"],
-                        image_size=tuple(arch["image_size"]), mean=tuple(arch["mean"]), std=tuple(arch["std"]),
-                        **arch.get("kwargs", {}))
+    try:
+        model = build_model(arch["name"], in_channels=arch["in_channels"], num_classes=arch["num_classes"],
+                            image_size=tuple(arch["image_size"]), mean=tuple(arch["mean"]), std=tuple(arch["std"]),
+                            **(arch.get("kwargs") or {}))
+    except UserError as err:
+        raise UserError(f"{checkpoint_paths(path)[1]}: cannot rebuild the model it describes ({err})") from None
+    except (TypeError, ValueError) as err:
+        raise UserError(f"{checkpoint_paths(path)[1]}: architecture entry is malformed ({err}); "
+                        "restore the sidecar from the run directory") from None
     state = load_weights(path)
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as err:  # shape mismatch: weights of another architecture or width
+        detail = next((line.strip() for line in str(err).splitlines() if "size mismatch" in line), "shape mismatch")
+        raise UserError(f"{path}: weights do not fit architecture {arch['name']} {arch.get('kwargs') or {}} "
+                        f"({detail[:160]}); the .safetensors and .json belong to different models") from None
     if missing or unexpected:
         raise UserError(f"{path}: weights do not match architecture {arch['name']} "
-                        f"(missing {list(missing)[:3]}, unexpected {list(unexpected)[:3]})")
+                        f"(missing {list(missing)[:3]}, unexpected {list(unexpected)[:3]}); "
+                        "the .safetensors and .json belong to different models")
     return model.to(device).eval(), meta
 
 
@@ -87,11 +109,21 @@ def save_resume_state(path: str | Path, state: dict[str, Any]) -> None:
     atomic_write_bytes(path, buffer.getvalue())
 
 
+RESUME_FORMAT = 1
+
+
 def load_resume_state(path: str | Path) -> dict[str, Any]:
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise UserError(f"{path}: no resume state; the run has not completed an epoch (start it again with --overwrite)") from None
     except Exception as err:  # a truncated zip or refused global: never run code, say what to do
-        raise UserError(f"{path}: cannot load resume state ({type(err).__name__}); it is corrupt — "
-                        "restart with --overwrite") from None
+        raise UserError(f"{path}: cannot load resume state ({type(err).__name__}); it is corrupt or not advmem's "
+                        "(loading never runs code from it); restart with --overwrite") from None
+    if not isinstance(state, dict) or "epoch" not in state or "model" not in state:
+        raise UserError(f"{path}: not an advmem resume state; restart with --overwrite")
+    fmt = state.get("format")
+    if isinstance(fmt, int) and fmt > RESUME_FORMAT:
+        raise UserError(f"{path}: written by a newer advmem (resume format {fmt}, this version reads up to "
+                        f"{RESUME_FORMAT}); upgrade advmem (pip install -U advmem) to resume it")
+    return state

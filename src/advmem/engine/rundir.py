@@ -1,11 +1,14 @@
 """The run directory: the one place a run's results live, read by every later stage.
 
-    runs/<name>/recipe.yaml        fully resolved recipe
+    runs/<name>/run.json           run-directory format number and advmem version
+                recipe.yaml        fully resolved recipe
                 metrics.jsonl/.csv one row per completed epoch (rewritten atomically)
                 checkpoints/       best.*, last.*, init.* (safetensors + JSON sidecar)
                 resume.pt          optimizer, RNG and method state for --resume
                 curves.png         learning curves
                 summary.json       best and last numbers
+                .lock              pid and host of the process writing the run (engine/safety.py)
+                failure.json       only after a failure: what, where (epoch, step)
 """
 
 from __future__ import annotations
@@ -21,7 +24,11 @@ import yaml
 
 from advmem import __version__
 from advmem.engine.io import atomic_write_json, atomic_write_text
+from advmem.engine.safety import LOCK_NAME, check_unlocked
 from advmem.errors import UserError
+
+# Bumped when the layout changes incompatibly; a run written with a newer format is refused.
+RUN_FORMAT = 1
 
 
 class RunDir:
@@ -35,24 +42,63 @@ class RunDir:
     resume_path = property(lambda self: self.path / "resume.pt")
     summary_path = property(lambda self: self.path / "summary.json")
     curves_path = property(lambda self: self.path / "curves.png")
+    format_path = property(lambda self: self.path / "run.json")
 
     def is_run(self) -> bool:
         return self.recipe_path.is_file()
 
+    def check_readable(self) -> None:
+        """Raise UserError unless this is an advmem run directory this version can read."""
+        if not self.path.exists():
+            raise UserError(f"{self.path}: no such run directory; check the path (runs live under output_root, default runs/)")
+        if not self.path.is_dir():
+            raise UserError(f"{self.path}: is a file, not a run directory; pass the run's directory")
+        if not self.is_run():
+            raise UserError(f"{self.path}: not an advmem run directory (no recipe.yaml); check the path")
+        if self.format_path.exists():
+            try:
+                fmt = json.loads(self.format_path.read_text()).get("format")
+            except (OSError, ValueError, AttributeError):
+                raise UserError(f"{self.format_path}: unreadable (corrupt); restore it or start a new run") from None
+            if not isinstance(fmt, int) or fmt > RUN_FORMAT:
+                raise UserError(f"{self.path}: written by a newer advmem (run format {fmt}, this version reads up to "
+                                f"{RUN_FORMAT}); upgrade advmem (pip install -U advmem) to use it")
+
     def check_start(self, *, resume: bool, overwrite: bool) -> None:
-        """Refuse to clobber an existing run; nothing is written here."""
+        """Refuse to clobber an existing run or one another process is writing; nothing is written here."""
         if resume:
-            if not self.is_run():
-                raise UserError(f"{self.path}: not an advmem run directory (no recipe.yaml); check the path")
+            self.check_readable()
+            check_unlocked(self.path)
             return
-        if self.path.exists() and any(self.path.iterdir()) and not overwrite:
-            raise UserError(f"run directory {self.path} exists; pass --resume {self.path} to continue it, "
-                            "--overwrite to replace it, or --name to pick another name")
+        if self.path.exists() and not self.path.is_dir():
+            raise UserError(f"{self.path} is a file; pick another run name with --name")
+        if self.path.exists() and not any(c.name != LOCK_NAME for c in self.path.iterdir()):
+            check_unlocked(self.path)  # only a lock: a live writer, or a stale lock of a run killed at its start
+        elif self.path.exists():
+            if not overwrite:
+                raise UserError(f"run directory {self.path} exists; pass --resume {self.path} to continue it, "
+                                "--overwrite to replace it, or --name to pick another name")
+            if not self.is_run() and not self.format_path.exists():
+                raise UserError(f"{self.path} is not an advmem run directory; refusing to delete it with --overwrite; "
+                                "pick another name with --name or output_root")
+            check_unlocked(self.path)
 
     def prepare(self, recipe, data_info: dict[str, Any], *, overwrite: bool) -> None:
+        """Create (or, with overwrite, empty) the run directory; the caller holds its lock."""
         if overwrite and self.path.exists():
-            shutil.rmtree(self.path)
+            for child in self.path.iterdir():
+                if child.name == LOCK_NAME:
+                    continue
+                if child.is_dir() and not child.is_symlink():
+                    shutil.rmtree(child)
+                else:
+                    child.unlink()
         self.checkpoints.mkdir(parents=True, exist_ok=True)
+        for folder in (self.path, self.checkpoints):  # temporaries of a writer killed mid-write
+            for tmp in folder.glob(".*.tmp"):
+                tmp.unlink(missing_ok=True)
+        if not self.format_path.exists():
+            atomic_write_json(self.format_path, {"format": RUN_FORMAT, "advmem_version": __version__})
         if not self.recipe_path.exists():
             atomic_write_text(self.recipe_path, recipe.to_yaml())
             atomic_write_json(self.path / "data.json", data_info)
@@ -71,9 +117,13 @@ class RunDir:
         if not self.metrics_jsonl.exists():
             return []
         rows = []
-        for line in self.metrics_jsonl.read_text().splitlines():
+        for number, line in enumerate(self.metrics_jsonl.read_text().splitlines(), start=1):
             if line.strip():
-                rows.append(json.loads(line))
+                try:
+                    rows.append(json.loads(line))
+                except ValueError:
+                    raise UserError(f"{self.metrics_jsonl}:{number}: not valid JSON (corrupt); "
+                                    "restore it or start the run again with --overwrite") from None
         return rows
 
     def write_metrics(self, rows: list[dict[str, Any]]) -> None:
@@ -94,7 +144,7 @@ class RunDir:
         best_row = next((row for row in evaluated if best and row["epoch"] == best["epoch"]), {})
 
         def pick(row: dict[str, Any]) -> dict[str, Any]:
-            keys = ["epoch"] + [f"{s}_{k}" for s in ("train", "val", "test") for k in ("nat_acc", "rob_acc")]
+            keys = ["epoch"] + [f"{s}_{k}" for s in ("train", "val", "test", "test_full") for k in ("nat_acc", "rob_acc")]
             return {k: row[k] for k in keys if k in row}
 
         summary = {

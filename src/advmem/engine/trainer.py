@@ -10,6 +10,7 @@ atomically so a killed run continues where its last completed epoch ended.
 
 from __future__ import annotations
 
+import json
 import math
 import sys
 import time
@@ -21,22 +22,34 @@ import torch
 
 from advmem import __version__
 from advmem.data import DataBundle, build_data
+from advmem.engine import distributed
 from advmem.engine.checkpoint import load_resume_state, save_checkpoint, save_resume_state
 from advmem.engine.evaluate import EvalAttack, clean_per_sample, robust_per_sample, summarize
+from advmem.engine.io import atomic_write_json
+from advmem.engine.perf import resolve_perf
 from advmem.engine.rundir import RunDir
+from advmem.engine.safety import GracefulStop, RunLock
 from advmem.engine.schedules import lr_at
-from advmem.errors import RunFailure, UserError
+from advmem.errors import Interrupted, RunFailure, UserError
 from advmem.methods import build_method
 from advmem.models import build_model
 from advmem.recipe import Recipe, budget_value
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise UserError("device 'cuda' requested but no CUDA GPU is available; use --set device=cpu or device=auto")
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device("cuda", local_rank) if name == "cuda" and local_rank else torch.device(name)
+
+
+class NonFinite(RunFailure):
+    """A step produced a non-finite loss or gradient and reliability.on_nonfinite is 'stop'."""
+
+    def __init__(self, epoch: int, step: int, quantity: str) -> None:
+        super().__init__(f"epoch {epoch} step {step}: non-finite {quantity}")
+        self.epoch, self.step, self.quantity = epoch, step, quantity
 
 
 def epoch_generator(seed: int, epoch: int, stream: int) -> torch.Generator:
@@ -74,13 +87,15 @@ class Trainer:
     quiet: bool = False
     callbacks: list[Any] = field(default_factory=list)
     log: Callable[[str], None] = field(default=lambda msg: print(msg, file=sys.stderr))
+    comm: distributed.Comm = field(default_factory=distributed.Comm)
+    stop: GracefulStop | None = None
 
     def setup(self, resume: bool) -> None:
         """Everything that can fail on bad input happens here, before the run directory is touched."""
         r = self.recipe
         if r.deterministic:
             torch.use_deterministic_algorithms(True)
-        self.device = resolve_device(r.device)
+        self.device = resolve_device(r.device, self.comm.local_rank if self.comm.enabled else 0)
         self.bundle = build_data(r.data, self.device)
         if r.data.val_size == 0:
             self.log("note: data.val_size is 0, so the 'best' checkpoint is selected on the test set "
@@ -92,6 +107,15 @@ class Trainer:
         kwargs = dict(r.model.kwargs)
         self.model = build_model(r.model.name, in_channels=b.in_channels, num_classes=b.num_classes,
                                  image_size=b.image_size, mean=b.mean, std=b.std, **kwargs).to(self.device)
+        self.model = self.comm.convert_sync_bn(self.model, r.distributed.sync_bn)
+        if self.comm.rank > 0:  # same init on every rank, but each rank draws its own attack noise
+            torch.manual_seed(r.seed * 1_000_003 + self.comm.rank)
+        # perf: `self.model` (eager) is saved and evaluated; `self.step_model` (maybe compiled,
+        # same parameters) runs the training step under autocast; `self.train_model` is the
+        # step model wrapped for DDP (the outer loss only: attacks use the unwrapped module).
+        self.perf = resolve_perf(r.perf, self.device)
+        self.step_model = self.perf.prepare_model(self.model)
+        self.scaler = self.perf.grad_scaler()
         self.method = build_method(r.method, r.attack, num_train=len(b.train), num_classes=b.num_classes,
                                    device=self.device, label_smoothing=r.optim.label_smoothing)
         o = r.optim
@@ -111,6 +135,10 @@ class Trainer:
         self.best: dict[str, Any] | None = None
         if resume:
             self._load_resume()
+        from advmem.track.callbacks import recipe_callbacks
+
+        self.callbacks = recipe_callbacks(self) + list(self.callbacks)
+        self.train_model = self.comm.wrap(self.step_model, self.device)
 
     def _train_eval_subset(self):
         n = len(self.bundle.train)
@@ -130,32 +158,56 @@ class Trainer:
             "method": self.method.state_dict(),
             "rng_cpu": torch.get_rng_state(),
             "rng_cuda": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [],
+            "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else {},
             "best": self.best,
             "recipe_hash": self.recipe.hash(),
             "callbacks": {callback_key(cb): cb.state_dict() for cb in self.callbacks if hasattr(cb, "state_dict")},
+            "rows": json.loads(json.dumps(self.rows, default=_plain)),  # plain types: loads with weights_only
+            "world_size": self.comm.world_size,
+            "rng_cpu_ranks": self.comm.all_gather_object(torch.get_rng_state()) if self.comm.enabled else [],
         }
 
     def _load_resume(self) -> None:
+        if not self.run.resume_path.exists():
+            # killed before its first epoch ended: nothing to lose, so start again from epoch 1
+            self.log(f"advmem: {self.run.path} has no completed epoch yet; starting it again from epoch 1")
+            return
         state = load_resume_state(self.run.resume_path)
         if state.get("recipe_hash") != self.recipe.hash():
             raise UserError(f"{self.run.path}: recipe.yaml differs from the one the resume state was written with; "
                             "start a new run instead of resuming")
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.method.load_state_dict(state["method"])
-        torch.set_rng_state(state["rng_cpu"])
-        if state["rng_cuda"] and self.device.type == "cuda":
-            torch.cuda.set_rng_state_all(state["rng_cuda"])
-        self.best = state["best"]
-        for callback in self.callbacks:
-            if hasattr(callback, "load_state_dict") and callback_key(callback) in state.get("callbacks", {}):
-                callback.load_state_dict(state["callbacks"][callback_key(callback)])
-        self.start_epoch = int(state["epoch"]) + 1
-        self.rows = [row for row in self.run.read_metrics() if row["epoch"] < self.start_epoch]
+        try:
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.method.load_state_dict(state["method"])
+            if state.get("scaler") and self.scaler.is_enabled():
+                self.scaler.load_state_dict(state["scaler"])
+            rng_ranks = state.get("rng_cpu_ranks") or []
+            if self.comm.enabled and len(rng_ranks) == self.comm.world_size:
+                torch.set_rng_state(rng_ranks[self.comm.rank])
+            elif self.comm.enabled and self.comm.rank > 0:
+                torch.manual_seed(self.recipe.seed * 1_000_003 + self.comm.rank + 7919 * int(state["epoch"]))
+            else:
+                torch.set_rng_state(state["rng_cpu"])
+            if state["rng_cuda"] and self.device.type == "cuda":
+                torch.cuda.set_rng_state_all(state["rng_cuda"])
+            self.best = state["best"]
+            for callback in self.callbacks:
+                if hasattr(callback, "load_state_dict") and callback_key(callback) in state.get("callbacks", {}):
+                    callback.load_state_dict(state["callbacks"][callback_key(callback)])
+            self.start_epoch = int(state["epoch"]) + 1
+        except (KeyError, TypeError, ValueError, RuntimeError) as err:
+            detail = str(err).strip().splitlines()[0][:120] if str(err).strip() else type(err).__name__
+            raise UserError(f"{self.run.resume_path}: resume state does not match this run ({detail}); "
+                            "it is from another version or run; start again with --overwrite") from None
+        rows = state.get("rows")
+        if rows is None:  # written before resume states carried their rows
+            rows = self.run.read_metrics()
+        self.rows = [row for row in rows if row["epoch"] < self.start_epoch]
 
     # -- the loop ------------------------------------------------------------------------
     def train_epoch(self, epoch: int) -> dict[str, float]:
-        r, model, method, opt = self.recipe, self.model, self.method, self.optimizer
+        r, method, opt = self.recipe, self.method, self.optimizer
         lr = lr_at(r.optim, epoch)
         for group in opt.param_groups:
             group["lr"] = lr
@@ -165,8 +217,9 @@ class Trainer:
         sums = {"loss": torch.zeros((), device=dev), "acc": torch.zeros((), device=dev),
                 "grad_norm_sq": torch.zeros((), device=dev)}
         n_batches, n_images = 0, 0
-        batches = self.bundle.train.batches(r.optim.batch_size, shuffle=True, generator=gen,
-                                            augment=self.bundle.augment)
+        world = self.comm.world_size  # DDP: this rank's shard of the permutation, batch_size / world each
+        batches = self.bundle.train.batches(r.optim.batch_size // world, shuffle=True, generator=gen,
+                                            augment=self.bundle.augment, rank=self.comm.rank, world_size=world)
         total = math.ceil(len(self.bundle.train) / r.optim.batch_size)
         bar = None
         if not self.quiet:
@@ -176,26 +229,15 @@ class Trainer:
                        desc=f"epoch {epoch}/{r.optim.epochs}", file=sys.stderr, dynamic_ncols=True,
                        disable=None)
         start = time.perf_counter()
-        for batch in batches:
-            ctx = method.attack(model, batch, epoch)
-            method.before_loss(model, batch, ctx, epoch)
-            model.train()
-            loss, logs = method.outer_loss(model, batch, ctx, epoch)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            grad_sq = torch.zeros((), device=dev)
-            for p in model.parameters():
-                if p.grad is not None:
-                    grad_sq = grad_sq + p.grad.detach().float().pow(2).sum()
-            method.before_step(model)
-            opt.step()
-            method.after_step(model)
-            for callback in self.callbacks:
-                if hasattr(callback, "on_step_end"):
-                    callback.on_step_end(self, epoch)
-            sums["loss"] += loss.detach().float()
-            sums["acc"] += logs["acc"].float()
-            sums["grad_norm_sq"] += grad_sq
+        skipped = 0
+        self._first_bad = torch.zeros(2, device=dev)  # (step, 1 loss | 2 gradient) of the first non-finite step
+        for step, batch in enumerate(batches, start=1):
+            skip, stop = self.train_step(batch, epoch, step, sums)
+            if stop:
+                raise _StopRequested(epoch, step)
+            if skip:
+                skipped += 1
+                continue
             n_batches += 1
             n_images += batch.y.shape[0]
             if bar is not None:
@@ -205,13 +247,115 @@ class Trainer:
         train_time = time.perf_counter() - start
         if bar is not None:
             bar.close()
-        values = torch.stack([sums["loss"], sums["acc"], sums["grad_norm_sq"]]).div(max(n_batches, 1)).tolist()
-        if not all(math.isfinite(v) for v in values):
-            raise RunFailure(f"epoch {epoch}: non-finite training loss or gradient (loss {values[0]}); "
+        # One device read per epoch: the step sums and the first non-finite step, together.
+        sums_and_flag = torch.cat([torch.stack([sums["loss"], sums["acc"], sums["grad_norm_sq"]]), self._first_bad])
+        totals = self.comm.all_reduce(sums_and_flag).tolist()
+        bad_step, bad_code = totals[3], totals[4]
+        if bad_code > 0 and self.recipe.reliability.on_nonfinite == "stop" and not self.comm.enabled:
+            raise NonFinite(epoch, int(bad_step), "loss" if bad_code == 1 else "gradient")
+        if self.comm.enabled:
+            counts = torch.tensor([n_batches, n_images], dtype=torch.float64)
+            n_batches, n_images = (int(v) for v in self.comm.all_reduce(counts).tolist())
+        if n_batches == 0:
+            raise RunFailure(f"epoch {epoch}: every batch had a non-finite loss or gradient and was skipped; "
                              "lower optim.lr or check the data")
-        assert total >= n_batches
-        return {"lr": lr, "train_loss": values[0], "train_batch_acc": values[1], "grad_norm_sq": values[2],
-                "train_time": train_time, "images_per_s": n_images / max(train_time, 1e-9)}
+        values = [v / n_batches for v in totals[:3]]
+        assert total >= n_batches // world
+        row = {"lr": lr, "train_loss": values[0], "train_batch_acc": values[1], "grad_norm_sq": values[2],
+               "train_time": train_time, "images_per_s": n_images / max(train_time, 1e-9)}
+        if self.recipe.reliability.on_nonfinite == "skip_batch":
+            row["skipped_batches"] = skipped
+        return row
+
+    def _check_step(self, epoch: int, step: int, loss: torch.Tensor, grad_sq: torch.Tensor) -> tuple[bool, bool]:
+        """(skip this batch, stop now).
+
+        Single process with `on_nonfinite: stop`: no host sync inside the step. The first bad
+        step and quantity are recorded in a device tensor, read every `check_every` steps and at
+        the end of the epoch (`_raise_recorded_nonfinite`), so the failure names the exact step
+        and nothing after it is saved. `skip_batch` and DDP must decide before the optimizer step:
+        one host sync per step, and under DDP one small all-reduce so every rank skips or stops
+        at the same step (a pending SIGTERM is agreed the same way)."""
+        rel = self.recipe.reliability
+        bad_loss_t = ~torch.isfinite(loss.detach().float())
+        bad_grad_t = ~torch.isfinite(grad_sq)
+        stop_local = bool(self.stop and self.stop.requested)
+        if rel.on_nonfinite == "stop" and not self.comm.enabled:
+            code = torch.where(bad_loss_t, 1.0, torch.where(bad_grad_t, 2.0, 0.0))
+            fresh = (self._first_bad[0] == 0) & (code > 0)
+            self._first_bad = torch.where(fresh, torch.stack([torch.tensor(float(step), device=code.device), code]),
+                                          self._first_bad)
+            if rel.check_every and step % rel.check_every == 0:
+                self._raise_recorded_nonfinite(epoch)
+            return False, stop_local
+        flags = torch.stack([bad_loss_t.float(), bad_grad_t.float(),
+                             torch.tensor(float(stop_local), device=grad_sq.device)])
+        bad_loss, bad_grad, stop = (v > 0 for v in self.comm.all_reduce(flags, op="max").tolist())
+        if bad_loss or bad_grad:
+            quantity = "loss" if bad_loss else "gradient"
+            if rel.on_nonfinite == "stop":
+                raise NonFinite(epoch, step, quantity)
+            self.log(f"advmem: epoch {epoch} step {step}: non-finite {quantity}; batch skipped "
+                     "(reliability.on_nonfinite: skip_batch)")
+            return True, stop
+        return False, stop
+
+    def _raise_recorded_nonfinite(self, epoch: int) -> None:
+        step, code = self._first_bad.tolist()
+        if code > 0:
+            raise NonFinite(epoch, int(step), "loss" if code == 1 else "gradient")
+
+
+    def train_step(self, batch, epoch: int, step: int, sums: dict[str, torch.Tensor]) -> tuple[bool, bool]:
+        """One optimizer step; metrics are added to the on-device `sums`. Returns (skipped, stop).
+
+        The attack runs on the unwrapped (maybe compiled) step model; the outer loss on the
+        DDP-wrapped one, so gradients are all-reduced but attack passes fire no DDP hooks."""
+        model, method, opt, perf = self.step_model, self.method, self.optimizer, self.perf
+        if perf.channels_last:
+            batch = batch._replace(x=perf.prepare_input(batch.x))
+        with perf.autocast():
+            ctx = method.attack(model, batch, epoch)
+            method.before_loss(model, batch, ctx, epoch)
+            model.train()
+            loss, logs = method.outer_loss(self.train_model, batch, ctx, epoch)
+        opt.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(opt)  # no-op unless fp16, so the gradient norm below is the true one
+        grad_sq = torch.zeros((), device=self.device)
+        for p in model.parameters():
+            if p.grad is not None:
+                grad_sq = grad_sq + p.grad.detach().float().pow(2).sum()
+        # With fp16 loss scaling an overflowing gradient is routine (the scaler skips the step and
+        # lowers the scale), so only the loss counts as divergence there.
+        checked_grad = torch.zeros_like(grad_sq) if self.scaler.is_enabled() else grad_sq
+        skip, stop = self._check_step(epoch, step, loss, checked_grad)
+        method.before_step(model)  # also on a skipped step: AWP must restore the weights
+        if not skip:
+            self.scaler.step(opt)  # plain opt.step() unless fp16
+        self.scaler.update()
+        method.after_step(model)
+        if not skip:
+            for callback in self.callbacks:
+                if hasattr(callback, "on_step_end"):
+                    callback.on_step_end(self, epoch)
+        if self.comm.enabled and hasattr(method, "sync_state"):
+            method.sync_state(batch, self.comm)
+        if not skip:
+            sums["loss"] += loss.detach().float()
+            sums["acc"] += logs["acc"].float()
+            sums["grad_norm_sq"] += torch.nan_to_num(grad_sq, nan=0.0, posinf=0.0)
+        return skip, stop
+
+    def evaluate_full_test(self, epoch: int) -> dict[str, float]:
+        """The last epoch's evaluation on the full test set when data.test_size subsets it."""
+        r = self.recipe
+        full = build_data(r.data.model_copy(update={"test_size": None}), self.device).test
+        clean = summarize(clean_per_sample(self.model, full, r.eval.batch_size))
+        gen = epoch_generator(r.seed, epoch, stream=3)
+        rob = summarize(robust_per_sample(self.model, full, self.eval_attack, r.eval.batch_size, generator=gen))
+        return {"test_full_nat_acc": clean["acc"], "test_full_nat_loss": clean["loss"],
+                "test_full_rob_acc": rob["acc"], "test_full_rob_loss": rob["loss"]}
 
     def evaluate_epoch(self, epoch: int) -> dict[str, float]:
         r, model = self.recipe, self.model
@@ -257,31 +401,72 @@ class Trainer:
         return key > (self.best["rob_acc"], self.best["nat_acc"])
 
     def fit(self) -> dict[str, Any]:
+        """Train the remaining epochs. Only rank 0 evaluates, runs callbacks and writes the run
+        directory; the resume state is written last in each epoch, so it is the commit point."""
+        try:
+            return self._fit()
+        except NonFinite as err:
+            last_good = self.start_epoch - 1 if not self.rows else self.rows[-1]["epoch"]
+            if self.comm.is_main:
+                atomic_write_json(self.run.path / "failure.json", {
+                    "reason": "non-finite", "quantity": err.quantity, "epoch": err.epoch, "step": err.step,
+                    "on_nonfinite": self.recipe.reliability.on_nonfinite, "last_good_epoch": last_good,
+                    "advmem_version": __version__})
+            kept = (f"the last good state (epoch {last_good}) is kept in checkpoints/last and resume.pt"
+                    if last_good > 0 else "no epoch had completed")
+            raise RunFailure(f"{err}; stopped (reliability.on_nonfinite: stop) and wrote {self.run.path / 'failure.json'}; "
+                             f"{kept}; lower optim.lr, or resume with --set reliability.on_nonfinite=skip_batch") from None
+        except _StopRequested as err:
+            signum = self.stop.signum if self.stop and self.stop.signum else 15
+            done = self.start_epoch - 1 if not self.rows else self.rows[-1]["epoch"]
+            where = (f"at epoch {err.epoch} step {err.step}; the partial epoch is discarded"
+                     if err.step else f"after epoch {done}")
+            raise Interrupted(f"stopped {where}; the run is consistent at epoch {done}; "
+                              f"continue with: advmem train --resume {self.run.path}", signum) from None
+
+    def _fit(self) -> dict[str, Any]:
         r = self.recipe
-        if self.start_epoch == 1:
+        main = self.comm.is_main
+        if main:
+            for callback in self.callbacks:
+                if hasattr(callback, "on_fit_start"):
+                    callback.on_fit_start(self)
+        if self.start_epoch == 1 and main:
             save_checkpoint(self.run.checkpoints / "init", self.model, self._checkpoint_meta(0, {}))
         split = "val" if self.bundle.val is not None and len(self.bundle.val) > 0 else "test"
         for epoch in range(self.start_epoch, r.optim.epochs + 1):
             t0 = time.perf_counter()
             row: dict[str, Any] = {"epoch": epoch}
             row.update(self.train_epoch(epoch))
-            if epoch % r.eval.every == 0 or epoch == r.optim.epochs:
+            if main and (epoch % r.eval.every == 0 or epoch == r.optim.epochs):
                 e0 = time.perf_counter()
                 row.update(self.evaluate_epoch(epoch))
+                if epoch == r.optim.epochs and r.eval.final_full and r.data.test_size is not None:
+                    row.update(self.evaluate_full_test(epoch))
                 row["eval_time"] = time.perf_counter() - e0
-            for callback in self.callbacks:
-                callback.on_epoch_end(self, epoch, row)
+            if main:
+                for callback in self.callbacks:
+                    callback.on_epoch_end(self, epoch, row)
+            if self.comm.enabled:
+                row["world_size"] = self.comm.world_size
             row["epoch_time"] = time.perf_counter() - t0
             self.rows.append(row)
-            if self._is_better(row):
+            if main and self._is_better(row):
                 self.best = {"epoch": epoch, "split": split, "rob_acc": row[f"{split}_rob_acc"],
                              "nat_acc": row[f"{split}_nat_acc"]}
                 save_checkpoint(self.run.checkpoints / "best", self.model, self._checkpoint_meta(epoch, row))
-            save_checkpoint(self.run.checkpoints / "last", self.model, self._checkpoint_meta(epoch, row))
-            save_resume_state(self.run.resume_path, self._resume_state(epoch))
-            self.run.write_metrics(self.rows)
-            if not self.quiet:
+            state = self._resume_state(epoch)  # collective under DDP: every rank builds it
+            if main:
+                save_checkpoint(self.run.checkpoints / "last", self.model, self._checkpoint_meta(epoch, row))
+                self.run.write_metrics(self.rows)
+                save_resume_state(self.run.resume_path, state)
+            if not self.quiet and main:
                 self.log(format_row(row))
+            pending = torch.tensor([float(bool(self.stop and self.stop.requested))])
+            if epoch < r.optim.epochs and self.comm.all_reduce(pending, op="max").item() > 0:
+                raise _StopRequested(epoch, 0)
+        if not main:
+            return {}
         self.method.save_artifacts(self.run.path)
         summary = self.run.write_summary(self.rows, self.best, self.recipe)
         self.run.plot_curves(self.rows)
@@ -291,6 +476,18 @@ class Trainer:
 def callback_key(callback: Any) -> str:
     """Name a callback's state in the resume state (its `state_key`, else its class name)."""
     return getattr(callback, "state_key", type(callback).__name__)
+
+
+def _plain(value: Any) -> Any:
+    """numpy / torch scalars a callback may put in a metrics row, as plain Python numbers."""
+    if hasattr(value, "item"):
+        return value.item()
+    return str(value)
+
+
+class _StopRequested(Exception):
+    def __init__(self, epoch: int, step: int) -> None:
+        self.epoch, self.step = epoch, step
 
 
 def format_row(row: dict[str, Any]) -> str:
@@ -306,11 +503,39 @@ def format_row(row: dict[str, Any]) -> str:
 
 def train(recipe: Recipe, *, run_root: Path | None = None, resume: bool = False, overwrite: bool = False,
           quiet: bool = False, callbacks: list[Any] | None = None) -> tuple[RunDir, dict[str, Any]]:
-    """Validate, set up, then (only then) create the run directory and train."""
+    """Validate, set up, then (only then) lock and create the run directory and train.
+
+    Under torchrun every rank runs this; rank 0 alone locks and writes the run directory.
+    SIGTERM/SIGINT stop after the current step (Interrupted); a lost DDP peer is a RunFailure.
+    """
     run = RunDir(Path(run_root or recipe.output_root) / recipe.name)
-    run.check_start(resume=resume, overwrite=overwrite)
-    trainer = Trainer(recipe, run, quiet=quiet, callbacks=list(callbacks or []))
-    trainer.setup(resume=resume)
-    run.prepare(recipe, trainer.bundle.info, overwrite=overwrite and not resume)
-    summary = trainer.fit()
-    return run, summary
+    comm = distributed.init_distributed(recipe, run_path=str(run.path))
+    try:
+        if comm.is_main:
+            run.check_start(resume=resume, overwrite=overwrite)
+        callbacks = list(callbacks or [])
+        if recipe.log.tensorboard and comm.is_main:
+            from advmem.track.tensorboard import TensorBoardCallback
+
+            callbacks.append(TensorBoardCallback(run.path / "tb"))
+        trainer = Trainer(recipe, run, quiet=quiet or not comm.is_main, callbacks=callbacks, comm=comm)
+        trainer.setup(resume=resume)
+        lock = RunLock(run.path, log=trainer.log) if comm.is_main else None
+        with GracefulStop(log=trainer.log) as stop:
+            trainer.stop = stop
+            if lock is not None:
+                lock.acquire()
+            try:
+                if comm.is_main:
+                    run.prepare(recipe, trainer.bundle.info, overwrite=overwrite and not resume)
+                summary = trainer.fit()
+            finally:
+                if lock is not None:
+                    lock.release()
+        return run, summary
+    except Exception as err:
+        if comm.enabled and distributed.is_comm_error(err):
+            raise distributed.peer_failure(comm, err) from err
+        raise
+    finally:
+        distributed.shutdown(comm)

@@ -1,0 +1,236 @@
+"""Shared pieces of the benchmark harness: settings, side-by-side timing, machine facts, sections.
+
+Timing discipline: every figure is a ratio of variants timed in the same process, interleaved
+(A B C, then C B A, ...) after a warm-up, so slow drifts and other processes on a shared machine
+hit every variant alike; the figure is the median of the per-round ratios, reported with the
+range over rounds. On CUDA the device is synchronized before each clock read.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+FMNIST_DIR = "/usr/share/datasets/fashion-mnist"
+
+
+@dataclass
+class Settings:
+    """What the harness runs; `quick` and `tiny` shrink sizes (tiny: for tests, figures meaningless)."""
+
+    device: torch.device
+    quick: bool = False
+    tiny: bool = False
+    repeats: int | None = None
+    data_root: str | None = None
+    peak_tflops: float | None = None
+    workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="advmem-bench-")))
+
+    def pick(self, default, quick, tiny):
+        return tiny if self.tiny else quick if self.quick else default
+
+    def rounds(self, default: int = 5, quick: int = 3) -> int:
+        if self.repeats is not None:
+            return self.repeats
+        return self.pick(default, quick, 1)
+
+    @property
+    def cuda(self) -> bool:
+        return self.device.type == "cuda"
+
+    def fashion_mnist_available(self) -> bool:
+        return (Path(FMNIST_DIR) / "train-images-idx3-ubyte.gz").is_file() or bool(self.data_root)
+
+
+@dataclass
+class Ratio:
+    """Median of per-round ratios A/B (times `scale`), with the range over rounds."""
+
+    median: float
+    low: float
+    high: float
+    rounds: int
+
+    def text(self, digits: int = 2) -> str:
+        if self.rounds == 1:
+            return f"{self.median:.{digits}f}"
+        return f"{self.median:.{digits}f} [{self.low:.{digits}f}-{self.high:.{digits}f}]"
+
+
+def ratio(a: list[float], b: list[float], scale: float = 1.0) -> Ratio:
+    per_round = [x / y * scale for x, y in zip(a, b)]
+    return Ratio(statistics.median(per_round), min(per_round), max(per_round), len(per_round))
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def interleaved(variants: dict[str, Callable[[], Any]], *, rounds: int, warmup: int, device: torch.device,
+                before: Callable[[str], None] | None = None) -> dict[str, list[float]]:
+    """Seconds per call of each variant, `rounds` interleaved rounds after `warmup` untimed rounds.
+
+    `before(name)` runs untimed before each call (e.g. to reset the weights).
+    """
+    names = list(variants)
+    for _ in range(warmup):
+        for name in names:
+            if before:
+                before(name)
+            variants[name]()
+    sync(device)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(rounds):
+        for name in (names if r % 2 == 0 else names[::-1]):
+            if before:
+                before(name)
+            sync(device)
+            t0 = time.perf_counter()
+            variants[name]()
+            sync(device)
+            times[name].append(time.perf_counter() - t0)
+    return times
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+@dataclass
+class Goal:
+    """One row of the summary table; `met` is None when the figure was not measured."""
+
+    metric: str
+    value: str
+    goal: str
+    met: bool | None
+
+    def row(self) -> str:
+        verdict = {True: "met", False: "not met", None: "-"}[self.met]
+        return f"| {self.metric} | {self.value} | {self.goal} | {verdict} |"
+
+
+@dataclass
+class Section:
+    title: str
+    lines: list[str] = field(default_factory=list)
+    goals: list[Goal] = field(default_factory=list)
+
+    def add(self, *lines: str) -> None:
+        self.lines.extend(lines)
+
+    def markdown(self) -> str:
+        return "\n".join([f"## {self.title}", ""] + self.lines + [""])
+
+
+def table(header: list[str], rows: list[list[Any]]) -> list[str]:
+    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    out += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# machine facts
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def git_commit() -> str:
+    root = Path(__file__).resolve().parents[3]
+    try:
+        head = subprocess.run(["git", "-C", str(root), "rev-parse", "--short=12", "HEAD"], capture_output=True,
+                              text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    if not head:
+        return "unknown (not a git checkout)"
+    return head + (" (with uncommitted changes)" if dirty else "")
+
+
+def load_average() -> tuple[float, float, float] | None:
+    try:
+        return os.getloadavg()
+    except OSError:
+        return None
+
+
+def machine_lines(settings: Settings, command: str, load_start, load_end, commit: str, started: float) -> list[str]:
+    cores = os.cpu_count()
+    lines = [
+        f"- Command: `{command}`",
+        f"- Date (UTC): {time.strftime('%Y-%m-%d %H:%M', time.gmtime(started))} "
+        f"(took {(time.time() - started) / 60:.1f} min)",
+        f"- Git commit: {commit}",
+        f"- CPU: {cpu_model()}, {cores} logical cores; torch {torch.__version__} using {torch.get_num_threads()} threads; "
+        f"Python {platform.python_version()}",
+        f"- Device benchmarked: {settings.device.type}"
+        + (f" ({torch.cuda.get_device_name(settings.device)})" if settings.cuda else ""),
+    ]
+    if load_start is not None and load_end is not None:
+        busy = max(load_start[0], load_end[0]) > 0.5 * (cores or 1)
+        lines.append(
+            f"- Load average (1/5/15 min) at start {load_start[0]:.2f}/{load_start[1]:.2f}/{load_start[2]:.2f}, "
+            f"at end {load_end[0]:.2f}/{load_end[1]:.2f}/{load_end[2]:.2f} on {cores} cores: "
+            + ("**the machine was shared with other processes while this ran**; absolute times are noisy, "
+               "the side-by-side ratios much less so." if busy else "the machine was mostly idle.")
+        )
+    mode = "tiny (harness check only; figures meaningless)" if settings.tiny else "quick" if settings.quick else "default"
+    lines.append(f"- Settings: {mode}")
+    return lines
+
+
+def python_module_command(argv: list[str]) -> str:
+    return " ".join([Path(sys.executable).name, "-m", "advmem.bench", *argv])
+
+
+# ---------------------------------------------------------------------------------------------
+# building toolkit pieces
+
+
+def make_trainer(recipe: dict[str, Any], settings: Settings):
+    """A set-up `Trainer` for `recipe` (a dict) on the benchmark device; nothing is written to disk."""
+    from advmem.engine.rundir import RunDir
+    from advmem.engine.trainer import Trainer
+    from advmem.recipe import recipe_from_dict
+
+    body = {"device": settings.device.type, **recipe}
+    r = recipe_from_dict(body, source="benchmark recipe")
+    trainer = Trainer(r, RunDir(settings.workdir / "unused"), quiet=True, log=lambda msg: None)
+    trainer.setup(resume=False)
+    return trainer
+
+
+def fresh_sums(device: torch.device) -> dict[str, torch.Tensor]:
+    return {k: torch.zeros((), device=device) for k in ("loss", "acc", "grad_norm_sq")}
+
+
+def data_section(settings: Settings, train_size: int, *, channels: int = 1, image_size: int = 28,
+                 test_size: int = 256) -> dict[str, Any]:
+    """Fashion-MNIST subset when on disk, else synthetic data of the same shape."""
+    if channels == 1 and image_size == 28 and settings.fashion_mnist_available() and not settings.tiny:
+        return {"dataset": "fashion-mnist", "data_root": settings.data_root, "train_size": train_size,
+                "test_size": test_size, "augment": "none"}
+    return {"dataset": "synthetic", "augment": "none",
+            "synthetic": {"n_train": train_size, "n_test": test_size, "channels": channels,
+                          "image_size": image_size}}

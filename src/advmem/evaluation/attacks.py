@@ -1,0 +1,122 @@
+"""White-box evaluation attacks on tensors: clean, FGSM and PGD-K (CE or CW margin, restarts).
+
+Every runner takes `(model, x, y, settings)` with x in [0,1] and returns per-sample *raw*
+correctness of the model on the attacked inputs (a bool tensor on the CPU). Raw means it is
+not ANDed with clean correctness: the caller does that for the worst case, and the
+"robust above clean" sanity check compares the raw numbers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from advmem.attacks import attack_mode, cross_entropy, cw_margin, project, random_start
+
+WHITE_BOX = ("clean", "fgsm", "pgd", "pgd-cw")
+
+
+@dataclass(frozen=True)
+class AttackSettings:
+    """Everything that changes an attack's result (part of the resume fingerprint)."""
+
+    eps: float
+    norm: str = "Linf"
+    steps: int = 20
+    restarts: int = 1
+    step_size: float | None = None  # None: eps/4 (2/255 at 8/255 after 20 steps, as in RO/BoT evals)
+    seed: int = 0
+    batch_size: int = 256
+
+    @property
+    def step(self) -> float:
+        return self.step_size if self.step_size is not None else self.eps / 4
+
+
+def predict(model: nn.Module, x: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """argmax of the logits in eval mode, batched, on the CPU."""
+    was_training = model.training
+    model.eval()
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(x), batch_size):
+            out.append(model(x[i:i + batch_size].to(device)).argmax(1).cpu())
+    model.train(was_training)
+    return torch.cat(out) if out else torch.empty(0, dtype=torch.long)
+
+
+def clean_correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor, s: AttackSettings) -> torch.Tensor:
+    return predict(model, x, s.batch_size) == y.cpu()
+
+
+def pgd_correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor, s: AttackSettings, *, objective: str = "ce",
+                steps: int | None = None, restarts: int | None = None, eps: float | None = None,
+                step_size: float | None = None, start: str = "uniform", count: str = "any") -> torch.Tensor:
+    """Per-sample correctness under PGD; with restarts a point must survive all of them.
+
+    `count="any"` (evaluation): a point is broken if *any* iterate misclassifies it, since
+    every iterate is a valid input in the ball (as AutoAttack keeps the best point; it costs
+    nothing, the logits of each iterate are computed anyway). `count="last"`: only the final
+    iterate counts (the sanity checks use it to see whether more steps help).
+    The random starts come from a generator seeded with `s.seed`, so a rerun gives the same flags.
+    """
+    steps = s.steps if steps is None else steps
+    restarts = s.restarts if restarts is None else restarts
+    eps = s.eps if eps is None else eps
+    step_size = (s.step if eps == s.eps else eps / 4) if step_size is None else step_size
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    generator = torch.Generator().manual_seed(s.seed)
+    correct = torch.ones(len(x), dtype=torch.bool)
+    for _ in range(restarts):
+        for i in range(0, len(x), s.batch_size):
+            xb, yb = x[i:i + s.batch_size].to(device), y[i:i + s.batch_size].to(device)
+            obj = cw_margin(yb) if objective == "cw" else cross_entropy(yb)
+            ok = _pgd_batch(model, xb, yb, obj, eps=eps, step_size=step_size, steps=steps, norm=s.norm, start=start,
+                            generator=generator, count=count)
+            correct[i:i + s.batch_size] &= ok.cpu()
+    return correct
+
+
+def _pgd_batch(model: nn.Module, x: torch.Tensor, y: torch.Tensor, objective, *, eps: float, step_size: float,
+               steps: int, norm: str, start: str, generator: torch.Generator, count: str) -> torch.Tensor:
+    """advmem.attacks.pgd's update (same start, step, projection and clamp), recording whether
+    each iterate is classified correctly."""
+    x = x.detach()
+    correct = torch.ones(len(x), dtype=torch.bool, device=x.device)
+    with attack_mode(model, "eval"):
+        delta = random_start(x, eps, norm, start, generator) if eps > 0 else torch.zeros_like(x)
+        delta = (x + delta).clamp(0, 1) - x
+        for _ in range(steps):
+            delta.requires_grad_(True)
+            logits = model(x + delta)
+            if count == "any":
+                correct &= logits.detach().argmax(1) == y
+            loss = objective(logits).sum()
+            # a model whose output has no gradient path to its input gets a zero gradient
+            grad = torch.autograd.grad(loss, delta)[0] if loss.requires_grad else torch.zeros_like(delta)
+            with torch.no_grad():
+                if norm == "Linf":
+                    delta = delta + step_size * grad.sign()
+                else:
+                    delta = delta + step_size * grad / grad.flatten(1).norm(dim=1).clamp_min(1e-12).view(
+                        -1, *([1] * (x.dim() - 1)))
+                delta = project(delta, eps, norm)
+                delta = (x + delta).clamp(0, 1) - x
+        with torch.no_grad():
+            correct &= model(x + delta).argmax(1) == y
+    return correct
+
+
+def run_white_box(name: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor, s: AttackSettings) -> torch.Tensor:
+    if name == "clean":
+        return clean_correct(model, x, y, s)
+    if name == "fgsm":
+        return pgd_correct(model, x, y, s, steps=1, restarts=1, step_size=s.eps, start="none")
+    if name == "pgd":
+        return pgd_correct(model, x, y, s, objective="ce")
+    if name == "pgd-cw":
+        return pgd_correct(model, x, y, s, objective="cw")
+    raise ValueError(name)

@@ -1,0 +1,177 @@
+"""One self-contained HTML report for one or more runs (figures embedded as base64 PNG).
+
+Sections (each an element with a stable id): recipe differences (`recipe`), learning curves
+(`curves`), best/last table (`best-last`), evaluation results with sanity flags
+(`evaluation`), memorization outputs (`memorization`, when a run or study folder has them).
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import json
+from pathlib import Path
+from typing import Any
+
+from advmem import __version__
+from advmem.report.tables import COLUMNS, RunInfo, comparison_rows, pct, recipe_differences, sanity_cell
+
+STYLE = """
+body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#111}
+table{border-collapse:collapse;margin:.5em 0 1.5em;font-size:13px}
+th,td{border:1px solid #bbb;padding:3px 7px;text-align:right}th{background:#eee}
+td:first-child,th:first-child{text-align:left}
+.flagged{background:#ffe1e1;font-weight:bold}.ok{color:#146c2e}
+img{max-width:100%;border:1px solid #ddd;margin:.5em 0}
+.note{color:#555;font-size:13px}
+"""
+
+
+def _img(png: bytes, alt: str) -> str:
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
+
+
+def _table(header: list[str], rows: list[list[Any]], flag_col: int | None = None) -> str:
+    out = ["<table><tr>" + "".join(f"<th>{html.escape(str(h))}</th>" for h in header) + "</tr>"]
+    for row in rows:
+        cells = []
+        for i, v in enumerate(row):
+            text = html.escape(str(v))
+            cls = ""
+            if i == flag_col:
+                cls = ' class="flagged"' if str(v).startswith("FLAGGED") else (' class="ok"' if v == "ok" else "")
+            cells.append(f"<td{cls}>{text}</td>")
+        out.append("<tr>" + "".join(cells) + "</tr>")
+    return "".join(out) + "</table>"
+
+
+def _eval_section(runs: list[RunInfo]) -> str:
+    from advmem.report.plots import bar_chart, method_colour
+
+    parts, labels, clean, robust, colours = [], [], [], [], []
+    for r in runs:
+        for stem, ev in r.evals.items():
+            attacks = ev.get("attacks", {})
+            header = ["run / checkpoint", "epoch", "clean"] + list(attacks) + ["worst case", "threat model", "n", "sanity"]
+            row = [f"{r.name} / {stem}", ev.get("epoch") or "-", pct(ev["clean_acc"])] + [pct(v) for v in attacks.values()]
+            row += [pct(ev["robust_acc"]), f"{ev['threat_model']} eps={ev['eps']}", ev["n_examples"], sanity_cell(ev)]
+            parts.append(_table(header, [row], flag_col=len(row) - 1))
+            checks = ev.get("sanity", {}).get("checks", {})
+            if checks:
+                parts.append(_table(["sanity check", "flagged", "detail"],
+                                    [[c["name"], "FLAGGED" if c["flagged"] else "ok", c["detail"]] for c in checks.values()],
+                                    flag_col=1))
+            labels.append(f"{r.name}/{stem}")
+            clean.append(100 * ev["clean_acc"])
+            robust.append(100 * ev["robust_acc"])
+            colours.append(method_colour(r.method))
+    if not labels:
+        return '<p class="note">No evaluation results yet: run <code>advmem eval RUN</code> (writes checkpoints/*.eval.json).</p>'
+    png = bar_chart(labels, {"clean": clean, "worst-case robust": robust}, "accuracy (%)",
+                    "advmem eval: clean and worst-case robust accuracy", colours)
+    return _img(png, "evaluation accuracies") + "".join(parts) + \
+        '<p class="note">Accuracies in %. Worst case = per-sample worst case over all attacks run. ' \
+        'FLAGGED rows failed a sanity check (possible gradient masking): do not trust their robust numbers.</p>'
+
+
+def _artifact_html(path: Path, root: Path) -> str:
+    from advmem.report.plots import line_plot
+
+    rel = html.escape(str(path.relative_to(root)))
+    out = [f"<h4>{rel}</h4>"]
+    try:
+        if path.suffix == ".csv":
+            with path.open() as fh:
+                rows = list(csv.reader(fh))
+            if rows:
+                out.append(_table(rows[0], rows[1:51]))
+                if len(rows) > 51:
+                    out.append(f'<p class="note">{len(rows) - 51} more rows in the file.</p>')
+        elif path.suffix == ".json":
+            data = json.loads(path.read_text())
+            flat = _scalars(data)
+            series = {k: v for k, v in (data.items() if isinstance(data, dict) else [])
+                      if isinstance(v, list) and v and all(isinstance(t, (int, float)) for t in v)}
+            xkey = next((k for k in ("epoch", "epochs", "step") if k in series), None)
+            if xkey and len(series) > 1:
+                ys = {k: v for k, v in series.items() if k != xkey}
+                out.append(_img(line_plot(series[xkey], ys, xkey, "value", path.stem), path.stem))
+            if flat:
+                out.append(_table(["key", "value"], [[k, v] for k, v in list(flat.items())[:60]]))
+        elif path.suffix == ".parquet":
+            import pyarrow.parquet as pq
+
+            table = pq.read_table(path)
+            out.append(f'<p class="note">{table.num_rows} rows; columns: {html.escape(", ".join(table.column_names))}</p>')
+            cols = table.column_names
+            if "epoch" in cols:
+                import numpy as np
+
+                df = {c: table.column(c).to_numpy(zero_copy_only=False) for c in cols}
+                epochs = sorted(set(df["epoch"].tolist()))
+                numeric = [c for c in cols if c not in ("epoch", "index", "sample", "label")
+                           and df[c].dtype.kind in "biuf"][:6]
+                if numeric:
+                    ys = {c: [float(np.mean(df[c][df["epoch"] == e])) for e in epochs] for c in numeric}
+                    out.append(_img(line_plot(epochs, ys, "epoch", "mean over samples", path.stem), path.stem))
+    except Exception as err:  # a report renders what it can; say what it could not
+        out.append(f'<p class="note">could not render: {html.escape(type(err).__name__)}: {html.escape(str(err)[:200])}</p>')
+    return "".join(out)
+
+
+def _scalars(data: Any, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if isinstance(data, dict):
+        for k, v in data.items():
+            out.update(_scalars(v, f"{prefix}{k}."))
+    elif isinstance(data, (int, float, str, bool)) or data is None:
+        out[prefix[:-1]] = data
+    return out
+
+
+def build_report(runs: list[RunInfo], title: str = "advmem report") -> str:
+    from advmem.report.plots import compare_learning_curves
+
+    body = [f"<h1>{html.escape(title)}</h1>",
+            f'<p class="note">Runs: {html.escape(", ".join(str(r.path) for r in runs))}. advmem {__version__}.</p>']
+    header, diff = recipe_differences(runs)
+    body.append('<section id="recipe"><h2>Recipe differences</h2>')
+    body.append(_table(header, diff) if diff else '<p class="note">The recipes are identical (apart from names).</p>')
+    body.append("</section>")
+
+    body.append('<section id="curves"><h2>Learning curves</h2>')
+    curves = [(r.name, r.method, r.rows) for r in runs if r.rows]
+    if curves:
+        body.append(_img(compare_learning_curves(curves), "learning curves"))
+        body.append('<p class="note">Colour = method, line style = split (train solid, val dashed, test dotted). '
+                    'Robust accuracy is the per-epoch PGD evaluation of the recipe\'s eval.attack.</p>')
+    else:
+        body.append('<p class="note">No metrics.jsonl found.</p>')
+    body.append("</section>")
+
+    body.append('<section id="best-last"><h2>Best and last checkpoints</h2>')
+    rows = comparison_rows(runs)
+    body.append(_table(COLUMNS, [[r[c] for c in COLUMNS] for r in rows], flag_col=len(COLUMNS) - 1))
+    body.append('<p class="note">"best" is selected on the validation split when the run has one '
+                '(summary.json: best_selected_on); eval_* columns come from <code>advmem eval</code>.</p></section>')
+
+    body.append('<section id="evaluation"><h2>Evaluation results and sanity flags</h2>')
+    body.append(_eval_section(runs))
+    body.append("</section>")
+
+    body.append('<section id="memorization"><h2>Memorization outputs</h2>')
+    found = False
+    for r in runs:
+        for f in r.artifacts:
+            body.append(_artifact_html(f, r.path.parent))
+            found = True
+        for f in r.figures:
+            body.append(f"<h4>{html.escape(str(f.relative_to(r.path.parent)))}</h4>" + _img(f.read_bytes(), f.name))
+            found = True
+    if not found:
+        body.append('<p class="note">None found (measures.csv, grad_stability.json, per_sample.parquet or figures '
+                    'from <code>advmem study</code> / <code>advmem analyze</code>).</p>')
+    body.append("</section>")
+    return (f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
+            f"<style>{STYLE}</style></head><body>{''.join(body)}</body></html>\n")

@@ -1,0 +1,17 @@
+"""The trainer callbacks a recipe asks for (added by `Trainer.setup`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def recipe_callbacks(trainer) -> list[Any]:
+    """Corruption record (always; a no-op on clean data) and, if `track.per_sample` is set, the tracker."""
+    from advmem.data.corruption import CorruptionRecorder
+
+    callbacks: list[Any] = [CorruptionRecorder()]
+    if trainer.recipe.track.per_sample is not None:
+        from advmem.track.per_sample import PerSampleTracker
+
+        callbacks.append(PerSampleTracker(trainer))
+    return callbacks

@@ -1,0 +1,317 @@
+"""Each speed optimization leaves results unchanged beyond floating-point rounding.
+
+fp32 paths must be equal (bit for bit where the same kernels run, else to 1e-5); bf16 and fp16
+paths within the tolerances stated in each test. Speed itself is measured by
+`python -m advmem.bench`, never asserted here.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from advmem.attacks import cross_entropy, kl_to_clean, pgd
+from advmem.attacks.pgd import attack_grad_scale
+from advmem.bench.reference_loop import attack_pgd_reference, loader_from_device_dataset, pil_crop, to_tensor
+from advmem.data.dataset import random_crop
+from advmem.engine.evaluate import EvalAttack, clean_per_sample, robust_per_sample
+from advmem.engine.rundir import RunDir
+from advmem.engine.trainer import Trainer
+from advmem.errors import UserError
+from advmem.methods import build_method
+from advmem.models import build_model
+from advmem.recipe import AttackConfig, recipe_from_dict
+
+EPS, ALPHA = 8 / 255, 2 / 255
+
+
+def tiny_model(channels=1, size=8, seed=0):
+    torch.manual_seed(seed)
+    return build_model("small_cnn", in_channels=channels, num_classes=10, image_size=(size, size),
+                       mean=[0.5] * channels, std=[0.25] * channels, width=4, hidden=16)
+
+
+def tiny_recipe(**sections):
+    body = {
+        "device": "cpu",
+        "data": {"dataset": "synthetic", "synthetic": {"n_train": 96, "n_test": 64}},
+        "model": {"name": "small_cnn", "kwargs": {"width": 4, "hidden": 16}},
+        "attack": {"steps": 3},
+        "optim": {"epochs": 1, "batch_size": 32},
+        "eval": {"train_subset": 32, "attack": {"steps": 2}},
+    }
+    for key, value in sections.items():
+        body[key] = {**body.get(key, {}), **value} if isinstance(value, dict) else value
+    return recipe_from_dict(body)
+
+
+def make_trainer(tmp_path, **sections):
+    trainer = Trainer(tiny_recipe(**sections), RunDir(tmp_path / "run"), quiet=True, log=lambda m: None)
+    trainer.setup(resume=False)
+    return trainer
+
+
+def one_epoch(tmp_path, **sections):
+    """(train_epoch row, flattened final weights) after one epoch from the seed-0 init."""
+    trainer = make_trainer(tmp_path, **sections)
+    torch.manual_seed(123)  # attack random starts draw from the global RNG
+    row = trainer.train_epoch(1)
+    weights = torch.cat([p.detach().float().flatten() for p in trainer.model.parameters()])
+    return row, weights
+
+
+def batch(n=16, channels=1, size=8, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(n, channels, size, size, generator=g), torch.randint(0, 10, (n,), generator=g)
+
+
+# -- attack computes input gradients only --------------------------------------------------------
+
+
+def test_input_grad_only_attack_equals_full_backward_reference():
+    model = tiny_model()
+    x, y = batch()
+    delta0 = (2 * torch.rand(x.shape, generator=torch.Generator().manual_seed(5)) - 1) * EPS
+    ref = attack_pgd_reference(model, x, y, eps=EPS, alpha=ALPHA, steps=5, delta0=delta0)
+    weight_grads = [p.grad for p in model.parameters()]
+    assert all(g is not None and g.abs().sum() > 0 for g in weight_grads), "the reference computes weight gradients"
+    for p in model.parameters():
+        p.grad = None
+
+    # Same start: pgd draws u from the generator and starts at (2u-1)*eps, as delta0 above.
+    ours = pgd(model, x, cross_entropy(y), eps=EPS, step_size=ALPHA, steps=5,
+               generator=torch.Generator().manual_seed(5))
+    assert torch.equal(ours, ref)
+    assert all(p.grad is None for p in model.parameters()), "the lean attack must not touch weight gradients"
+    assert all(p.requires_grad for p in model.parameters()), "requires_grad restored after the attack"
+    assert not (ours == x).all()
+
+
+# -- TRADES: clean logits once per batch ------------------------------------------------------------
+
+
+def test_trades_clean_logits_once_equals_per_step_recomputation():
+    model = tiny_model()
+    x, y = batch(seed=1)
+    attack = AttackConfig(steps=4)
+    method = build_method(recipe_from_dict({"method": {"name": "trades"}}).method, attack, num_train=16,
+                          num_classes=10, device="cpu")
+    from advmem.data.dataset import Batch
+
+    torch.manual_seed(7)
+    ctx = method.attack(model, Batch(x, y, torch.arange(16)), epoch=1)
+
+    def recomputing_objective(logits):  # what the reference code does: model(x_natural) at every step
+        with torch.no_grad():
+            clean = model(x)
+        return kl_to_clean(clean)(logits)
+
+    torch.manual_seed(7)
+    ref = pgd(model, x, recomputing_objective, eps=attack.eps_value, step_size=attack.step_value, steps=4,
+              start="gaussian")
+    assert torch.equal(ctx.x_adv, ref)
+    model.eval()
+    with torch.no_grad():
+        assert torch.equal(ctx.clean_logits, model(x))
+
+
+# -- no host synchronization inside the step -------------------------------------------------------
+
+
+def test_train_epoch_reads_the_device_once_per_epoch(tmp_path, monkeypatch):
+    trainer = make_trainer(tmp_path, data={"synthetic": {"n_train": 128, "n_test": 32}})
+    calls = {"item": 0, "tolist": 0, "bool": 0, "float": 0, "int": 0, "cpu": 0, "numpy": 0}
+    names = {"item": "item", "tolist": "tolist", "bool": "__bool__", "float": "__float__", "int": "__int__",
+             "cpu": "cpu", "numpy": "numpy"}
+    for key, attr in names.items():
+        original = getattr(torch.Tensor, attr)
+
+        def counted(self, *a, _orig=original, _key=key, **k):
+            calls[_key] += 1
+            return _orig(self, *a, **k)
+
+        monkeypatch.setattr(torch.Tensor, attr, counted)
+    row = trainer.train_epoch(1)
+    monkeypatch.undo()
+    assert row["train_loss"] > 0
+    # 4 steps, one read at the end of the epoch (the .tolist() of the stacked sums), nothing per step
+    assert calls == {"item": 0, "tolist": 1, "bool": 0, "float": 0, "int": 0, "cpu": 0, "numpy": 0}
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="torch.cuda.set_sync_debug_mode needs a GPU")
+def test_train_step_has_no_cuda_sync(tmp_path):
+    trainer = make_trainer(tmp_path, device="cuda")
+    data = next(trainer.bundle.train.batches(32, shuffle=True, generator=torch.Generator().manual_seed(0)))
+    sums = {k: torch.zeros((), device="cuda") for k in ("loss", "acc", "grad_norm_sq")}
+    trainer.train_step(data, 1, sums)  # warm-up (lazy init may sync)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        trainer.train_step(data, 1, sums)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+
+
+# -- evaluation under inference_mode ---------------------------------------------------------------
+
+
+def test_evaluation_passes_run_in_inference_mode_with_unchanged_results(tmp_path):
+    trainer = make_trainer(tmp_path)
+    model, test = trainer.model, trainer.bundle.test
+    modes: list[tuple[bool, bool]] = []  # (inference_mode, grad_enabled) at each forward
+    hook = model.register_forward_pre_hook(
+        lambda m, a: modes.append((torch.is_inference_mode_enabled(), torch.is_grad_enabled())))
+    out = clean_per_sample(model, test, 16)
+    assert len(modes) == 4 and all(inf for inf, _ in modes)
+    modes.clear()
+    rob = robust_per_sample(model, test, EvalAttack(eps=EPS, step_size=ALPHA, steps=2), 16,
+                            generator=torch.Generator().manual_seed(0))
+    hook.remove()
+    # per batch: 2 attack forwards (need autograd for the input gradient), then 1 inference-mode pass
+    assert modes == [(False, True), (False, True), (True, False)] * 4
+    model.eval()
+    with torch.no_grad():
+        logits = model(test.all_float())
+    assert torch.equal(out["correct"], logits.argmax(1) == test.y)
+    assert torch.allclose(out["loss"], F.cross_entropy(logits, test.y, reduction="none"), atol=1e-6)
+    assert (rob["correct"] <= out["correct"]).all()
+
+
+# -- device-resident data with batched augmentation equals the per-sample PIL pipeline ------------
+
+
+def test_device_batches_equal_the_per_sample_pil_pipeline(tmp_path):
+    trainer = make_trainer(tmp_path)
+    train = trainer.bundle.train
+    loader = loader_from_device_dataset(train, 32, seed=0)
+    xs, ys = zip(*[loader.dataset[i] for i in range(len(train))])
+    assert torch.equal(torch.stack(xs), train.all_float())
+    assert torch.equal(torch.tensor(ys), train.y)
+    # batched crop at fixed offsets == PIL pad-and-crop per sample
+    imgs = (torch.rand(6, 3, 8, 8, generator=torch.Generator().manual_seed(2)) * 255).to(torch.uint8)
+    oy, ox = torch.tensor([0, 1, 2, 3, 4, 8]), torch.tensor([8, 0, 4, 3, 2, 1])
+    ours = random_crop(imgs.float() / 255, oy, ox, 4)
+    from PIL import Image
+
+    ref = torch.stack([to_tensor(pil_crop(Image.fromarray(im.permute(1, 2, 0).numpy()), int(a), int(b), 4))
+                       for im, a, b in zip(imgs, oy, ox)])
+    assert torch.equal(ours, ref)
+
+
+# -- perf section: channels_last, precision, compile -----------------------------------------------
+
+
+def test_perf_defaults_resolve_to_plain_fp32_on_cpu(tmp_path):
+    trainer = make_trainer(tmp_path)
+    assert trainer.perf.as_dict() == {"channels_last": False, "precision": "fp32", "compile": False,
+                                      "cuda_graphs": False}
+    assert trainer.step_model is trainer.model and not trainer.scaler.is_enabled()
+
+
+def test_channels_last_fp32_matches_contiguous(tmp_path):
+    row_a, w_a = one_epoch(tmp_path / "a")
+    row_b, w_b = one_epoch(tmp_path / "b", perf={"channels_last": True})
+    assert abs(row_a["train_loss"] - row_b["train_loss"]) < 1e-5
+    assert torch.allclose(w_a, w_b, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("precision,tol", [("bf16", 0.05), ("fp16", 0.02)])
+def test_reduced_precision_training_within_tolerance(tmp_path, precision, tol):
+    """Stated tolerance: after one epoch (3 steps), the mean training loss within `tol` of fp32's
+    and the weights within 2% relative (L2) of fp32's."""
+    row_a, w_a = one_epoch(tmp_path / "a")
+    row_b, w_b = one_epoch(tmp_path / "b", perf={"precision": precision})
+    assert abs(row_a["train_loss"] - row_b["train_loss"]) < tol
+    assert ((w_a - w_b).norm() / w_a.norm()) < 0.02
+    assert row_b["grad_norm_sq"] > 0
+
+
+class _TinyScale(nn.Module):
+    def forward(self, x):
+        return x * 1e-7
+
+
+def test_fp16_attack_gradient_scaling_keeps_sign_steps_alive():
+    """The backward of x * 1e-7 sends gradients of ~1e-8 through the fp16 part of the graph: they
+    round to zero (sign step lost); scaling the attack loss by 2^10 keeps them, and gives fp32's
+    steps for nearly every pixel."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), _TinyScale(), nn.Linear(32, 10))
+    x, y = batch(n=8)
+    kwargs = dict(eps=EPS, step_size=EPS, steps=1, start="none")
+    reference = pgd(model, x, cross_entropy(y), **kwargs)
+    with torch.autocast("cpu", dtype=torch.float16):
+        unscaled = pgd(model, x, cross_entropy(y), **kwargs)
+        with attack_grad_scale(1024.0):
+            scaled = pgd(model, x, cross_entropy(y), **kwargs)
+    assert (unscaled == x).float().mean() > 0.9, "without scaling most sign steps vanish"
+    agree = ((scaled - x).sign() == (reference - x).sign()).float().mean()
+    assert agree > 0.95
+    # the scale itself changes nothing in fp32 (power of two, sign step)
+    with attack_grad_scale(1024.0):
+        assert torch.equal(pgd(model, x, cross_entropy(y), **kwargs), reference)
+
+
+def test_compile_matches_eager(tmp_path, monkeypatch):
+    """The compiled step (Dynamo graph capture, autograd.grad through it, requires_grad and
+    train/eval switches) equals eager. The backend is aot_eager here; the inductor version of
+    this test is opt-in (see below) because a cold inductor build takes ~70 s on 2 cores."""
+    real_compile = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda model, **kw: real_compile(model, backend="aot_eager", **kw))
+    row_a, w_a = one_epoch(tmp_path / "a")
+    row_b, w_b = one_epoch(tmp_path / "b", perf={"compile": True})
+    assert abs(row_a["train_loss"] - row_b["train_loss"]) < 1e-5
+    assert torch.allclose(w_a, w_b, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.skipif(os.environ.get("ADVMEM_TEST_INDUCTOR") != "1",
+                    reason="cold torch.compile (inductor) takes ~70 s on 2 CPU cores; set ADVMEM_TEST_INDUCTOR=1")
+def test_compile_inductor_matches_eager(tmp_path):
+    row_a, w_a = one_epoch(tmp_path / "a")
+    row_b, w_b = one_epoch(tmp_path / "b", perf={"compile": True})
+    assert abs(row_a["train_loss"] - row_b["train_loss"]) < 1e-4
+    assert torch.allclose(w_a, w_b, rtol=1e-3, atol=1e-4)
+
+
+def test_cuda_graphs_without_a_gpu_is_a_user_error(tmp_path):
+    with pytest.raises(UserError, match="perf.cuda_graphs needs a CUDA device"):
+        make_trainer(tmp_path, perf={"cuda_graphs": True})
+
+
+def test_perf_keys_are_validated():
+    with pytest.raises(UserError, match="perf.precision"):
+        recipe_from_dict({"perf": {"precision": "fp8"}})
+    with pytest.raises(UserError, match="unknown key 'perf.compiled'"):
+        recipe_from_dict({"perf": {"compiled": True}})
+
+
+# -- evaluation on a subset during training, full test set at the end ------------------------------
+
+
+@pytest.mark.parametrize("final_full", [True, False])
+def test_final_epoch_evaluates_the_full_test_set(tmp_path, final_full):
+    trainer = make_trainer(tmp_path, data={"test_size": 16}, optim={"epochs": 2},
+                           eval={"final_full": final_full, "every": 1})
+    trainer.run.check_start(resume=False, overwrite=False)
+    trainer.run.prepare(trainer.recipe, trainer.bundle.info, overwrite=False)
+    trainer.run.plot_curves = lambda rows: None  # matplotlib is not what this test is about
+    trainer.fit()
+    first, last = trainer.rows
+    assert "test_full_nat_acc" not in first
+    assert len(trainer.bundle.test) == 16
+    if not final_full:
+        assert "test_full_nat_acc" not in last
+        return
+    from advmem.data import build_data
+
+    full = build_data(trainer.recipe.data.model_copy(update={"test_size": None}), "cpu").test
+    assert len(full) == 64
+    expected = clean_per_sample(trainer.model, full, 32)["correct"].float().mean().item()
+    assert last["test_full_nat_acc"] == pytest.approx(expected, abs=1e-7)
+    assert 0 <= last["test_full_rob_acc"] <= last["test_full_nat_acc"]
