@@ -122,7 +122,7 @@ def run(settings: Settings) -> Section:
         reference_step(ref_model, ref_opt, warm.x, warm.y, eps=a.eps_value, alpha=a.step_value, steps=a.steps,
                        stats=stats)
         for t in trainers.values():
-            t.train_step(warm, EPOCH_INDEX, fresh_sums(dev))
+            t.train_step(warm, EPOCH_INDEX, 1, fresh_sums(dev))
     times = interleaved(variants, rounds=rounds, warmup=0, device=dev, before=reset)
     n = len(train_set)
     speed = ratio(times["reference"], times["toolkit PGD-10"])

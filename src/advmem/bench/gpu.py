@@ -58,7 +58,7 @@ def run(settings: Settings) -> Section:
                                     "eval": {"train_subset": 0}, "perf": perf}, settings)
             warm = next(trainer.bundle.train.batches(128, shuffle=False))
             for _ in range(3):
-                trainer.train_step(warm, 1, fresh_sums(settings.device))
+                trainer.train_step(warm, 1, 1, fresh_sums(settings.device))
             torch.cuda.synchronize()
             t0 = time.perf_counter()
             trainer.train_epoch(1)

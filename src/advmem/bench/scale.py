@@ -58,7 +58,7 @@ def worker(cfg: dict) -> dict:
               "eval": {"train_subset": 0}, "perf": cfg.get("perf", {})}
     trainer = make_trainer(recipe, settings)
     warm = next(trainer.bundle.train.batches(cfg["batch_size"], shuffle=False))
-    trainer.train_step(warm, 1, fresh_sums(settings.device))
+    trainer.train_step(warm, 1, 1, fresh_sums(settings.device))
     del warm
     gc.collect()
     cuda = settings.device.type == "cuda"

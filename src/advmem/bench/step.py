@@ -67,12 +67,12 @@ def run(settings: Settings) -> Section:
 
         def plain_steps():
             for _ in range(K + 1):
-                plain.train_step(batch, 1, sums)
+                plain.train_step(batch, 1, 1, sums)
 
         variants = {
             "plain x11": plain_steps,
-            "pgd": lambda: pgd_t.train_step(batch, 1, sums),
-            "trades": lambda: trades_t.train_step(batch, 1, sums),
+            "pgd": lambda: pgd_t.train_step(batch, 1, 1, sums),
+            "trades": lambda: trades_t.train_step(batch, 1, 1, sums),
             "reference": lambda: reference_step(ref_model.model, ref_opt, batch.x, batch.y, eps=a.eps_value,
                                                 alpha=a.step_value, steps=K, stats=stats),
         }

@@ -139,6 +139,7 @@ class Trainer:
 
         self.callbacks = recipe_callbacks(self) + list(self.callbacks)
         self.train_model = self.comm.wrap(self.step_model, self.device)
+        self._first_bad = torch.zeros(2, device=self.device)  # see _check_step
 
     def _train_eval_subset(self):
         n = len(self.bundle.train)
