@@ -299,6 +299,13 @@ def test_damaged_checkpoints(run, tmp_path):
     (ckpt / "last.json").write_text('{"format": "advmem-check')
     assert_clean_refusal(["eval", str(ckpt / "last.safetensors")], tmp_path, match="not valid JSON")
     (ckpt / "last.json").unlink()
+    # The weights file embeds its metadata (a kill between the two writes must not orphan it),
+    # so a missing sidecar is not an error; a file with neither is.
+    assert main(["eval", str(ckpt / "last.safetensors"), "--n-examples", "4", "--steps", "1", "--no-checks",
+                 "--quiet"]) == 0
+    from safetensors.torch import load_file, save_file
+
+    save_file(load_file(str(ckpt / "last.safetensors")), str(ckpt / "last.safetensors"))
     assert_clean_refusal(["eval", str(ckpt / "last.safetensors")], tmp_path, match="sidecar not found")
 
 

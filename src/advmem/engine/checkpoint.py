@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
+from safetensors import safe_open
 from safetensors.torch import load_file, save
 
 from advmem import __version__
@@ -24,13 +25,30 @@ FORMAT = "advmem-checkpoint/1"
 
 
 def save_checkpoint(stem: str | Path, model: torch.nn.Module, meta: dict[str, Any]) -> Path:
-    """Write `<stem>.safetensors` and `<stem>.json` atomically; returns the weights path."""
+    """Write `<stem>.safetensors` and `<stem>.json` atomically; returns the weights path.
+
+    The metadata is also embedded in the safetensors header, so the weights file alone is a
+    complete, consistent checkpoint: a kill between the two renames can leave the JSON sidecar
+    missing or one save behind, and readers then use the embedded copy."""
     stem = Path(stem)
     state = {k: v.detach().contiguous().cpu().clone() for k, v in model.state_dict().items()}
+    full = json.loads(json.dumps({"format": FORMAT, "advmem_version": __version__, **meta}, default=str))
     weights = stem.with_suffix(".safetensors")
-    atomic_write_bytes(weights, save(state))
-    atomic_write_json(stem.with_suffix(".json"), {"format": FORMAT, "advmem_version": __version__, **meta})
+    atomic_write_bytes(weights, save(state, metadata={"advmem": json.dumps(full)}))
+    atomic_write_json(stem.with_suffix(".json"), full)
     return weights
+
+
+def embedded_meta(weights: Path) -> dict[str, Any] | None:
+    """The metadata stored in the safetensors header by `save_checkpoint`, if any."""
+    if not weights.is_file():
+        return None
+    try:
+        with safe_open(str(weights), framework="pt") as handle:
+            text = (handle.metadata() or {}).get("advmem")
+        return json.loads(text) if text else None
+    except (SafetensorError, OSError, ValueError):
+        return None
 
 
 def checkpoint_paths(path: str | Path) -> tuple[Path, Path]:
@@ -40,13 +58,23 @@ def checkpoint_paths(path: str | Path) -> tuple[Path, Path]:
 
 
 def read_sidecar(path: str | Path) -> dict[str, Any]:
-    _, sidecar = checkpoint_paths(path)
+    weights, sidecar = checkpoint_paths(path)
+    embedded = embedded_meta(weights)
     try:
         meta = json.loads(sidecar.read_text())
+        key = ("epoch", "recipe_hash")
+        if embedded is not None and isinstance(meta, dict) and [embedded.get(k) for k in key] != [meta.get(k) for k in key]:
+            meta = embedded  # the sidecar lags the weights (a kill between the two writes)
     except FileNotFoundError:
+        if embedded is not None:
+            return _checked(embedded, sidecar)
         raise UserError(f"{sidecar}: checkpoint sidecar not found; pass an advmem checkpoint (.safetensors with its .json)") from None
     except json.JSONDecodeError:
         raise UserError(f"{sidecar}: sidecar is not valid JSON (truncated or corrupt); restore it from a copy") from None
+    return _checked(meta, sidecar)
+
+
+def _checked(meta: Any, sidecar: Path) -> dict[str, Any]:
     fmt = meta.get("format") if isinstance(meta, dict) else None
     if isinstance(fmt, str) and fmt.startswith("advmem-checkpoint/") and fmt != FORMAT:
         raise UserError(f"{sidecar}: written by a newer advmem (format {fmt}, this version reads {FORMAT}); "
