@@ -210,16 +210,12 @@ def build_parser() -> Parser:
     p.add_argument("--data-root", default=None, help="also search this directory for datasets")
     common(p)
 
-    import importlib
+    from advmem.plugins import import_optional
 
     for module_name in PLUGIN_MODULES:
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as err:
-            if err.name == module_name:
-                continue
-            raise
-        module.add_parser(sub, common)
+        module = import_optional(module_name)
+        if module is not None:
+            module.add_parser(sub, common)
     return parser
 
 
