@@ -16,6 +16,14 @@ FMNIST_SKIP = "Fashion-MNIST not installed (apt-get install dataset-fashion-mnis
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
+# CI runs the same hypothesis examples every time (a red CI must be reproducible); local runs
+# keep exploring new examples.
+from hypothesis import settings as _hypothesis_settings  # noqa: E402
+
+_hypothesis_settings.register_profile("advmem-ci", derandomize=True, database=None)
+if os.environ.get("CI"):
+    _hypothesis_settings.load_profile("advmem-ci")
+
 
 def tiny_recipe(**overrides) -> dict:
     """A recipe that trains in about a second: synthetic 8x8 data, a tiny CNN with BatchNorm."""

@@ -72,7 +72,7 @@ BAD_LEAVES: dict[tuple[str, ...], list] = {
     ("optim", "label_smoothing"): [1.0, -0.5],
     ("optim", "nesterov"): ["perhaps", 3],
     ("optim", "schedule", "name"): ["linear", 0],
-    ("optim", "schedule", "milestones"): [[999], [2], [1, 1], [0], "5", [-1], [1.5]],
+    ("optim", "schedule", "milestones"): [[999], [1, 1], [0], "5", [-1], [1.5]],  # absolutely bad, whatever the epochs
     ("optim", "schedule", "gamma"): [0, -1],
     ("eval", "every"): [0, "often"],
     ("eval", "train_subset"): [-1],
