@@ -142,8 +142,14 @@ def cmd_recipes(args: argparse.Namespace) -> int:
             desc = (yaml.safe_load(path.read_text()) or {}).get("description", "")
         except yaml.YAMLError:
             desc = "(unreadable)"
-        print(f"{name:<44} {desc.splitlines()[0] if desc else ''}")
+        print(f"{name:<40} {short_description(desc)}")
     return 0
+
+
+def short_description(text: str, width: int = 90) -> str:
+    """A recipe's description cut to one terminal line at a word boundary."""
+    text = " ".join((text or "").split())
+    return text if len(text) <= width else text[: width - 1].rsplit(" ", 1)[0] + " …"
 
 
 @command("info")
