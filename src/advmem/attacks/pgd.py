@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from contextvars import ContextVar
-from typing import Iterator, Literal
+from typing import Callable, Iterator, Literal
 
 import torch
 from torch import nn
@@ -98,8 +98,13 @@ def pgd(
     bn_mode: str = "eval",
     generator: torch.Generator | None = None,
     grad_scale: float | None = None,
+    on_logits: Callable[[torch.Tensor], None] | None = None,
 ) -> torch.Tensor:
-    """Return x_adv in the eps-ball around x and in [0,1] that ascends `objective`."""
+    """Return x_adv in the eps-ball around x and in [0,1] that ascends `objective`.
+
+    `on_logits` sees the (detached) logits of every iterate, which evaluation uses to count a
+    point as broken if any iterate misclassifies it. A model whose output has no gradient path
+    to its input (gradient masking) gets a zero gradient rather than an autograd error."""
     x = x.detach()
     if eps == 0 or steps == 0:
         return x.clone()
@@ -109,10 +114,13 @@ def pgd(
         delta = (x + delta).clamp(0, 1) - x
         for _ in range(steps):
             delta.requires_grad_(True)
-            loss = objective(model(x + delta)).sum()
+            logits = model(x + delta)
+            if on_logits is not None:
+                on_logits(logits.detach())
+            loss = objective(logits).sum()
             if scale != 1.0:
                 loss = loss * scale
-            (grad,) = torch.autograd.grad(loss, delta)
+            grad = torch.autograd.grad(loss, delta)[0] if loss.requires_grad else torch.zeros_like(delta)
             with torch.no_grad():
                 if norm == "Linf":
                     delta = delta + step_size * grad.sign()

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from advmem.attacks import attack_mode, cross_entropy, cw_margin, project, random_start
+from advmem.attacks import attack_mode, cross_entropy, cw_margin, pgd
 
 WHITE_BOX = ("clean", "fgsm", "pgd", "pgd-cw")
 
@@ -82,31 +82,17 @@ def pgd_correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor, s: AttackSet
 
 def _pgd_batch(model: nn.Module, x: torch.Tensor, y: torch.Tensor, objective, *, eps: float, step_size: float,
                steps: int, norm: str, start: str, generator: torch.Generator, count: str) -> torch.Tensor:
-    """advmem.attacks.pgd's update (same start, step, projection and clamp), recording whether
-    each iterate is classified correctly."""
+    """advmem.attacks.pgd, recording whether each iterate is classified correctly."""
     x = x.detach()
     correct = torch.ones(len(x), dtype=torch.bool, device=x.device)
-    with attack_mode(model, "eval"):
-        delta = random_start(x, eps, norm, start, generator) if eps > 0 else torch.zeros_like(x)
-        delta = (x + delta).clamp(0, 1) - x
-        for _ in range(steps):
-            delta.requires_grad_(True)
-            logits = model(x + delta)
-            if count == "any":
-                correct &= logits.detach().argmax(1) == y
-            loss = objective(logits).sum()
-            # a model whose output has no gradient path to its input gets a zero gradient
-            grad = torch.autograd.grad(loss, delta)[0] if loss.requires_grad else torch.zeros_like(delta)
-            with torch.no_grad():
-                if norm == "Linf":
-                    delta = delta + step_size * grad.sign()
-                else:
-                    delta = delta + step_size * grad / grad.flatten(1).norm(dim=1).clamp_min(1e-12).view(
-                        -1, *([1] * (x.dim() - 1)))
-                delta = project(delta, eps, norm)
-                delta = (x + delta).clamp(0, 1) - x
-        with torch.no_grad():
-            correct &= model(x + delta).argmax(1) == y
+
+    def record(logits: torch.Tensor) -> None:
+        correct.logical_and_(logits.argmax(1) == y)
+
+    x_adv = pgd(model, x, objective, eps=eps, step_size=step_size, steps=steps, norm=norm, start=start,
+                generator=generator, on_logits=record if count == "any" else None)
+    with attack_mode(model, "eval"), torch.no_grad():
+        correct &= model(x_adv).argmax(1) == y
     return correct
 
 
