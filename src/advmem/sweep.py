@@ -44,6 +44,7 @@ class SweepRun:
     result: str = ""
     log: Path | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    spec: str | None = None        # this run's base recipe when it is not the sweep's (studies mixing recipes)
 
 
 # ---------------------------------------------------------------------------------- expansion
@@ -172,7 +173,7 @@ def run_status(run: SweepRun, out: Path) -> str:
 def train_argv(spec: str, run: SweepRun, out: Path) -> list[str]:
     if run.status in ("incomplete", "failed"):
         return ["train", "--resume", str(out / run.name), "--quiet"]
-    args = ["train", spec, "--quiet"]
+    args = ["train", run.spec or spec, "--quiet"]
     for o in run.overrides:
         args += ["--set", o]
     return args
@@ -183,7 +184,8 @@ def train_argv(spec: str, run: SweepRun, out: Path) -> list[str]:
 
 def launch_local(runs: list[SweepRun], spec: str, out: Path, parallel: int, log) -> None:
     """N `advmem train` subprocesses at a time; output to DIR/logs/NAME.log. With several CUDA
-    devices each concurrent run gets its own (CUDA_VISIBLE_DEVICES)."""
+    devices each concurrent run gets its own (CUDA_VISIBLE_DEVICES); each run gets cores/N CPU
+    threads unless OMP_NUM_THREADS is set."""
     gpus = 0
     try:
         import torch
@@ -202,6 +204,9 @@ def launch_local(runs: list[SweepRun], spec: str, out: Path, parallel: int, log)
                 run = pending.pop(0)
                 slot = free_slots.pop(0)
                 env = dict(os.environ)
+                if parallel > 1 and "OMP_NUM_THREADS" not in env:
+                    # concurrent CPU runs each take all cores by default and slow each other down many times over
+                    env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // parallel))
                 if gpus > 1 and parallel > 1:
                     env["CUDA_VISIBLE_DEVICES"] = str(slot % gpus)
                 run.log = out / "logs" / f"{run.name}.log"

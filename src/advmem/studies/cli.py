@@ -6,6 +6,7 @@ from advmem.plugins import add_group
 
 STUDIES = {
     "random-labels": "advmem.studies.random_labels",
+    "random-labels-boundary": "advmem.studies.random_labels_boundary",
     "robust-overfitting": "advmem.studies.robust_overfitting",
 }
 

@@ -1,0 +1,312 @@
+"""Where do the random-label findings hold? PGD-AT and TRADES on random labels over a grid of settings.
+
+The paper's pattern is: with random labels PGD-AT fails to converge (train accuracy near chance)
+while TRADES memorizes, and PGD-AT's gradient is the unstable one. When the small random-label
+study does not show it, this command maps where it does: it trains the study's two random-label
+recipes over a grid (by default eps x train-set size; any recipe key with --grid), then reads
+final natural/robust train accuracy, the gradient norm, and the gradient-stability probe at one
+weight-perturbation size for every run, and writes:
+
+    runs/          one run directory per method and grid point (complete runs are skipped)
+    boundary.png   natural train accuracy against the first grid key, both methods
+    table.md/.csv, results.json, README.md
+
+The README becomes the `random-labels-boundary` section of REPRODUCTION.md. The attack step
+follows eps (eps/4, as in the study recipes) unless `--set attack.step_size=...` fixes it.
+Runs go `--parallel` at a time as `advmem train` subprocesses (sweep machinery).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from advmem.engine.io import atomic_write_json, atomic_write_text
+from advmem.errors import UserError
+from advmem.studies import random_labels as rl
+
+SECTION = "random-labels-boundary"
+PROBE_ALPHA = 1e-2
+
+SCALES: dict[str, dict[str, Any]] = {
+    "tiny": {"recipes": rl.SCALES["tiny"]["recipes"], "overrides": rl.SCALES["tiny"]["overrides"],
+             "grid": {"attack.eps": ["0.1", "0.3"]},
+             "probe": {"directions": 2, "batch_size": 16}, "last_epochs": 1},
+    "small": {"recipes": rl.SCALES["small"]["recipes"], "overrides": [],
+              "grid": {"attack.eps": ["0.05", "0.1", "0.2"], "data.train_size": ["300", "1000"]},
+              "probe": {"directions": 3, "batch_size": 128}, "last_epochs": 10},
+}
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def eps_step(eps: str) -> str:
+    """eps/4 written as a plain number (the study recipes' step)."""
+    from advmem.recipe import budget_value
+
+    try:
+        return repr(budget_value(eps) / 4)
+    except ValueError as err:
+        raise UserError(f"--grid attack.eps: {err}") from None
+
+
+def plan(scale: str, grid: dict[str, list[str]], sets: list[str], out: Path) -> list:
+    """Every run (both methods x grid points) as a validated sweep run with its own base recipe."""
+    from advmem.sweep import expand
+
+    cfg = SCALES[scale]
+    base_sets = list(cfg["overrides"]) + list(sets)
+    fixed_step = any(s.startswith("attack.step_size=") for s in sets)
+    eps_values = grid.get("attack.eps", [None])
+    runs = []
+    for method, spec in cfg["recipes"].items():
+        for eps in eps_values:
+            sub = {k: (v if k != "attack.eps" else [eps]) for k, v in grid.items()}
+            extra = [] if eps is None or fixed_step else [f"attack.step_size={eps_step(eps)}"]
+            point_runs, _, base = expand(spec, dict(sub), None, base_sets + extra, out / "runs")
+            if base.method.name != method:
+                raise UserError(f"recipe {spec}: method is {base.method.name}, expected {method}")
+            if base.data.label_noise.rate < 1.0:
+                raise UserError(f"recipe {spec}: labels are not random (label_noise.rate "
+                                f"{base.data.label_noise.rate}); this study trains on random labels only")
+            for run in point_runs:
+                run.spec, run.extra["method"] = spec, method
+            runs += point_runs
+    return runs
+
+
+def point_key(point: dict[str, Any], keys: list[str]) -> tuple:
+    return tuple(str(point.get(k)) for k in keys)
+
+
+def collect(runs: list, runs_dir: Path, keys: list[str], last_epochs: int) -> dict[tuple, dict[str, Any]]:
+    """Numbers per grid point and method, from the run directories."""
+    table: dict[tuple, dict[str, Any]] = {}
+    for run in runs:
+        numbers = rl.run_numbers(runs_dir / run.name, last_epochs)
+        numbers.pop("curve", None)
+        numbers["name"] = run.name
+        table.setdefault(point_key(run.point, keys), {})[run.extra["method"]] = numbers
+    return table
+
+
+def pct(value: float | None) -> str:
+    return "—" if value is None else f"{100 * value:.1f}"
+
+
+def fmt(value: float | None) -> str:
+    return "—" if value is None else f"{value:.3g}"
+
+
+def rows(table: dict[tuple, dict[str, Any]], keys: list[str], chance: float) -> list[dict[str, Any]]:
+    out = []
+    for point, methods in table.items():
+        row: dict[str, Any] = dict(zip(keys, point))
+        for method in rl.METHODS:
+            r = methods.get(method, {})
+            row[f"{method}_train_nat"] = r.get("train_nat_acc")
+            row[f"{method}_train_rob"] = r.get("train_rob_acc")
+            row[f"{method}_fit"] = rl.verdict(r.get("train_nat_acc"), chance)
+            row[f"{method}_grad_norm_sq"] = r.get("grad_norm_sq_last")
+            row[f"{method}_probe"] = r.get("probe_regenerated")
+            row[f"{method}_probe_fixed"] = r.get("probe_fixed")
+        row["paper_pattern"] = row["pgd_at_fit"] == "near chance" and row["trades_fit"] == "memorized"
+        p, t = row["pgd_at_probe"], row["trades_probe"]
+        row["pgd_at_less_stable"] = None if p is None or t is None else p > t
+        out.append(row)
+    return out
+
+
+def describe(point: dict[str, Any], keys: list[str]) -> str:
+    return ", ".join(f"{k.split('.')[-1]} {point[k]}" for k in keys)
+
+
+def markdown(results: dict[str, Any]) -> str:
+    s, keys, table = results["settings"], results["keys"], results["rows"]
+    lines = [
+        "## Random labels: where the findings hold (small scale)" if s["scale"] == "small"
+        else f"## Random labels: where the findings hold ({s['scale']} scale)",
+        "",
+        f"Command: `{s['command']}` (generated {s['date']}, {s['wall_min']:.1f} min wall time for what this "
+        "invocation ran; runs already complete are not retrained).",
+        "",
+        f"Settings of the first run (the random-label recipes of `advmem study random-labels --scale {s['scale']}`, all labels "
+        f"random): {s['settings']}. Varied: {', '.join(f'`{k}`' for k in keys)}"
+        + ("; the attack step is eps/4." if "attack.eps" in keys and not s["fixed_step"] else "."),
+        "",
+        f"Final training accuracy (%) w.r.t. the random labels (chance {100 * results['chance']:.1f}%), natural / "
+        f"robust; fit: memorized >= 90% natural, near chance < chance + 10 points. Gradient: mean squared norm of "
+        f"the training-loss gradient over the last {s['last_epochs']} epochs. Probe: relative gradient change at "
+        f"weight perturbation alpha = {PROBE_ALPHA:g} with x_adv re-solved (mean over "
+        f"{s['probe_directions']} filter-normalized directions).",
+        "",
+        "| " + " | ".join(k.split(".")[-1] for k in keys)
+        + " | PGD-AT nat / rob | PGD-AT fit | TRADES nat / rob | TRADES fit | grad² PGD-AT / TRADES "
+          "| probe PGD-AT / TRADES | paper's pattern |",
+        "|" + "---|" * (len(keys) + 7),
+    ]
+    for r in table:
+        lines.append("| " + " | ".join(str(r[k]) for k in keys)
+                     + f" | {pct(r['pgd_at_train_nat'])} / {pct(r['pgd_at_train_rob'])} | {r['pgd_at_fit']} "
+                     f"| {pct(r['trades_train_nat'])} / {pct(r['trades_train_rob'])} | {r['trades_fit']} "
+                     f"| {fmt(r['pgd_at_grad_norm_sq'])} / {fmt(r['trades_grad_norm_sq'])} "
+                     f"| {fmt(r['pgd_at_probe'])} / {fmt(r['trades_probe'])} "
+                     f"| {'yes' if r['paper_pattern'] else 'no'} |")
+
+    def where(pred) -> str:
+        hits = [describe(r, keys) for r in table if pred(r)]
+        return "; ".join(hits) if hits else "none of the settings tried"
+
+    lines += [
+        "",
+        "Where each finding holds:",
+        "",
+        f"- PGD-AT fails to converge (near chance): {where(lambda r: r['pgd_at_fit'] == 'near chance')}.",
+        f"- TRADES memorizes (>= 90% natural train accuracy): {where(lambda r: r['trades_fit'] == 'memorized')}.",
+        f"- Both at once (the paper's Figure 1): {where(lambda r: r['paper_pattern'])}.",
+        f"- PGD-AT's gradient less stable than TRADES' (probe, x_adv re-solved): "
+        f"{where(lambda r: r['pgd_at_less_stable'])}.",
+    ]
+    for note in results.get("notes", []):
+        lines.append(f"- Note: {note}")
+    lines += ["", "Files: `boundary.png`, `table.md`, `table.csv`, `results.json`, `grad-stability/`, `runs/` in the "
+              "study folder."]
+    return "\n".join(lines) + "\n"
+
+
+def write_csv(table: list[dict[str, Any]], path: Path) -> None:
+    buf = io.StringIO()
+    if table:
+        writer = csv.DictWriter(buf, fieldnames=list(table[0]))
+        writer.writeheader()
+        writer.writerows(table)
+    atomic_write_text(path, buf.getvalue())
+
+
+def plot(table: list[dict[str, Any]], keys: list[str], chance: float, path: Path) -> None:
+    """Natural train accuracy against the first grid key; one line per method and remaining grid point."""
+    from advmem.report.plots import plt, save_figure
+
+    first, rest = keys[0], keys[1:]
+    fig, ax = plt.subplots(figsize=(6.4, 4))
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for r in table:
+        groups.setdefault(tuple(r[k] for k in rest), []).append(r)
+    styles = {"pgd_at": ("#1f77b4", "o"), "trades": ("#ff7f0e", "s")}
+    dashes = ["-", "--", ":", "-."]
+    for gi, (group, items) in enumerate(groups.items()):
+        for method, (colour, marker) in styles.items():
+            pts = [(str(r[first]), 100 * r[f"{method}_train_nat"]) for r in items if r[f"{method}_train_nat"] is not None]
+            if not pts:
+                continue
+            label = rl.METHODS[method] + ("" if not rest else " (" + describe(dict(zip(rest, group)), rest) + ")")
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], dashes[gi % len(dashes)], color=colour,
+                    marker=marker, label=label)
+    ax.axhline(100 * chance, color="grey", lw=0.8, ls=":", label="chance")
+    ax.set_xlabel(first)
+    ax.set_ylabel("natural train accuracy on random labels (%)")
+    ax.set_ylim(-2, 102)
+    ax.set_title("Random labels: which settings fit them")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    save_figure(fig, path)
+
+
+# -------------------------------------------------------------------------------------------------
+# CLI
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--scale", choices=list(SCALES), default="small",
+                        help="tiny: synthetic smoke test (seconds); small: the small study's random-label "
+                             "recipes on Fashion-MNIST (default grid: eps 0.05,0.1,0.2 x train size 300,1000)")
+    parser.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
+                        help="a recipe key and its values (repeatable; replaces the default grid), "
+                             "e.g. --grid model.kwargs.width=16,32")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE",
+                        help="override a value in every run, e.g. --set optim.epochs=100")
+    parser.add_argument("--parallel", type=int, default=2,
+                        help="runs at a time (default 2; each gets cores/N threads)")
+    parser.add_argument("--no-probe", action="store_true", help="skip the gradient-stability probe")
+    parser.add_argument("--out", default=None, help="output folder (default studies/random-labels-boundary-SCALE)")
+    parser.add_argument("--reproduction", default=None,
+                        help="REPRODUCTION.md to update (default: the repository's, for small scale)")
+    parser.add_argument("--no-reproduction", action="store_true", help="do not update REPRODUCTION.md")
+
+
+def run(args) -> int:
+    from advmem.sweep import launch_local, parse_grid, run_status
+
+    t0 = time.time()
+    if args.parallel < 1:
+        raise UserError("--parallel must be at least 1")
+    cfg = SCALES[args.scale]
+    grid = parse_grid(args.grid) if args.grid else {k: list(v) for k, v in cfg["grid"].items()}
+    for key in ("seed", "method.name", "data.label_noise.rate"):
+        if key in grid:
+            raise UserError(f"--grid {key} is not varied by this study (both methods, one seed, random labels); "
+                            "use `advmem sweep` for that")
+    keys = list(grid)
+    out = Path(args.out or f"studies/random-labels-boundary-{args.scale}")
+    runs = plan(args.scale, grid, args.set, out)  # validates every recipe before anything is written
+    runs_dir = out / "runs"
+    for r in runs:
+        r.status = run_status(r, runs_dir)
+    todo = [r for r in runs if r.status in ("new", "incomplete", "failed")]
+    log(f"{len(runs)} runs ({len(runs) - len(todo)} complete) in {runs_dir}")
+    if todo:
+        runs_dir.mkdir(parents=True, exist_ok=True)
+        launch_local(todo, "", runs_dir, args.parallel, log)
+    bad = [r.name for r in runs if run_status(r, runs_dir) != "complete"]
+    if bad:
+        raise UserError(f"{len(bad)} runs did not finish ({', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''}); "
+                        f"see {runs_dir / 'logs'}, then run the same command again to resume them")
+
+    notes: list[str] = []
+    table = collect(runs, runs_dir, keys, cfg["last_epochs"])
+    if not args.no_probe:
+        probe = rl.run_probe([runs_dir / r.name for r in runs], out / "grad-stability",
+                             dict(cfg["probe"], alphas=[0.0, PROBE_ALPHA]), None, notes)
+        summary = rl.probe_summary(probe)
+        for r in runs:
+            p = summary.get(r.name)
+            if p:
+                entry = table[point_key(r.point, keys)][r.extra["method"]]
+                entry["probe_regenerated"], entry["probe_fixed"] = p["regenerated"], p["fixed"]
+
+    info = json.loads((runs_dir / runs[0].name / "data.json").read_text())
+    chance = 1.0 / int(info["num_classes"])
+    from advmem.engine.rundir import RunDir
+
+    example = RunDir(runs_dir / runs[0].name).load_recipe()
+    command = f"advmem study {SECTION} --scale {args.scale}" + "".join(
+        f" --grid {g}" for g in args.grid) + "".join(f" --set {s}" for s in args.set)
+    results = {
+        "study": SECTION, "chance": chance, "keys": keys,
+        "settings": {"scale": args.scale, "command": command, "date": time.strftime("%Y-%m-%d"),
+                     "wall_min": (time.time() - t0) / 60, "last_epochs": cfg["last_epochs"],
+                     "probe_directions": cfg["probe"]["directions"], "settings": rl.settings_text(example),
+                     "fixed_step": any(s.startswith("attack.step_size=") for s in args.set)},
+        "rows": rows(table, keys, chance),
+        "notes": notes,
+    }
+    plot(results["rows"], keys, chance, out / "boundary.png")
+    write_csv(results["rows"], out / "table.csv")
+    atomic_write_json(out / "results.json", results)
+    text = markdown(results)
+    atomic_write_text(out / "table.md", text)
+    atomic_write_text(out / "README.md", text)
+    if not args.no_reproduction and (args.scale != "tiny" or args.reproduction is not None):
+        from advmem.studies.reproduction import update_reproduction
+
+        log(f"updated {update_reproduction(SECTION, text, args.reproduction)}")
+    print(text)
+    log(f"done in {(time.time() - t0) / 60:.1f} min; results in {out}")
+    return 0
