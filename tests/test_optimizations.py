@@ -210,7 +210,7 @@ def test_device_batches_equal_the_per_sample_pil_pipeline(tmp_path):
 def test_perf_defaults_resolve_to_plain_fp32_on_cpu(tmp_path):
     trainer = make_trainer(tmp_path)
     assert trainer.perf.as_dict() == {"channels_last": False, "precision": "fp32", "compile": False,
-                                      "cuda_graphs": False}
+                                      "cuda_graphs": False, "fold_bn": True}
     assert trainer.step_model is trainer.model and not trainer.scaler.is_enabled()
 
 
@@ -219,6 +219,70 @@ def test_channels_last_fp32_matches_contiguous(tmp_path):
     row_b, w_b = one_epoch(tmp_path / "b", perf={"channels_last": True})
     assert abs(row_a["train_loss"] - row_b["train_loss"]) < 1e-5
     assert torch.allclose(w_a, w_b, rtol=1e-4, atol=1e-5)
+
+
+# -- BatchNorm folded into the convolution for eval-mode attacks -------------------------------------
+
+
+def _trained_bn(model, shape=(3, 16, 16)):
+    """Give BatchNorm non-trivial running statistics and affine parameters."""
+    g = torch.Generator().manual_seed(1)
+    model.train()
+    with torch.no_grad():
+        for _ in range(3):
+            model(torch.rand(32, *shape, generator=g))
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.weight.uniform_(0.5, 1.5, generator=g)
+                m.bias.uniform_(-0.2, 0.2, generator=g)
+    return model.eval()
+
+
+@pytest.mark.parametrize("name,kwargs,folds", [("small_cnn", {"width": 4, "hidden": 16}, 3),
+                                               ("resnet18", {"width": 4}, 20), ("vgg16", {}, 13),
+                                               ("preact_resnet18", {"width": 4}, 8), ("mlp", {}, 0)])
+def test_folded_view_equals_the_model_in_eval_mode(name, kwargs, folds):
+    from advmem.attacks.fold_bn import folded_view
+
+    torch.manual_seed(0)
+    model = build_model(name, in_channels=3, num_classes=10, image_size=(16, 16), mean=[0.5] * 3, std=[0.25] * 3,
+                        **kwargs)
+    _trained_bn(model)
+    view = folded_view(model)
+    if folds == 0:  # no BatchNorm: nothing to fold (pre-activation blocks fold their inner conv1 -> bn2)
+        assert view is None
+        return
+    assert len(view.folded) == folds
+    x = torch.rand(8, 3, 16, 16, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        assert torch.allclose(view(x), model(x), rtol=1e-5, atol=1e-5)
+    # the view follows weight updates (refreshed on each call)
+    with torch.no_grad():
+        next(m for m in model.modules() if isinstance(m, nn.BatchNorm2d)).running_var.mul_(2.0)
+        assert torch.allclose(folded_view(model)(x), model(x), rtol=1e-5, atol=1e-5)
+
+
+def test_folded_attack_equals_the_plain_attack_and_leaves_the_model_alone():
+    from advmem.attacks.fold_bn import attack_fold_bn
+
+    model = _trained_bn(tiny_model(channels=3, size=16)).train()
+    x, y = batch(32, channels=3, size=16)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    runs = []
+    for fold in (False, True):
+        g = torch.Generator().manual_seed(5)
+        with attack_fold_bn(fold):
+            runs.append(pgd(model, x, cross_entropy(y), eps=EPS, step_size=ALPHA, steps=10, generator=g))
+    assert (runs[0] - runs[1]).abs().max() < 1e-6
+    assert model.training and all(p.requires_grad and p.grad is None for p in model.parameters())
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in state.items())
+
+
+def test_fold_bn_training_matches_unfolded(tmp_path):
+    row_a, w_a = one_epoch(tmp_path / "a", perf={"fold_bn": False})
+    row_b, w_b = one_epoch(tmp_path / "b", perf={"fold_bn": True})
+    assert abs(row_a["train_loss"] - row_b["train_loss"]) < 1e-5
+    assert torch.allclose(w_a, w_b, rtol=1e-4, atol=1e-6)
 
 
 @pytest.mark.parametrize("precision,tol", [("bf16", 0.05), ("fp16", 0.02)])

@@ -61,7 +61,8 @@ def test_study_runs_end_to_end_at_tiny_scale(tmp_path, capsys):
 def test_bad_arguments_are_one_line_errors_and_write_nothing(tmp_path, capsys):
     out = tmp_path / "never"
     base = ["study", "robust-overfitting", "--scale", "tiny", "--out", str(out), "--no-reproduction"]
-    for extra in (["--aa-n", "-1"], ["--dataset", "svhn"]):
+    for extra in (["--aa-n", "-1"], ["--dataset", "svhn"], ["--set", "method.beta=3"], ["--set", "optim.lr=-1"],
+                  ["--set", "data.label_noise.rate=0.2"]):
         assert main(base + extra) == 2
         assert "error" in capsys.readouterr().err
     env = {**os.environ, "PYTHONPATH": str(SRC)}
@@ -70,3 +71,15 @@ def test_bad_arguments_are_one_line_errors_and_write_nothing(tmp_path, capsys):
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.count("\n") == 1 and "--methods: unknown nope" in proc.stderr
     assert not out.exists()
+
+
+def test_set_overrides_every_run_and_is_recorded():
+    from advmem.studies.robust_overfitting import build_recipe, method_specs, settings_summary, SCALES
+
+    sets = ["data.label_noise.kind=symmetric", "data.label_noise.rate=0.25", "optim.epochs=5"]
+    recipes = [build_recipe("tiny", spec, "cpu", sets) for spec in method_specs("tiny", baselines=True)]
+    assert len(recipes) == 6
+    for r in recipes:
+        assert (r.data.label_noise.kind, r.data.label_noise.rate, r.optim.epochs) == ("symmetric", 0.25, 5)
+    assert {r.method.name for r in recipes} == {"pgd_at", "te", "trades", "mart", "awp"}
+    assert "symmetric label noise at rate 0.25" in settings_summary(recipes[0], SCALES["tiny"])

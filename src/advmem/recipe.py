@@ -192,6 +192,8 @@ class PerfConfig(Section):
     Evaluation always runs in fp32. fp16 scales the attack's input gradient by
     `fp16_attack_scale` (so sign steps do not underflow to zero) and the weight gradients with
     torch.amp.GradScaler. `cuda_graphs` compiles with mode="reduce-overhead" (CUDA only).
+    `fold_bn` lets eval-mode training attacks run on a view of the model with each conv -> BN
+    pair folded into one convolution (advmem.attacks.fold_bn).
     """
 
     channels_last: Literal["auto", True, False] = "auto"
@@ -199,6 +201,7 @@ class PerfConfig(Section):
     compile: bool = False
     cuda_graphs: bool = False
     fp16_attack_scale: float = Field(1024.0, gt=0)
+    fold_bn: Literal["auto", True, False] = "auto"  # eval-mode attacks fold conv->BN pairs (auto: unless compiled)
 
 
 class MethodConfig(BaseModel):

@@ -9,6 +9,9 @@ backward, silently cancelling that pixel's sign step. `grad_scale` (or the ambie
 `attack_grad_scale(...)` context, which the trainer sets for fp16) multiplies the loss before
 the backward pass; sign steps and L2-normalized steps are invariant to it, so with a power of
 two it changes nothing in fp32 and keeps fp16 gradients representable.
+
+Inside `attack_fold_bn()` (the trainer's `perf.fold_bn`) an eval-mode attack runs on the model
+with its conv -> BatchNorm pairs folded (advmem.attacks.fold_bn): equal up to rounding, faster.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from typing import Callable, Iterator, Literal
 import torch
 from torch import nn
 
+from advmem.attacks.fold_bn import fold_bn_enabled, folded_view
 from advmem.attacks.objectives import Objective
 
 Norm = Literal["Linf", "L2"]
@@ -110,11 +114,12 @@ def pgd(
         return x.clone()
     scale = _GRAD_SCALE.get() if grad_scale is None else float(grad_scale)
     with attack_mode(model, bn_mode):
+        forward = (folded_view(model) or model) if bn_mode == "eval" and fold_bn_enabled() else model
         delta = random_start(x, eps, norm, start, generator)
         delta = (x + delta).clamp(0, 1) - x
         for _ in range(steps):
             delta.requires_grad_(True)
-            logits = model(x + delta)
+            logits = forward(x + delta)
             if on_logits is not None:
                 on_logits(logits.detach())
             loss = objective(logits).sum()

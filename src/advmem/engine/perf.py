@@ -12,6 +12,8 @@ these change what is computed beyond floating-point rounding (tests/test_optimiz
   checkpoints and evaluation use the uncompiled module, which shares the same parameters.
 - `cuda_graphs`: torch.compile(mode="reduce-overhead"), which captures CUDA graphs. CUDA only;
   untested on the machines this was written on (no GPU).
+- `fold_bn`: eval-mode training attacks use the model with every conv -> BatchNorm pair folded
+  into one convolution (advmem.attacks.fold_bn); default on unless the model is compiled.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from typing import Iterator
 import torch
 from torch import nn
 
+from advmem.attacks.fold_bn import attack_fold_bn
 from advmem.attacks.pgd import attack_grad_scale
 from advmem.errors import UserError
 
@@ -39,6 +42,7 @@ class Perf:
     compile: bool
     cuda_graphs: bool
     fp16_attack_scale: float = 1024.0
+    fold_bn: bool = False
 
     @property
     def autocast_dtype(self) -> torch.dtype | None:
@@ -50,7 +54,7 @@ class Perf:
 
     def as_dict(self) -> dict:
         return {"channels_last": self.channels_last, "precision": self.precision, "compile": self.compile,
-                "cuda_graphs": self.cuda_graphs}
+                "cuda_graphs": self.cuda_graphs, "fold_bn": self.fold_bn}
 
     # -- what the trainer calls -----------------------------------------------------------
     def prepare_model(self, model: nn.Module) -> nn.Module:
@@ -70,13 +74,15 @@ class Perf:
 
     @contextmanager
     def autocast(self) -> Iterator[None]:
-        """Autocast (if not fp32) plus the fp16 attack-gradient scale, around attack and loss."""
+        """Autocast (if not fp32), the fp16 attack-gradient scale and BN folding, around attack and loss."""
         with ExitStack() as stack:
             dtype = self.autocast_dtype
             if dtype is not None:
                 stack.enter_context(torch.autocast(self.device_type, dtype=dtype))
             if self.attack_grad_scale != 1.0:
                 stack.enter_context(attack_grad_scale(self.attack_grad_scale))
+            if self.fold_bn:
+                stack.enter_context(attack_fold_bn())
             yield
 
     def grad_scaler(self) -> torch.amp.GradScaler:
@@ -93,6 +99,8 @@ def resolve_perf(cfg, device: torch.device) -> Perf:
     precision = ("bf16" if cuda else "fp32") if cfg.precision == "auto" else cfg.precision
     if precision == "bf16" and cuda and not torch.cuda.is_bf16_supported():
         raise UserError("perf.precision=bf16 but this GPU has no bf16 support; set perf.precision to fp16 or fp32")
+    compiled = bool(cfg.compile) or bool(cfg.cuda_graphs)
+    fold_bn = not compiled if cfg.fold_bn == "auto" else bool(cfg.fold_bn)
     return Perf(device_type=device.type, channels_last=channels_last, precision=precision,
                 compile=bool(cfg.compile), cuda_graphs=bool(cfg.cuda_graphs),
-                fp16_attack_scale=float(cfg.fp16_attack_scale))
+                fp16_attack_scale=float(cfg.fp16_attack_scale), fold_bn=fold_bn)

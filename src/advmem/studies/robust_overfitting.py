@@ -99,8 +99,9 @@ def method_specs(scale: str, baselines: bool, dataset: str = "cifar10") -> list[
     return specs
 
 
-def build_recipe(scale: str, spec: MethodSpec, device: str):
-    from advmem.recipe import load_recipe, recipe_from_dict
+def build_recipe(scale: str, spec: MethodSpec, device: str, overrides: list[str] = ()):
+    """The recipe of one method; `overrides` (KEY.PATH=VALUE, as --set) apply to every method."""
+    from advmem.recipe import apply_overrides, load_recipe, recipe_from_dict
 
     ema = SCALES[scale]["ema"]
     if scale == "paper":
@@ -115,6 +116,8 @@ def build_recipe(scale: str, spec: MethodSpec, device: str):
             data["device"] = device
     if spec.ema:
         data["optim"]["ema"] = dict(ema)
+    if overrides:
+        data = apply_overrides(data, list(overrides))
     return recipe_from_dict(data, source=f"study robust-overfitting ({scale}, {spec.key})")
 
 
@@ -325,6 +328,8 @@ def markdown(results: dict[str, Any]) -> str:
     out = [
         f"## Robust overfitting and temporal ensembling (`advmem study robust-overfitting --scale {s['scale']}`)",
         "",
+        f"Command: `{s.get('command', 'advmem study robust-overfitting --scale ' + s['scale'])}`.",
+        "",
         f"Settings: {s['summary']}. Best = highest validation robust accuracy (early stopping); last = final epoch. "
         f"Test accuracy (%) on {s['n_test']} test images: natural, PGD-{s['pgd_steps']} (step eps/4), {aa}. "
         f"Generated {s['date']}; wall time of this invocation {s['wall_s'] / 60:.1f} min.",
@@ -416,6 +421,9 @@ def add_arguments(parser) -> None:
                         help="AutoAttack on the first N test images (default: tiny 16, small 200, paper 1000; 0 skips)")
     parser.add_argument("--pgd-steps", type=int, default=20, help="steps of the final PGD evaluation (default 20)")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE",
+                        help="override a value in every run (repeatable), e.g. --set data.label_noise.kind=symmetric "
+                             "--set data.label_noise.rate=0.2 (not name or method.*: use --methods)")
     parser.add_argument("--reproduction", default=None,
                         help="REPRODUCTION.md to update (default: the repository's); see --no-reproduction")
     parser.add_argument("--no-reproduction", action="store_true", help="do not update REPRODUCTION.md")
@@ -437,7 +445,12 @@ def run(args) -> int:
             raise UserError(f"--methods: unknown {', '.join(unknown) or '(empty)'}; choose from "
                             f"{', '.join(s.key for s in specs)}")
         specs = [s for s in specs if s.key in wanted]
-    recipes = [(spec, build_recipe(scale, spec, args.device)) for spec in specs]  # validates before writing
+    sets = list(getattr(args, "set", []) or [])
+    if any(o.split("=", 1)[0].strip() == "name" or o.split("=", 1)[0].strip().split(".")[0] == "method"
+           for o in sets):
+        raise UserError("--set name / method.*: the study names its runs and sets their methods (TE's ramp is "
+                        "the scale's); use --methods to choose methods")
+    recipes = [(spec, build_recipe(scale, spec, args.device, sets)) for spec in specs]  # validates before writing
     out = Path(args.out or f"studies/robust-overfitting-{scale}")
     runs_dir = out / "runs"
     runs_dir.mkdir(parents=True, exist_ok=True)
@@ -470,6 +483,8 @@ def run(args) -> int:
         "milestones": milestones, "select_epoch": milestones[0] if milestones else first.optim.epochs // 2,
         "hard_fraction": SCALES[scale]["hard_fraction"], "date": time.strftime("%Y-%m-%d"),
         "wall_s": time.time() - t0, "summary": settings_summary(first, SCALES[scale]),
+        "command": f"advmem study robust-overfitting --scale {scale}" + "".join(f" --set {o}" for o in sets)
+                   + (f" --aa-n {args.aa_n}" if args.aa_n is not None else ""),
     }
     write_tables(results, out)
     plot(results, out)
@@ -491,6 +506,8 @@ def settings_summary(recipe, scale_cfg: dict[str, Any]) -> str:
     d, o, a = recipe.data, recipe.optim, recipe.attack
     te = scale_cfg["te"]
     size = f"{d.train_size} training images" if d.train_size else "all training images"
+    if d.label_noise.kind != "none" and d.label_noise.rate > 0:
+        size += f" with {d.label_noise.kind} label noise at rate {d.label_noise.rate} (seed {d.label_noise.seed})"
     return (f"{d.dataset}, {size} ({d.val_size} held out for validation), {recipe.model.name} "
             f"{recipe.model.kwargs or ''}, {a.norm} eps {a.eps} ({a.steps} steps of {a.step_size}), "
             f"{o.epochs} epochs, lr {o.lr} x{o.schedule.gamma} after epochs {o.schedule.milestones}, "
