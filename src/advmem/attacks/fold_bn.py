@@ -38,10 +38,6 @@ def attack_fold_bn(enabled: bool = True) -> Iterator[None]:
         _ENABLED.reset(token)
 
 
-def fold_bn_enabled() -> bool:
-    return _ENABLED.get()
-
-
 class FoldedConvBN(nn.Module):
     """conv followed by bn (eval mode), as one convolution with weights refreshed by `refresh()`."""
 
@@ -125,3 +121,11 @@ def folded_view(model: nn.Module) -> FoldedView | None:
     except KeyError:
         view = _VIEWS[model] = _build(model)
     return None if view is None else view.refresh()
+
+
+def attack_model(model: nn.Module, bn_mode: str = "eval") -> nn.Module:
+    """What an attack-side forward in `bn_mode` should call: the folded view inside
+    `attack_fold_bn()` in eval mode (when something folds), else `model` itself."""
+    if bn_mode == "eval" and _ENABLED.get():
+        return folded_view(model) or model
+    return model

@@ -23,7 +23,7 @@ from typing import Callable, Iterator, Literal
 import torch
 from torch import nn
 
-from advmem.attacks.fold_bn import fold_bn_enabled, folded_view
+from advmem.attacks.fold_bn import attack_model
 from advmem.attacks.objectives import Objective
 
 Norm = Literal["Linf", "L2"]
@@ -114,7 +114,7 @@ def pgd(
         return x.clone()
     scale = _GRAD_SCALE.get() if grad_scale is None else float(grad_scale)
     with attack_mode(model, bn_mode):
-        forward = (folded_view(model) or model) if bn_mode == "eval" and fold_bn_enabled() else model
+        forward = attack_model(model, bn_mode)
         delta = random_start(x, eps, norm, start, generator)
         delta = (x + delta).clamp(0, 1) - x
         for _ in range(steps):

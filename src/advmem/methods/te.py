@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from pydantic import Field, model_validator
 
 from advmem.attacks import attack_mode, cross_entropy
+from advmem.attacks.fold_bn import attack_model
 from advmem.methods.base import AdvContext, Method, accuracy_log
 from advmem.methods.registry import method_class, register_method
 from advmem.recipe import MethodConfig
@@ -129,7 +130,7 @@ class TemporalEnsembling(Method):
     def natural_logits(self, model, x: torch.Tensor) -> torch.Tensor:
         """Eval-mode natural logits without a graph (the authors' code also uses eval mode)."""
         with attack_mode(model, "eval"), torch.no_grad():
-            return model(x)
+            return attack_model(model, "eval")(x)
 
     def attack_objective(self, batch, target: torch.Tensor, weight: float, clean_logits: torch.Tensor | None):
         """Per-sample inner objective: base objective + weight * TE penalty on the adversarial output."""

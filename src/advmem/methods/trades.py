@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from advmem.attacks import attack_mode, kl_to_clean
+from advmem.attacks.fold_bn import attack_model
 from advmem.methods.base import AdvContext, Method, accuracy_log
 from advmem.methods.registry import register_method
 from advmem.recipe import MethodConfig
@@ -37,7 +38,7 @@ class TRADES(Method):
 
     def clean_logits(self, model, x):
         with attack_mode(model, self.attack_cfg.bn_mode), torch.no_grad():
-            return model(x)
+            return attack_model(model, self.attack_cfg.bn_mode)(x)
 
     def attack(self, model, batch, epoch):
         clean = self.clean_logits(model, batch.x)
