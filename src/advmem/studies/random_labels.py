@@ -334,6 +334,9 @@ def markdown(results: dict[str, Any]) -> str:
                              f"(PGD-AT {pa['regenerated']:.3g} vs TRADES {ta['regenerated']:.3g}).")
     for note in results.get("notes", []):
         lines.append(f"- Note: {note}")
+    if s["scale"] == "small":
+        lines.append("- Where the findings hold at other eps and train-set sizes: the section written by "
+                     "`advmem study random-labels-boundary` (below).")
     files = ["`training_curves.png` (the paper's Figure 1 shape)", "`grad_norm.png`"]
     files += ["`grad-stability/`"] if results.get("grad_stability_summary") is not None and probe else []
     files += ["`measures/`"] if results.get("measures") is not None else []
