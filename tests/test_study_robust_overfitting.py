@@ -30,7 +30,7 @@ def test_study_runs_end_to_end_at_tiny_scale(tmp_path, capsys):
     out, repro = tmp_path / "study", tmp_path / "REPRODUCTION.md"
     repro.write_text("# Reproduction\n\n<!-- other:begin -->\nkept\n<!-- other:end -->\n")
     args = ["study", "robust-overfitting", "--scale", "tiny", "--out", str(out), "--aa-n", "8",
-            "--reproduction", str(repro), "--quiet"]
+            "--reproduction", str(repro), "--quiet", "--parallel", "2"]
     assert main(args) == 0
     results = json.loads((out / "results.json").read_text())
     assert list(results["methods"]) == ["pgd_at", "pgd_at_te", "trades", "trades_te"]
@@ -62,7 +62,7 @@ def test_bad_arguments_are_one_line_errors_and_write_nothing(tmp_path, capsys):
     out = tmp_path / "never"
     base = ["study", "robust-overfitting", "--scale", "tiny", "--out", str(out), "--no-reproduction"]
     for extra in (["--aa-n", "-1"], ["--dataset", "svhn"], ["--set", "method.beta=3"], ["--set", "optim.lr=-1"],
-                  ["--set", "data.label_noise.rate=0.2"]):
+                  ["--set", "data.label_noise.rate=0.2"], ["--parallel", "0"]):
         assert main(base + extra) == 2
         assert "error" in capsys.readouterr().err
     env = {**os.environ, "PYTHONPATH": str(SRC)}

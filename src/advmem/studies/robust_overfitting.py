@@ -174,6 +174,13 @@ def log(msg: str) -> None:
     print(f"[robust-overfitting] {msg}", file=sys.stderr, flush=True)
 
 
+def is_complete(run, recipe) -> bool:
+    if not run.summary_path.exists():
+        return False
+    summary = json.loads(run.summary_path.read_text())
+    return summary.get("recipe_hash") == recipe.hash() and (summary.get("last") or {}).get("epoch") == recipe.optim.epochs
+
+
 def ensure_trained(recipe, runs_dir: Path, *, hard_fraction: float, quiet: bool):
     from advmem.engine.rundir import RunDir
     from advmem.engine.trainer import train
@@ -182,11 +189,9 @@ def ensure_trained(recipe, runs_dir: Path, *, hard_fraction: float, quiet: bool)
     milestones = recipe.optim.schedule.milestones
     select = milestones[0] if milestones else max(1, recipe.optim.epochs // 2)
     callbacks = [HardestTrainingSamples(select, hard_fraction)]
-    if run.summary_path.exists():
-        summary = json.loads(run.summary_path.read_text())
-        if summary.get("recipe_hash") == recipe.hash() and (summary.get("last") or {}).get("epoch") == recipe.optim.epochs:
-            log(f"{recipe.name}: complete, skipped")
-            return run
+    if is_complete(run, recipe):
+        log(f"{recipe.name}: complete, skipped")
+        return run
     if run.is_run():
         if run.load_recipe().hash() != recipe.hash():
             raise UserError(f"{run.path} holds a run with other settings; delete it or pass another --out")
@@ -196,6 +201,27 @@ def ensure_trained(recipe, runs_dir: Path, *, hard_fraction: float, quiet: bool)
         return train(recipe, run_root=runs_dir, overwrite=True, quiet=quiet, callbacks=callbacks)[0]
     log(f"{recipe.name}: training {recipe.optim.epochs} epochs ({recipe.method.name})")
     return train(recipe, run_root=runs_dir, quiet=quiet, callbacks=callbacks)[0]
+
+
+def _train_in_worker(recipe, runs_dir: str, hard_fraction: float, threads: int) -> str:
+    torch.set_num_threads(threads)
+    return str(ensure_trained(recipe, Path(runs_dir), hard_fraction=hard_fraction, quiet=True).path)
+
+
+def train_parallel(recipes: list, runs_dir: Path, *, hard_fraction: float, parallel: int) -> None:
+    """Train the runs `parallel` at a time in spawned worker processes, each with cores/N threads
+    (small models on a CPU scale poorly across threads, so two 1-thread runs beat one 2-thread
+    run); the callbacks stay in-process in each worker. A failure stops the study."""
+    import multiprocessing
+    import os
+    from concurrent.futures import ProcessPoolExecutor
+
+    threads = max(1, (os.cpu_count() or 1) // parallel)
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=parallel, mp_context=ctx) as pool:
+        futures = [pool.submit(_train_in_worker, recipe, str(runs_dir), hard_fraction, threads) for recipe in recipes]
+        for future in futures:
+            future.result()
 
 
 def autoattack_accuracy(model, x: torch.Tensor, y: torch.Tensor, *, norm: str, eps: float, batch_size: int,
@@ -421,6 +447,9 @@ def add_arguments(parser) -> None:
                         help="AutoAttack on the first N test images (default: tiny 16, small 200, paper 1000; 0 skips)")
     parser.add_argument("--pgd-steps", type=int, default=20, help="steps of the final PGD evaluation (default 20)")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    parser.add_argument("--parallel", type=int, default=None,
+                        help="runs trained at a time in worker processes, each with cores/N threads "
+                             "(default: 2 at scale small, else 1)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE",
                         help="override a value in every run (repeatable), e.g. --set data.label_noise.kind=symmetric "
                              "--set data.label_noise.rate=0.2 (not name or method.*: use --methods)")
@@ -435,6 +464,9 @@ def run(args) -> int:
     aa_n = SCALES[scale]["aa_n"] if args.aa_n is None else args.aa_n
     if aa_n < 0 or args.pgd_steps < 1:
         raise UserError("--aa-n must be >= 0 and --pgd-steps >= 1")
+    parallel = args.parallel if getattr(args, "parallel", None) is not None else (2 if scale == "small" else 1)
+    if parallel < 1:
+        raise UserError("--parallel must be at least 1")
     if args.dataset != "cifar10" and scale != "paper":
         raise UserError("--dataset applies to --scale paper only (small is Fashion-MNIST, tiny synthetic)")
     specs = method_specs(scale, args.baselines or bool(args.methods), args.dataset)
@@ -461,6 +493,12 @@ def run(args) -> int:
     first = recipes[0][1]
     device = resolve_device(first.device)
     results: dict[str, Any] = {"methods": {}}
+    from advmem.engine.rundir import RunDir
+
+    todo = [r for _, r in recipes if not is_complete(RunDir(runs_dir / r.name), r)]
+    if parallel > 1 and len(todo) > 1:
+        log(f"training {len(todo)} runs, {parallel} at a time")
+        train_parallel(todo, runs_dir, hard_fraction=SCALES[scale]["hard_fraction"], parallel=parallel)
     for spec, recipe in recipes:
         r = ensure_trained(recipe, runs_dir, hard_fraction=SCALES[scale]["hard_fraction"], quiet=args.quiet)
         results["methods"][spec.key] = {"label": spec.label, "run": str(r.path), "method": recipe.method.model_dump(mode="json")}
