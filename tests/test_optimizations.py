@@ -262,6 +262,24 @@ def test_folded_view_equals_the_model_in_eval_mode(name, kwargs, folds):
         assert torch.allclose(folded_view(model)(x), model(x), rtol=1e-5, atol=1e-5)
 
 
+def test_folded_view_is_rebuilt_when_tensors_or_modules_are_replaced():
+    from advmem.attacks.fold_bn import folded_view
+
+    model = _trained_bn(tiny_model(channels=3, size=16))
+    x = torch.rand(4, 3, 16, 16)
+    first = folded_view(model)
+    assert folded_view(model) is first  # cached while nothing is replaced
+    state = {k: (v + 0.3 if k.endswith("mean") else v.clone()) for k, v in model.state_dict().items()}
+    model.load_state_dict(state, assign=True)  # new tensor objects, normalization mean included
+    view = folded_view(model)
+    assert view is not first
+    with torch.no_grad():
+        assert torch.allclose(view(x), model(x), rtol=1e-5, atol=1e-5)
+    conv = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
+    conv.register_forward_pre_hook(lambda module, inputs: None)  # hooks would not run inside a folded unit
+    assert len(folded_view(model).folded) == 2
+
+
 def test_folded_attack_equals_the_plain_attack_and_leaves_the_model_alone():
     from advmem.attacks.fold_bn import attack_fold_bn
 
@@ -278,9 +296,16 @@ def test_folded_attack_equals_the_plain_attack_and_leaves_the_model_alone():
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in state.items())
 
 
-def test_fold_bn_training_matches_unfolded(tmp_path):
+def test_fold_bn_training_matches_unfolded(tmp_path, monkeypatch):
+    from advmem.attacks import fold_bn
+
+    built = []
+    real_build = fold_bn._build
+    monkeypatch.setattr(fold_bn, "_build", lambda model: built.append(real_build(model)) or built[-1])
     row_a, w_a = one_epoch(tmp_path / "a", perf={"fold_bn": False})
+    assert built == []
     row_b, w_b = one_epoch(tmp_path / "b", perf={"fold_bn": True})
+    assert len(built) == 1 and len(built[0].folded) == 3  # traced once, all three conv -> BN pairs folded
     assert abs(row_a["train_loss"] - row_b["train_loss"]) < 1e-5
     assert torch.allclose(w_a, w_b, rtol=1e-4, atol=1e-6)
 

@@ -28,12 +28,11 @@ def tiny_boundary(tmp_path_factory):
                            "--out", str(out), "--reproduction", str(repro), "--quiet"],
                           env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    return out, repro, proc
+    return out, repro, json.loads((out / "results.json").read_text())
 
 
 def test_grid_runs_and_table_match_run_directories(tiny_boundary):
-    out, repro, _ = tiny_boundary
-    results = json.loads((out / "results.json").read_text())
+    out, repro, results = tiny_boundary
     assert results["keys"] == ["attack.eps"]
     assert [r["attack.eps"] for r in results["rows"]] == ["0.1", "0.3"]
     for row in results["rows"]:
@@ -69,9 +68,10 @@ def test_rerun_trains_nothing(tiny_boundary):
 
 def test_bad_grid_is_refused_before_anything_is_written(tmp_path):
     out = tmp_path / "out"
-    for grid, needle in (("method.name=pgd_at", "not varied by this study"), ("attack.eps=x", "attack.eps"),
-                         ("optim.lr=-1", "optim.lr")):
-        res = run_cli(["study", "random-labels-boundary", "--scale", "tiny", "--out", str(out), "--grid", grid],
+    for flag, grid, needle in (("--grid", "method.name=pgd_at", "not varied by this study"),
+                               ("--grid", "attack.eps=x", "attack.eps"), ("--grid", "optim.lr=-1", "optim.lr"),
+                               ("--set", "name=x", "names its runs"), ("--parallel", "0", "--parallel")):
+        res = run_cli(["study", "random-labels-boundary", "--scale", "tiny", "--out", str(out), flag, grid],
                       tmp_path)
         assert res.returncode == 2, (grid, res.stderr)
         assert needle in res.stderr and "Traceback" not in res.stderr

@@ -32,6 +32,7 @@ def test_study_runs_end_to_end_at_tiny_scale(tmp_path, capsys):
     args = ["study", "robust-overfitting", "--scale", "tiny", "--out", str(out), "--aa-n", "8",
             "--reproduction", str(repro), "--quiet", "--parallel", "2"]
     assert main(args) == 0
+    assert "training 4 runs, 2 at a time" in capsys.readouterr().err  # trained by the two worker processes
     results = json.loads((out / "results.json").read_text())
     assert list(results["methods"]) == ["pgd_at", "pgd_at_te", "trades", "trades_te"]
     for key, res in results["methods"].items():
@@ -83,3 +84,12 @@ def test_set_overrides_every_run_and_is_recorded():
         assert (r.data.label_noise.kind, r.data.label_noise.rate, r.optim.epochs) == ("symmetric", 0.25, 5)
     assert {r.method.name for r in recipes} == {"pgd_at", "te", "trades", "mart", "awp"}
     assert "symmetric label noise at rate 0.25" in settings_summary(recipes[0], SCALES["tiny"])
+
+
+def test_interrupted_survives_pickling_across_processes():
+    import pickle
+
+    from advmem.errors import Interrupted
+
+    err = pickle.loads(pickle.dumps(Interrupted("stopped by SIGTERM", 15)))
+    assert isinstance(err, Interrupted) and err.exit_code == 143 and str(err) == "stopped by SIGTERM"

@@ -18,4 +18,8 @@ class Interrupted(Exception):
 
     def __init__(self, message: str, signum: int) -> None:
         super().__init__(message)
+        self.signum = int(signum)
         self.exit_code = 128 + int(signum)
+
+    def __reduce__(self):  # picklable, so a stop inside a worker process reaches the parent intact
+        return (type(self), (str(self), self.signum))

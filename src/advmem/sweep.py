@@ -182,6 +182,13 @@ def train_argv(spec: str, run: SweepRun, out: Path) -> list[str]:
 # ---------------------------------------------------------------------------------- launchers
 
 
+def usable_cores() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
 def launch_local(runs: list[SweepRun], spec: str, out: Path, parallel: int, log) -> None:
     """N `advmem train` subprocesses at a time; output to DIR/logs/NAME.log. With several CUDA
     devices each concurrent run gets its own (CUDA_VISIBLE_DEVICES); each run gets cores/N CPU
@@ -206,7 +213,7 @@ def launch_local(runs: list[SweepRun], spec: str, out: Path, parallel: int, log)
                 env = dict(os.environ)
                 if parallel > 1 and "OMP_NUM_THREADS" not in env:
                     # concurrent CPU runs each take all cores by default and slow each other down many times over
-                    env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // parallel))
+                    env["OMP_NUM_THREADS"] = str(max(1, usable_cores() // min(parallel, total)))
                 if gpus > 1 and parallel > 1:
                     env["CUDA_VISIBLE_DEVICES"] = str(slot % gpus)
                 run.log = out / "logs" / f"{run.name}.log"

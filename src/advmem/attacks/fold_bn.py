@@ -25,7 +25,10 @@ import torch
 from torch import nn
 
 _ENABLED: ContextVar[bool] = ContextVar("advmem_attack_fold_bn", default=False)
-_VIEWS: "weakref.WeakKeyDictionary[nn.Module, FoldedView | None]" = weakref.WeakKeyDictionary()
+# model -> (fingerprint, view or None); the fingerprint catches replaced modules and tensors
+# (load_state_dict(assign=True), .to(device), swapped layers) and added hooks, after which the
+# model is traced again
+_VIEWS: "weakref.WeakKeyDictionary[nn.Module, tuple[tuple, FoldedView | None]]" = weakref.WeakKeyDictionary()
 
 
 @contextmanager
@@ -98,7 +101,8 @@ def _build(model: nn.Module) -> FoldedView | None:
         src = node.args[0] if node.args else None
         if (len(node.args) != 1 or node.kwargs or not isinstance(src, fx.Node) or src.op != "call_module"
                 or type(modules.get(src.target)) is not nn.Conv2d or len(src.users) != 1
-                or not bn.track_running_stats or bn.running_var is None):
+                or not bn.track_running_stats or bn.running_var is None
+                or _has_hooks(bn) or _has_hooks(modules[src.target])):
             continue
         name = f"advmem_folded_{len(folded)}"
         unit = FoldedConvBN(modules[src.target], bn)
@@ -114,12 +118,24 @@ def _build(model: nn.Module) -> FoldedView | None:
     return FoldedView(gm, folded)
 
 
+def _has_hooks(module: nn.Module) -> bool:
+    """Hooks (e.g. the old weight_norm / spectral_norm) would not run inside the folded unit."""
+    return bool(module._forward_hooks or module._forward_pre_hooks)
+
+
+def _fingerprint(model: nn.Module) -> tuple:
+    return (tuple((id(m), len(m._forward_hooks), len(m._forward_pre_hooks)) for m in model.modules()),
+            tuple((id(t), t.data_ptr()) for t in (*model.parameters(), *model.buffers())))
+
+
 def folded_view(model: nn.Module) -> FoldedView | None:
-    """The cached BN-folded view of `model` with weights refreshed now, or None if nothing folds."""
-    try:
-        view = _VIEWS[model]
-    except KeyError:
-        view = _VIEWS[model] = _build(model)
+    """The cached BN-folded view of `model` with weights refreshed now, or None if nothing folds.
+    The view is rebuilt when the model's modules or tensors were replaced since it was traced."""
+    key = _fingerprint(model)
+    cached = _VIEWS.get(model)
+    if cached is None or cached[0] != key:
+        cached = _VIEWS[model] = (key, _build(model))
+    view = cached[1]
     return None if view is None else view.refresh()
 
 

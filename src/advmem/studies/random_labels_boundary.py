@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from advmem.engine.io import atomic_write_json, atomic_write_text
-from advmem.errors import UserError
+from advmem.errors import RunFailure, UserError
 from advmem.studies import random_labels as rl
 
 SECTION = "random-labels-boundary"
@@ -62,8 +62,11 @@ def plan(scale: str, grid: dict[str, list[str]], sets: list[str], out: Path) -> 
     from advmem.sweep import expand
 
     cfg = SCALES[scale]
+    for item in sets:
+        if item.split("=", 1)[0].strip() in ("name", "output_root"):
+            raise UserError(f"--set {item}: the study names its runs and puts them in OUT/runs; use --out instead")
     base_sets = list(cfg["overrides"]) + list(sets)
-    fixed_step = any(s.startswith("attack.step_size=") for s in sets)
+    fixed_step = any(s.startswith("attack.step_size=") for s in sets) or "attack.step_size" in grid
     eps_values = grid.get("attack.eps", [None])
     runs = []
     for method, spec in cfg["recipes"].items():
@@ -79,6 +82,9 @@ def plan(scale: str, grid: dict[str, list[str]], sets: list[str], out: Path) -> 
             for run in point_runs:
                 run.spec, run.extra["method"] = spec, method
             runs += point_runs
+    names = [r.name for r in runs]
+    if len(set(names)) != len(names):
+        raise UserError("two runs of this grid get the same name; use grid values that differ in letters or digits")
     return runs
 
 
@@ -143,9 +149,10 @@ def markdown(results: dict[str, Any]) -> str:
         "",
         f"Final training accuracy (%) w.r.t. the random labels (chance {100 * results['chance']:.1f}%), natural / "
         f"robust; fit: memorized >= 90% natural, near chance < chance + 10 points. Gradient: mean squared norm of "
-        f"the training-loss gradient over the last {s['last_epochs']} epochs. Probe: relative gradient change at "
-        f"weight perturbation alpha = {PROBE_ALPHA:g} with x_adv re-solved (mean over "
-        f"{s['probe_directions']} filter-normalized directions).",
+        f"the training-loss gradient over the last {s['last_epochs']} epochs. "
+        + (f"Probe: relative gradient change at weight perturbation alpha = {PROBE_ALPHA:g} with x_adv re-solved "
+           f"(mean over {s['probe_directions']} filter-normalized directions)." if s["probe"]
+           else "Probe: skipped (--no-probe)."),
         "",
         "| " + " | ".join(k.split(".")[-1] for k in keys)
         + " | PGD-AT nat / rob | PGD-AT fit | TRADES nat / rob | TRADES fit | grad² PGD-AT / TRADES "
@@ -176,8 +183,8 @@ def markdown(results: dict[str, Any]) -> str:
     ]
     for note in results.get("notes", []):
         lines.append(f"- Note: {note}")
-    lines += ["", "Files: `boundary.png`, `table.md`, `table.csv`, `results.json`, `grad-stability/`, `runs/` in the "
-              "study folder."]
+    files = "`boundary.png`, `table.md`, `table.csv`, `results.json`, " + ("`grad-stability/`, " if s["probe"] else "")
+    lines += ["", f"Files: {files}`runs/` in the study folder."]
     return "\n".join(lines) + "\n"
 
 
@@ -249,7 +256,7 @@ def run(args) -> int:
         raise UserError("--parallel must be at least 1")
     cfg = SCALES[args.scale]
     grid = parse_grid(args.grid) if args.grid else {k: list(v) for k, v in cfg["grid"].items()}
-    for key in ("seed", "method.name", "data.label_noise.rate"):
+    for key in ("seed", "name", "output_root", "method.name", "data.label_noise.rate"):
         if key in grid:
             raise UserError(f"--grid {key} is not varied by this study (both methods, one seed, random labels); "
                             "use `advmem sweep` for that")
@@ -266,8 +273,8 @@ def run(args) -> int:
         launch_local(todo, "", runs_dir, args.parallel, log)
     bad = [r.name for r in runs if run_status(r, runs_dir) != "complete"]
     if bad:
-        raise UserError(f"{len(bad)} runs did not finish ({', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''}); "
-                        f"see {runs_dir / 'logs'}, then run the same command again to resume them")
+        raise RunFailure(f"{len(bad)} runs did not finish ({', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''}); "
+                         f"see {runs_dir / 'logs'}, then run the same command again to resume them")
 
     notes: list[str] = []
     table = collect(runs, runs_dir, keys, cfg["last_epochs"])
@@ -293,7 +300,9 @@ def run(args) -> int:
         "settings": {"scale": args.scale, "command": command, "date": time.strftime("%Y-%m-%d"),
                      "wall_min": (time.time() - t0) / 60, "last_epochs": cfg["last_epochs"],
                      "probe_directions": cfg["probe"]["directions"], "settings": rl.settings_text(example),
-                     "fixed_step": any(s.startswith("attack.step_size=") for s in args.set)},
+                     "fixed_step": any(s.startswith("attack.step_size=") for s in args.set)
+                                   or "attack.step_size" in keys,
+                     "probe": not args.no_probe},
         "rows": rows(table, keys, chance),
         "notes": notes,
     }

@@ -214,17 +214,28 @@ def _train_in_worker(recipe, runs_dir: str, hard_fraction: float, threads: int) 
 def train_parallel(recipes: list, runs_dir: Path, *, hard_fraction: float, parallel: int) -> None:
     """Train the runs `parallel` at a time in spawned worker processes, each with cores/N threads
     (small models on a CPU scale poorly across threads, so two 1-thread runs beat one 2-thread
-    run); the callbacks stay in-process in each worker. A failure stops the study."""
+    run); the callbacks stay in-process in each worker. The first failure cancels the runs not
+    yet started and is raised (a worker that died: RunFailure)."""
     import multiprocessing
-    import os
-    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+    from concurrent.futures.process import BrokenProcessPool
 
-    threads = max(1, (os.cpu_count() or 1) // parallel)
-    ctx = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=parallel, mp_context=ctx) as pool:
+    from advmem.errors import RunFailure
+    from advmem.sweep import usable_cores
+
+    workers = min(parallel, len(recipes))
+    threads = max(1, usable_cores() // workers)
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
+    try:
         futures = [pool.submit(_train_in_worker, recipe, str(runs_dir), hard_fraction, threads) for recipe in recipes]
+        done, _ = wait(futures, return_when=FIRST_EXCEPTION)
         for future in futures:
-            future.result()
+            if future in done and future.exception() is not None:
+                raise future.exception()
+    except BrokenProcessPool as err:
+        raise RunFailure(f"a training worker process died ({err}); run the study again to resume") from None
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def autoattack_accuracy(model, x: torch.Tensor, y: torch.Tensor, *, norm: str, eps: float, batch_size: int,
@@ -488,6 +499,12 @@ def run(args) -> int:
     recipes = [(spec, build_recipe(scale, spec, args.device, sets)) for spec in specs]  # validates before writing
     out = Path(args.out or f"studies/robust-overfitting-{scale}")
     runs_dir = out / "runs"
+    from advmem.engine.rundir import RunDir
+
+    for _, recipe in recipes:  # refuse foreign run directories before training or writing anything
+        run = RunDir(runs_dir / recipe.name)
+        if run.is_run() and run.load_recipe().hash() != recipe.hash():
+            raise UserError(f"{run.path} holds a run with other settings; delete it or pass another --out")
     runs_dir.mkdir(parents=True, exist_ok=True)
 
     from advmem.data import build_data
@@ -496,8 +513,6 @@ def run(args) -> int:
     first = recipes[0][1]
     device = resolve_device(first.device)
     results: dict[str, Any] = {"methods": {}}
-    from advmem.engine.rundir import RunDir
-
     todo = [r for _, r in recipes if not is_complete(RunDir(runs_dir / r.name), r)]
     if parallel > 1 and len(todo) > 1:
         log(f"training {len(todo)} runs, {parallel} at a time")
@@ -524,8 +539,12 @@ def run(args) -> int:
         "milestones": milestones, "select_epoch": milestones[0] if milestones else first.optim.epochs // 2,
         "hard_fraction": SCALES[scale]["hard_fraction"], "date": time.strftime("%Y-%m-%d"),
         "wall_s": time.time() - t0, "summary": settings_summary(first, SCALES[scale]),
-        "command": f"advmem study robust-overfitting --scale {scale}" + "".join(f" --set {o}" for o in sets)
-                   + (f" --aa-n {args.aa_n}" if args.aa_n is not None else ""),
+        "command": f"advmem study robust-overfitting --scale {scale}"
+                   + (f" --dataset {args.dataset}" if scale == "paper" else "")
+                   + (f" --methods {args.methods}" if args.methods else " --baselines" if args.baselines else "")
+                   + "".join(f" --set {o}" for o in sets)
+                   + (f" --aa-n {args.aa_n}" if args.aa_n is not None else "")
+                   + (f" --pgd-steps {args.pgd_steps}" if args.pgd_steps != 20 else ""),
     }
     write_tables(results, out)
     plot(results, out)
