@@ -178,6 +178,8 @@ def markdown(results: dict[str, Any]) -> str:
         f"- PGD-AT fails to converge (near chance): {where(lambda r: r['pgd_at_fit'] == 'near chance')}.",
         f"- TRADES memorizes (>= 90% natural train accuracy): {where(lambda r: r['trades_fit'] == 'memorized')}.",
         f"- Both at once (the paper's Figure 1): {where(lambda r: r['paper_pattern'])}.",
+        f"- PGD-AT near chance while TRADES fits at least half of the random labels (the same contrast, TRADES "
+        f"not yet at 90%): {where(lambda r: r['pgd_at_fit'] == 'near chance' and not r['paper_pattern'] and (r['trades_train_nat'] or 0) >= 0.5)}.",
         f"- PGD-AT's gradient less stable than TRADES' (probe, x_adv re-solved): "
         f"{where(lambda r: r['pgd_at_less_stable'])}.",
     ]
