@@ -209,13 +209,13 @@ def test_device_batches_equal_the_per_sample_pil_pipeline(tmp_path):
 
 def test_perf_defaults_resolve_to_plain_fp32_on_cpu(tmp_path):
     trainer = make_trainer(tmp_path)
-    assert trainer.perf.as_dict() == {"channels_last": False, "precision": "fp32", "compile": False,
+    assert trainer.perf.as_dict() == {"channels_last": True, "precision": "fp32", "compile": False,
                                       "cuda_graphs": False, "fold_bn": True}
     assert trainer.step_model is trainer.model and not trainer.scaler.is_enabled()
 
 
 def test_channels_last_fp32_matches_contiguous(tmp_path):
-    row_a, w_a = one_epoch(tmp_path / "a")
+    row_a, w_a = one_epoch(tmp_path / "a", perf={"channels_last": False})
     row_b, w_b = one_epoch(tmp_path / "b", perf={"channels_last": True})
     assert abs(row_a["train_loss"] - row_b["train_loss"]) < 1e-5
     assert torch.allclose(w_a, w_b, rtol=1e-4, atol=1e-5)

@@ -81,9 +81,6 @@ def run(settings: Settings) -> Section:
         _matched(_with(base, attack={"steps": 1, "step_size": "10/255", "start": "uniform"})), settings)
     # the same loop without BN folding in the attack: what perf.fold_bn contributes (report only)
     trainers["toolkit PGD-10, fold_bn off"] = make_trainer(_with(_matched(base), perf={"fold_bn": False}), settings)
-    if not settings.cuda:  # is NHWC worth making the CPU default? (report only; it is the CUDA default)
-        trainers["toolkit PGD-10, channels_last"] = make_trainer(_with(_matched(base), perf={"channels_last": True}),
-                                                                 settings)
     defaults_differ = trainers["toolkit PGD-10"].perf != resolve_perf(PerfConfig(), dev)
     if defaults_differ:
         trainers["toolkit PGD-10, defaults"] = make_trainer(base, settings)
@@ -161,10 +158,6 @@ def run(settings: Settings) -> Section:
     unfolded = ratio(times["toolkit PGD-10, fold_bn off"], times["toolkit PGD-10"])
     section.add(f"- BN folding in the attack (`perf.fold_bn`, on in the toolkit rows): the PGD-10 epoch without it "
                 f"takes {unfolded.text()}x as long.")
-    if "toolkit PGD-10, channels_last" in times:
-        nhwc = ratio(times["reference"], times["toolkit PGD-10, channels_last"])
-        section.add(f"- With `perf.channels_last: true` (NHWC, fp32; not the CPU default) the speedup over the reference "
-                    f"loop is {nhwc.text()}x.")
     section.goals.append(Goal(f"Fixed-overhead index O = (PGD-10/FGSM-RS)/(23/5), {dev.type}", overhead.text(),
                               ">= 0.9", overhead.median >= 0.9))
     for name, goal, limit in (("TE", "<= 5%", 0.05), ("AWP", "~9% expected", None)):

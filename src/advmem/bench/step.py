@@ -37,7 +37,7 @@ def _configs(settings: Settings) -> list[dict]:
 def _trainer(cfg: dict, method: str, settings: Settings, steps: int, channels_last: bool | None = None):
     data = {"dataset": "synthetic", "augment": "none",
             "synthetic": {"n_train": cfg["batch"], "n_test": 8, "channels": cfg["channels"], "image_size": cfg["size"]}}
-    layout = settings.cuda if channels_last is None else channels_last
+    layout = "auto" if channels_last is None else channels_last
     recipe = {"data": data, "model": cfg["model"], "method": {"name": method}, "attack": {"steps": steps},
               "optim": {"batch_size": cfg["batch"], "epochs": 1}, "eval": {"train_subset": 0},
               "perf": {"channels_last": layout, "precision": "fp32"}}
@@ -49,15 +49,15 @@ def run(settings: Settings) -> Section:
     section.add(
         "R_step(PGD-K) = t(PGD-K AT step) / ((K+1) x t(plain fwd+bwd+SGD step)); K = 10, fp32, same model, batch, "
         "memory layout and code path (`Trainer.train_step`, toolkit defaults: input-gradient-only attack, BN folded "
-        "in eval-mode attacks); on CPU each model is also run in channels_last (NHWC) for comparison. FLOP floor 0.70 (PGD) and 0.82 (TRADES); a reference-style step "
+        "in eval-mode attacks, channels_last); on CPU each model is also run contiguous (NCHW) for comparison. FLOP floor 0.70 (PGD) and 0.82 (TRADES); a reference-style step "
         "(weight gradients in the attack, extra forwards, `.item()` syncs) is ~1.06 by FLOPs. Median over "
         f"{settings.rounds()} interleaved rounds after a warm-up round, [range over rounds].",
         "",
     )
     rows = []
     configs = [(cfg, None) for cfg in _configs(settings)]
-    if not settings.cuda:  # NHWC on CPU too (report only: the CPU default is contiguous)
-        configs += [({**cfg, "label": cfg["label"] + ", channels_last"}, True) for cfg in _configs(settings)]
+    if not settings.cuda:  # NCHW too (report only: the default layout is channels_last)
+        configs += [({**cfg, "label": cfg["label"] + ", contiguous"}, False) for cfg in _configs(settings)]
     for cfg, layout in configs:
         plain = _trainer(cfg, "standard", settings, K, layout)
         pgd_t = _trainer(cfg, "pgd_at", settings, K, layout)
@@ -89,7 +89,7 @@ def run(settings: Settings) -> Section:
         rows.append([cfg["label"], cfg["batch"], f"{plain_ms:.1f}", f"{median(times['pgd']) * 1e3:.0f}",
                      f"**{r_pgd.text()}**", f"{median(times['trades']) * 1e3:.0f}", f"**{r_trades.text()}**",
                      r_ref.text()])
-        name = cfg["label"].split()[0] + (", channels_last" if layout else "")
+        name = cfg["label"].split()[0] + (", contiguous" if layout is False else "")
         scored = layout is None  # goals are judged at the device's default layout; other layouts are reported
         section.goals.append(Goal(f"R_step(PGD-10), {name}, {dev.type}", r_pgd.text(),
                                   "<= 0.80 (floor 0.70)" if scored else "report",

@@ -4,7 +4,8 @@ Kept out of the trainer so the step stays readable: the trainer asks this module
 the step calls, for the batch in the right memory format and for the autocast context. None of
 these change what is computed beyond floating-point rounding (tests/test_optimizations.py).
 
-- `channels_last`: NHWC memory format for the model and the batches (default on CUDA).
+- `channels_last`: NHWC memory format for the model and the batches (default on CUDA and on CPU,
+  where it was measured faster for small_cnn and PreActResNet-18: BENCHMARKS.md).
 - `precision`: torch.autocast with bf16 (default on CUDA; fp32 exponent range, so attack
   gradients cannot underflow) or fp16 (attack loss scaled by `fp16_attack_scale` inside
   `pgd`, weight gradients scaled by torch.amp.GradScaler). Evaluation always runs in fp32.
@@ -95,7 +96,7 @@ def resolve_perf(cfg, device: torch.device) -> Perf:
     cuda = device.type == "cuda"
     if cfg.cuda_graphs and not cuda:
         raise UserError("perf.cuda_graphs needs a CUDA device; set perf.cuda_graphs=false (or use perf.compile=true on CPU)")
-    channels_last = cuda if cfg.channels_last == "auto" else bool(cfg.channels_last)
+    channels_last = True if cfg.channels_last == "auto" else bool(cfg.channels_last)
     precision = ("bf16" if cuda else "fp32") if cfg.precision == "auto" else cfg.precision
     if precision == "bf16" and cuda and not torch.cuda.is_bf16_supported():
         raise UserError("perf.precision=bf16 but this GPU has no bf16 support; set perf.precision to fp16 or fp32")
