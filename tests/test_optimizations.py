@@ -210,7 +210,7 @@ def test_device_batches_equal_the_per_sample_pil_pipeline(tmp_path):
 def test_perf_defaults_resolve_to_plain_fp32_on_cpu(tmp_path):
     trainer = make_trainer(tmp_path)
     assert trainer.perf.as_dict() == {"channels_last": True, "precision": "fp32", "compile": False,
-                                      "cuda_graphs": False, "fold_bn": True}
+                                      "cuda_graphs": False, "fold_bn": True, "fast_pool": True}
     assert trainer.step_model is trainer.model and not trainer.scaler.is_enabled()
 
 
@@ -242,7 +242,7 @@ def _trained_bn(model, shape=(3, 16, 16)):
                                                ("resnet18", {"width": 4}, 20), ("vgg16", {}, 13),
                                                ("preact_resnet18", {"width": 4}, 8), ("mlp", {}, 0)])
 def test_folded_view_equals_the_model_in_eval_mode(name, kwargs, folds):
-    from advmem.attacks.fold_bn import folded_view
+    from advmem.attacks.attack_view import folded_view
 
     torch.manual_seed(0)
     model = build_model(name, in_channels=3, num_classes=10, image_size=(16, 16), mean=[0.5] * 3, std=[0.25] * 3,
@@ -263,7 +263,7 @@ def test_folded_view_equals_the_model_in_eval_mode(name, kwargs, folds):
 
 
 def test_folded_view_is_rebuilt_when_tensors_or_modules_are_replaced():
-    from advmem.attacks.fold_bn import folded_view
+    from advmem.attacks.attack_view import folded_view
 
     model = _trained_bn(tiny_model(channels=3, size=16))
     x = torch.rand(4, 3, 16, 16)
@@ -281,7 +281,7 @@ def test_folded_view_is_rebuilt_when_tensors_or_modules_are_replaced():
 
 
 def test_folded_attack_equals_the_plain_attack_and_leaves_the_model_alone():
-    from advmem.attacks.fold_bn import attack_fold_bn
+    from advmem.attacks.attack_view import use_attack_view
 
     model = _trained_bn(tiny_model(channels=3, size=16)).train()
     x, y = batch(32, channels=3, size=16)
@@ -289,7 +289,7 @@ def test_folded_attack_equals_the_plain_attack_and_leaves_the_model_alone():
     runs = []
     for fold in (False, True):
         g = torch.Generator().manual_seed(5)
-        with attack_fold_bn(fold):
+        with use_attack_view(fold_bn=fold):
             runs.append(pgd(model, x, cross_entropy(y), eps=EPS, step_size=ALPHA, steps=10, generator=g))
     assert (runs[0] - runs[1]).abs().max() < 1e-6
     assert model.training and all(p.requires_grad and p.grad is None for p in model.parameters())
@@ -297,17 +297,104 @@ def test_folded_attack_equals_the_plain_attack_and_leaves_the_model_alone():
 
 
 def test_fold_bn_training_matches_unfolded(tmp_path, monkeypatch):
-    from advmem.attacks import fold_bn
+    from advmem.attacks import attack_view
 
     built = []
-    real_build = fold_bn._build
-    monkeypatch.setattr(fold_bn, "_build", lambda model: built.append(real_build(model)) or built[-1])
-    row_a, w_a = one_epoch(tmp_path / "a", perf={"fold_bn": False})
+    real_build = attack_view._build
+    monkeypatch.setattr(attack_view, "_build", lambda model, options: built.append(real_build(model, options)) or built[-1])
+    off = {"fold_bn": False, "fast_pool": False, "channels_last": False}
+    row_a, w_a = one_epoch(tmp_path / "a", perf=off)
     assert built == []
-    row_b, w_b = one_epoch(tmp_path / "b", perf={"fold_bn": True})
+    row_b, w_b = one_epoch(tmp_path / "b", perf={**off, "fold_bn": True})
     assert len(built) == 1 and len(built[0].folded) == 3  # traced once, all three conv -> BN pairs folded
+    assert built[0].pools == 0
     assert abs(row_a["train_loss"] - row_b["train_loss"]) < 1e-5
     assert torch.allclose(w_a, w_b, rtol=1e-4, atol=1e-6)
+
+
+# -- max-pool through the NHWC kernel in the attack view ---------------------------------------------
+
+
+@pytest.mark.parametrize("kwargs,size", [({"kernel_size": 2}, 8), ({"kernel_size": 2}, 7),
+                                         ({"kernel_size": 3, "stride": 2, "padding": 1}, 9),
+                                         ({"kernel_size": 2, "ceil_mode": True}, 7)])
+def test_nhwc_max_pool_is_bit_for_bit_the_nchw_pool(kwargs, size):
+    from advmem.attacks.attack_view import NHWCMaxPool
+
+    pool = nn.MaxPool2d(**kwargs)
+    x = torch.relu(torch.randn(4, 6, size, size, generator=torch.Generator().manual_seed(0)))
+    x[:, :, :4, :4] = 0.5  # positive ties: the first maximum in each window must win, as in NCHW
+    grad_out = None
+    results = []
+    for module in (pool, NHWCMaxPool(pool)):
+        xr = x.clone().requires_grad_(True)
+        out = module(xr)
+        if grad_out is None:
+            grad_out = torch.randn(out.shape, generator=torch.Generator().manual_seed(1))
+        out.backward(grad_out)
+        assert out.is_contiguous()
+        results.append((out.detach(), xr.grad))
+    assert torch.equal(results[0][0], results[1][0]) and torch.equal(results[0][1], results[1][1])
+    cl = x.contiguous(memory_format=torch.channels_last)  # already NHWC: the plain pool, layout kept
+    assert NHWCMaxPool(pool)(cl).is_contiguous(memory_format=torch.channels_last)
+
+
+class _FunctionalReluNet(nn.Module):
+    """conv -> F.relu -> MaxPool2d -> conv -> torch.relu (no pool) -> head: one pair to swap."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.pool, self.conv2 = nn.Conv2d(3, 4, 3, padding=1), nn.MaxPool2d(2), nn.Conv2d(4, 4, 3)
+        self.head = nn.Linear(4 * 6 * 6, 10)
+
+    def forward(self, x):
+        x = self.pool(F.relu(self.conv1(x), inplace=True))
+        return self.head(torch.relu(self.conv2(x)).flatten(1))
+
+
+@pytest.mark.parametrize("name", ["vgg16", "small_cnn", "functional"])
+def test_fast_pool_view_equals_the_model_with_its_gradient(name):
+    from advmem.attacks.attack_view import ViewOptions, folded_view
+
+    torch.manual_seed(0)
+    if name == "functional":
+        model, swaps = _FunctionalReluNet().eval(), 1
+    else:
+        model = build_model(name, in_channels=3, num_classes=10, image_size=(16, 16), mean=[0.5] * 3,
+                            std=[0.25] * 3, **({"width": 4, "hidden": 16} if name == "small_cnn" else {}))
+        model, swaps = _trained_bn(model), {"vgg16": 4, "small_cnn": 3}[name]
+    view = folded_view(model, ViewOptions(fold_bn=False, fast_pool=True))
+    assert view.swapped == swaps
+    x = torch.rand(8, 3, 16, 16, generator=torch.Generator().manual_seed(2))
+    grads = []
+    for module in (model, view):
+        xr = x.clone().requires_grad_(True)
+        out = module(xr)
+        out.square().sum().backward()
+        grads.append((out.detach(), xr.grad))
+    assert torch.equal(grads[0][0], grads[1][0]) and torch.equal(grads[0][1], grads[1][1])
+
+
+def test_fast_pool_attack_and_training_are_bit_for_bit_unchanged(tmp_path):
+    from advmem.attacks import attack_view
+
+    model = _trained_bn(tiny_model(channels=3, size=16)).train()
+    x, y = batch(32, channels=3, size=16)
+    runs = []
+    for fast_pool in (False, True):
+        with attack_view.use_attack_view(fold_bn=False, fast_pool=fast_pool):
+            runs.append(pgd(model, x, cross_entropy(y), eps=EPS, step_size=ALPHA, steps=10,
+                            generator=torch.Generator().manual_seed(5)))
+    view = attack_view.folded_view(model, attack_view.ViewOptions(False, True))
+    assert view.pools == 3 and view.swapped == 3
+    model.eval()
+    with torch.no_grad():
+        assert torch.equal(view(x), model(x))
+    assert torch.equal(runs[0], runs[1])
+    off = {"fold_bn": False, "channels_last": False}
+    row_a, w_a = one_epoch(tmp_path / "a", perf={**off, "fast_pool": False})
+    row_b, w_b = one_epoch(tmp_path / "b", perf={**off, "fast_pool": True})
+    assert row_a["train_loss"] == row_b["train_loss"] and torch.equal(w_a, w_b)
 
 
 @pytest.mark.parametrize("precision,tol", [("bf16", 0.05), ("fp16", 0.02)])

@@ -106,3 +106,14 @@ def test_bad_sweeps_are_refused_before_anything_is_written(recipe, tmp_path, cap
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and match in err, err
     assert not out.exists() and not (tmp_path / "runs").exists()
+
+
+def test_slurm_launcher_without_slurm_fails_cleanly_before_writing(recipe, tmp_path, capsys, monkeypatch):
+    import shutil
+
+    monkeypatch.setattr(shutil, "which", lambda name: None)  # no sbatch on this machine
+    out = tmp_path / "sweep"
+    assert main(["sweep", str(recipe), "--grid", "optim.lr=0.05", "--launcher", "slurm", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "sbatch not found" in err[-1] and "Traceback" not in "".join(err)
+    assert not out.exists()

@@ -193,7 +193,8 @@ class PerfConfig(Section):
     `fp16_attack_scale` (so sign steps do not underflow to zero) and the weight gradients with
     torch.amp.GradScaler. `cuda_graphs` compiles with mode="reduce-overhead" (CUDA only).
     `fold_bn` lets eval-mode training attacks run on a view of the model with each conv -> BN
-    pair folded into one convolution (advmem.attacks.fold_bn).
+    pair folded into one convolution, `fast_pool` lets that view's max-pools use the NHWC kernel
+    on CPU (bit for bit the same result; advmem.attacks.attack_view).
     """
 
     channels_last: Literal["auto", True, False] = "auto"
@@ -202,6 +203,7 @@ class PerfConfig(Section):
     cuda_graphs: bool = False
     fp16_attack_scale: float = Field(1024.0, gt=0)
     fold_bn: Literal["auto", True, False] = "auto"  # eval-mode attacks fold conv->BN pairs (auto: unless compiled)
+    fast_pool: Literal["auto", True, False] = "auto"  # eval-mode attacks max-pool in NHWC on CPU (auto: unless compiled)
 
 
 class MethodConfig(BaseModel):

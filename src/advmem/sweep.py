@@ -289,6 +289,19 @@ def slurm_parameters(args, launcher_cfg) -> dict[str, Any]:
     return params
 
 
+def _check_submitit(launcher: str) -> None:
+    """Fail before anything is written when the Slurm path cannot run here."""
+    import importlib.util
+    import shutil
+
+    if importlib.util.find_spec("submitit") is None:
+        raise UserError(f"--launcher {launcher} needs the submitit package: pip install 'advmem[slurm]' "
+                        "(or pip install submitit), or use --launcher local")
+    if launcher == "slurm" and shutil.which("sbatch") is None:
+        raise UserError("--launcher slurm: sbatch not found on this machine; run the sweep on a Slurm "
+                        "login node, or use --launcher local / submitit-local")
+
+
 def launch_submitit(runs: list[SweepRun], spec: str, out: Path, params: dict[str, Any], cluster: str | None,
                     wait: bool, log) -> None:
     import submitit
@@ -445,6 +458,8 @@ def run(args) -> int:
     if counts["running"]:
         log(f"note: {counts['running']} runs are being written by another process; they are skipped")
     if todo and not args.report_only:
+        if args.launcher != "local":
+            _check_submitit(args.launcher)
         out.mkdir(parents=True, exist_ok=True)
         from advmem.engine.io import atomic_write_json
 
@@ -455,12 +470,6 @@ def run(args) -> int:
         else:
             params = slurm_parameters(args, base.launcher)
             cluster = "local" if args.launcher == "submitit-local" else "slurm"
-            if cluster == "slurm":
-                import shutil
-
-                if shutil.which("sbatch") is None:
-                    raise UserError("--launcher slurm: sbatch not found on this machine; run the sweep on a Slurm "
-                                    "login node, or use --launcher local / submitit-local")
             launch_submitit(todo, args.recipe, out, params, cluster, wait=not args.no_wait, log=log)
             if args.no_wait:
                 log(f"submitted {len(todo)} jobs; run the same command again (or with --report-only) for the table")

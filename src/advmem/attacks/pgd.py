@@ -10,8 +10,9 @@ backward, silently cancelling that pixel's sign step. `grad_scale` (or the ambie
 the backward pass; sign steps and L2-normalized steps are invariant to it, so with a power of
 two it changes nothing in fp32 and keeps fp16 gradients representable.
 
-Inside `attack_fold_bn()` (the trainer's `perf.fold_bn`) an eval-mode attack runs on the model
-with its conv -> BatchNorm pairs folded (advmem.attacks.fold_bn): equal up to rounding, faster.
+Inside `use_attack_view()` (the trainer's `perf.fold_bn` / `perf.fast_pool`) an eval-mode attack runs
+on the model with its conv -> BatchNorm pairs folded and its CPU max-pools computed by the NHWC
+kernel (advmem.attacks.attack_view): equal up to rounding, faster.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from typing import Callable, Iterator, Literal
 import torch
 from torch import nn
 
-from advmem.attacks.fold_bn import attack_model
+from advmem.attacks.attack_view import attack_model
 from advmem.attacks.objectives import Objective
 
 Norm = Literal["Linf", "L2"]

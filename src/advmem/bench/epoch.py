@@ -4,12 +4,14 @@ All epochs start from the same weights (reset before every timed epoch) and see 
 training images; the reference loop is documented in `reference_loop.py`.
 
 - S_epoch = t(reference epoch) / t(toolkit epoch), numerics-matched (fp32, contiguous, no
-  compile, same batch size; BN folded in the attack, equal up to rounding); and with the
-  toolkit's per-device defaults (on CPU they resolve to the same settings, so the figure is the
-  same run). The toolkit epoch without BN folding is timed too, to show what folding adds.
+  compile, same batch size; BN folded in the attack, equal up to rounding, and the attack's
+  max-pools run before their ReLU through the NHWC kernel, bit for bit); and with the
+  toolkit's per-device defaults (channels_last). The toolkit epoch without BN folding and
+  without the fast pooling is timed too, to show what each adds.
 - O = (t(PGD-10 epoch) / t(FGSM-RS epoch)) / (23/5): 1.0 means epoch time scales with FLOPs.
 - TE / AWP overhead: t(method epoch) / t(its base method epoch) - 1, when those methods exist.
-- Parity: PGD-20 robust accuracy of the reference-trained and toolkit-trained models.
+- Parity: PGD-20 robust accuracy of the reference-trained and toolkit-trained models, each trained
+  for a few epochs from the same weights.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from advmem.bench.common import (
 )
 from advmem.bench.reference_loop import loader_from_device_dataset, reference_epoch
 from advmem.bench.reference_loop import reference_step
-from advmem.engine.evaluate import EvalAttack, robust_per_sample, summarize
+from advmem.engine.evaluate import EvalAttack, clean_per_sample, robust_per_sample, summarize
 from advmem.engine.perf import resolve_perf
 from advmem.recipe import PerfConfig
 from advmem.methods import method_names
@@ -81,6 +83,8 @@ def run(settings: Settings) -> Section:
         _matched(_with(base, attack={"steps": 1, "step_size": "10/255", "start": "uniform"})), settings)
     # the same loop without BN folding in the attack: what perf.fold_bn contributes (report only)
     trainers["toolkit PGD-10, fold_bn off"] = make_trainer(_with(_matched(base), perf={"fold_bn": False}), settings)
+    trainers["toolkit PGD-10, fast_pool off"] = make_trainer(_with(_matched(base), perf={"fast_pool": False}),
+                                                             settings)
     defaults_differ = trainers["toolkit PGD-10"].perf != resolve_perf(PerfConfig(), dev)
     if defaults_differ:
         trainers["toolkit PGD-10, defaults"] = make_trainer(base, settings)
@@ -158,6 +162,9 @@ def run(settings: Settings) -> Section:
     unfolded = ratio(times["toolkit PGD-10, fold_bn off"], times["toolkit PGD-10"])
     section.add(f"- BN folding in the attack (`perf.fold_bn`, on in the toolkit rows): the PGD-10 epoch without it "
                 f"takes {unfolded.text()}x as long.")
+    slow_pool = ratio(times["toolkit PGD-10, fast_pool off"], times["toolkit PGD-10"])
+    section.add(f"- Fast pooling in the attack (`perf.fast_pool`: max-pool before ReLU, NHWC kernel on CPU; on in the "
+                f"toolkit rows): the PGD-10 epoch without it takes {slow_pool.text()}x as long.")
     section.goals.append(Goal(f"Fixed-overhead index O = (PGD-10/FGSM-RS)/(23/5), {dev.type}", overhead.text(),
                               ">= 0.9", overhead.median >= 0.9))
     for name, goal, limit in (("TE", "<= 5%", 0.05), ("AWP", "~9% expected", None)):
@@ -172,22 +179,31 @@ def run(settings: Settings) -> Section:
                                       goal, None))
     section.add(*extra_notes)
 
-    # parity: the reference-trained and toolkit-trained models (last round) under PGD-20
+    # parity: both loops train from the same weights for a few epochs (one epoch of a few steps
+    # can leave either model at chance, where the comparison says nothing), then PGD-20
+    parity_epochs = settings.pick(6, 3, 1)
+    for name in ("reference", "toolkit PGD-10"):
+        reset(name)
+        for _ in range(parity_epochs):
+            variants[name]()
     test = main.bundle.test
     eps = a.eps_value
     attack = EvalAttack(eps=eps, step_size=eps / 4, steps=20)
-    accs = {}
+    accs, clean = {}, {}
     for name, model in (("reference", ref_model), ("toolkit", main.model)):
         accs[name] = summarize(robust_per_sample(model, test, attack, 256, generator=torch.Generator().manual_seed(0)))
+        clean[name] = summarize(clean_per_sample(model, test, 256))
     p = (accs["reference"]["acc"] + accs["toolkit"]["acc"]) / 2
     se = math.sqrt(max(p * (1 - p), 1e-12) * 2 / max(len(test), 1))  # SE of a difference of two proportions
     diff = 100 * (accs["toolkit"]["acc"] - accs["reference"]["acc"])
     section.add(
         "",
-        f"Parity after one epoch from the same weights (PGD-20, step eps/4, {len(test)} test images): "
-        f"reference {100 * accs['reference']['acc']:.1f}%, toolkit {100 * accs['toolkit']['acc']:.1f}% "
-        f"(difference {diff:+.1f} pp; sampling SE of the difference {100 * se:.1f} pp). The two loops draw "
-        "different data orders and random starts, so they agree only up to that noise.",
+        f"Parity after {parity_epochs} epoch(s) of each loop from the same weights ({len(test)} test images; "
+        f"PGD-20, step eps/4): reference {100 * accs['reference']['acc']:.1f}% robust "
+        f"({100 * clean['reference']['acc']:.1f}% clean), toolkit {100 * accs['toolkit']['acc']:.1f}% robust "
+        f"({100 * clean['toolkit']['acc']:.1f}% clean); difference {diff:+.1f} pp, sampling SE of the difference "
+        f"{100 * se:.1f} pp. The two loops draw different data orders and random starts, so they agree only up "
+        "to that noise and the spread between training runs.",
     )
     section.goals.append(Goal("Parity: PGD-20 robust acc, toolkit - reference", f"{diff:+.1f} pp (SE {100 * se:.1f})",
                               "within max(1 pp, 2 SE)", abs(diff) <= max(1.0, 200 * se)))

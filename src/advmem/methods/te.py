@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from pydantic import Field, model_validator
 
 from advmem.attacks import attack_mode, cross_entropy
-from advmem.attacks.fold_bn import attack_model
+from advmem.attacks.attack_view import attack_model
 from advmem.methods.base import AdvContext, Method, accuracy_log
 from advmem.methods.registry import method_class, register_method
 from advmem.recipe import MethodConfig

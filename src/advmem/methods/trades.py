@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from advmem.attacks import attack_mode, kl_to_clean
-from advmem.attacks.fold_bn import attack_model
+from advmem.attacks.attack_view import attack_model
 from advmem.methods.base import AdvContext, Method, accuracy_log
 from advmem.methods.registry import register_method
 from advmem.recipe import MethodConfig
