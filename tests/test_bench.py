@@ -30,3 +30,17 @@ def test_harness_writes_every_section(tmp_path):
     if not torch.cuda.is_available():
         assert NOT_MEASURED in text
     assert "failed" not in text.lower()
+
+
+def test_paired_rounds_cancel_a_drift_within_each_round():
+    """Variants A and B cost the same; every call gets slower through a round (3 slots, +1 s per
+    slot). Interleaved forward/reverse, B (run last in forward rounds) looks slower in each forward
+    round, but the forward+reverse pair sums to the same for both."""
+    from advmem.bench.common import Settings, ratio
+
+    assert Settings(device=torch.device("cpu")).rounds(default=3) == 4  # rounded up to whole pairs
+    a = [10.0, 12.0, 10.0, 12.0]  # slot 0 in forward rounds, slot 2 in reverse rounds
+    b = [12.0, 10.0, 12.0, 10.0]
+    r = ratio(b, a)
+    assert r.rounds == 2 and r.median == r.low == r.high == 1.0
+    assert ratio([12.0], [10.0]).median == 1.2  # a single round is what it is

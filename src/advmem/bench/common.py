@@ -2,8 +2,11 @@
 
 Timing discipline: every figure is a ratio of variants timed in the same process, interleaved
 (A B C, then C B A, ...) after a warm-up, so slow drifts and other processes on a shared machine
-hit every variant alike; the figure is the median of the per-round ratios, reported with the
-range over rounds. On CUDA the device is synchronized before each clock read.
+hit every variant alike. Rounds come in pairs, one in forward and one in reverse order, and a
+ratio is taken over the sum of each pair: a drift within a round (a CPU losing its boost clock
+over a long round, say) then adds the same time to every variant, where a single forward round
+would charge it to the variants that run last. The figure is the median over pairs, with the
+range over pairs. On CUDA the device is synchronized before each clock read.
 """
 
 from __future__ import annotations
@@ -39,10 +42,10 @@ class Settings:
     def pick(self, default, quick, tiny):
         return tiny if self.tiny else quick if self.quick else default
 
-    def rounds(self, default: int = 5, quick: int = 3) -> int:
-        if self.repeats is not None:
-            return self.repeats
-        return self.pick(default, quick, 1)
+    def rounds(self, default: int = 6, quick: int = 4) -> int:
+        """Interleaved rounds, even (forward/reverse pairs) except for a single round."""
+        n = self.repeats if self.repeats is not None else self.pick(default, quick, 1)
+        return n + (n % 2) if n > 1 else n
 
     @property
     def cuda(self) -> bool:
@@ -54,7 +57,7 @@ class Settings:
 
 @dataclass
 class Ratio:
-    """Median of per-round ratios A/B (times `scale`), with the range over rounds."""
+    """Median over pairs of rounds of sum(A)/sum(B) (times `scale`), with the range over pairs."""
 
     median: float
     low: float
@@ -68,8 +71,11 @@ class Ratio:
 
 
 def ratio(a: list[float], b: list[float], scale: float = 1.0) -> Ratio:
-    per_round = [x / y * scale for x, y in zip(a, b)]
-    return Ratio(statistics.median(per_round), min(per_round), max(per_round), len(per_round))
+    """A/B per pair of consecutive rounds (a forward and a reverse one, see `interleaved`); an
+    odd last round stands alone."""
+    pairs = [(sum(a[i:i + 2]), sum(b[i:i + 2])) for i in range(0, min(len(a), len(b)), 2)]
+    per_pair = [x / y * scale for x, y in pairs]
+    return Ratio(statistics.median(per_pair), min(per_pair), max(per_pair), len(per_pair))
 
 
 def sync(device: torch.device) -> None:

@@ -125,7 +125,7 @@ def run(settings: Settings) -> Section:
                                                      alpha=a.step_value, steps=a.steps)}
     for name, t in trainers.items():
         variants[name] = (lambda t=t: t.train_epoch(EPOCH_INDEX))
-    rounds = settings.rounds(default=3, quick=2)
+    rounds = settings.rounds(default=4, quick=2)
     # warm-up: two untimed steps of each variant (lazy init, allocator, compile) instead of whole epochs
     warm = next(train_set.batches(o.batch_size, shuffle=False))
     stats = {"robust_loss": 0.0, "robust_acc": 0.0, "loss": 0.0, "acc": 0.0, "n": 0}
@@ -141,8 +141,9 @@ def run(settings: Settings) -> Section:
     model_desc = f"{main.recipe.model.name} {main.recipe.model.kwargs or ''}".strip()
     section.add(
         f"Model {model_desc}; {main.recipe.data.dataset} train subset of {n} images; batch {o.batch_size}; "
-        f"PGD-10 eps 8/255 step 2/255; {dev.type}. Median over {rounds} interleaved rounds after a warm-up round, "
-        "[range]; every epoch starts from the same weights. Reference loop: `src/advmem/bench/reference_loop.py` "
+        f"PGD-10 eps 8/255 step 2/255; {dev.type}. {rounds} interleaved rounds (forward/reverse pairs) after "
+        "warm-up steps; ratios are the median [range] over pairs; every epoch starts from the same weights. "
+        "Reference loop: `src/advmem/bench/reference_loop.py` "
         f"(DataLoader with per-sample PIL transforms, {loader.num_workers} workers; weight gradients in the attack; "
         "restart-selection and extra clean forwards; `.item()` per step).",
         "",
@@ -230,7 +231,7 @@ def _data_pipeline(section: Section, settings: Settings, train_set, batch_size: 
                                    augment=augment):
             pass
 
-    times = interleaved({"reference": reference, "resident": resident}, rounds=settings.rounds(default=5, quick=3),
+    times = interleaved({"reference": reference, "resident": resident}, rounds=settings.rounds(default=6, quick=4),
                         warmup=1, device=dev)
     r = ratio(times["reference"], times["resident"])
     section.add("", f"Input pipeline alone (one epoch of {len(train_set)} images with random crop + flip, no model): "

@@ -50,8 +50,9 @@ def run(settings: Settings) -> Section:
         "R_step(PGD-K) = t(PGD-K AT step) / ((K+1) x t(plain fwd+bwd+SGD step)); K = 10, fp32, same model, batch, "
         "memory layout and code path (`Trainer.train_step`, toolkit defaults: input-gradient-only attack, BN folded "
         "in eval-mode attacks, channels_last); on CPU each model is also run contiguous (NCHW) for comparison. FLOP floor 0.70 (PGD) and 0.82 (TRADES); a reference-style step "
-        "(weight gradients in the attack, extra forwards, `.item()` syncs) is ~1.06 by FLOPs. Median over "
-        f"{settings.rounds()} interleaved rounds after a warm-up round, [range over rounds].",
+        "(weight gradients in the attack, extra forwards, `.item()` syncs) is ~1.06 by FLOPs. "
+        f"{settings.rounds()} interleaved rounds (forward/reverse pairs) after a warm-up round; median [range] over "
+        "pairs.",
         "",
     )
     rows = []
