@@ -25,7 +25,7 @@ def test_harness_writes_every_section(tmp_path):
     for fact in ("- Git commit:", "- CPU:", "- Date (UTC):", "torch " + torch.__version__, "Load average"):
         assert fact in text, fact
     for metric in ("R_step(PGD-10), small_cnn", "R_step(TRADES-10), preact_resnet18", "Epoch speedup",
-                   "Fixed-overhead index", "TE overhead", "AWP overhead", "AutoAttack lite vs standard"):
+                   "Fixed-overhead index", "TE overhead", "AWP overhead", "A/A control", "AutoAttack lite vs standard"):
         assert metric in text, metric
     if not torch.cuda.is_available():
         assert NOT_MEASURED in text

@@ -103,6 +103,7 @@ def run(settings: Settings) -> Section:
             extra_notes.append(f"- `{name}` is registered but could not be set up with its defaults: {err}")
             continue
         trainers[f"toolkit {name.upper()}"] = t
+    trainers["toolkit PGD-10, A/A control"] = make_trainer(_matched(base), settings)
 
     main = trainers["toolkit PGD-10"]
     train_set = main.bundle.train
@@ -178,6 +179,15 @@ def run(settings: Settings) -> Section:
         else:
             section.goals.append(Goal(f"{name} overhead over pgd_at", "not available (method not registered)",
                                       goal, None))
+    # A/A control: a second, identical PGD-10 trainer, timed last in forward rounds (like TE/AWP);
+    # its ratio to the first is the bench's own systematic error (position, memory placement)
+    control = ratio(times["toolkit PGD-10, A/A control"], times["toolkit PGD-10"])
+    section.goals.append(Goal("A/A control: identical PGD-10 trainer / toolkit PGD-10",
+                              f"{100 * (control.median - 1):+.1f}% [{100 * (control.low - 1):+.1f}.."
+                              f"{100 * (control.high - 1):+.1f}]", "report (0% expected)", None))
+    section.add(f"- A/A control: a second, identical PGD-10 trainer, timed where TE and AWP are, differs from the "
+                f"first by {100 * (control.median - 1):+.1f}%. Overheads within that of each other are not resolved "
+                "by this run.")
     section.add(*extra_notes)
 
     # parity: both loops train from the same weights for a few epochs (one epoch of a few steps
