@@ -170,9 +170,14 @@ def init_distributed(recipe, run_path: str = "RUN") -> Comm:
     return comm
 
 
-def shutdown(comm: Comm) -> None:
+def shutdown(comm: Comm, *, completed: bool = False) -> None:
+    """Tear the process group down; after a completed run, first wait for every rank, since a rank
+    that destroys the group while a peer is still in its last collective can abort gloo
+    ("terminate called without an active exception")."""
     if comm.enabled and dist.is_initialized():
         try:
+            if completed:
+                dist.barrier()
             dist.destroy_process_group()
         except Exception:  # a peer may already be gone; nothing left to clean up
             pass

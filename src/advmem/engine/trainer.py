@@ -511,6 +511,7 @@ def train(recipe: Recipe, *, run_root: Path | None = None, resume: bool = False,
     """
     run = RunDir(Path(run_root or recipe.output_root) / recipe.name)
     comm = distributed.init_distributed(recipe, run_path=str(run.path))
+    completed = False
     try:
         if comm.is_main:
             run.check_start(resume=resume, overwrite=overwrite)
@@ -533,10 +534,11 @@ def train(recipe: Recipe, *, run_root: Path | None = None, resume: bool = False,
             finally:
                 if lock is not None:
                     lock.release()
+        completed = True
         return run, summary
     except Exception as err:
         if comm.enabled and distributed.is_comm_error(err):
             raise distributed.peer_failure(comm, err) from err
         raise
     finally:
-        distributed.shutdown(comm)
+        distributed.shutdown(comm, completed=completed)
