@@ -2,8 +2,8 @@
 
 Two kinds of rewrite, each switchable (`perf.fold_bn`, `perf.fast_pool`):
 
-**BatchNorm folded into the preceding convolution.** An attack in eval mode runs K forward and backward passes through weights that do not change
-during the attack, so conv -> BatchNorm (running statistics) is one affine map: a convolution
+**BatchNorm folded into the preceding convolution** (`fold_bn`). An attack in eval mode runs K
+forward and backward passes through weights that do not change during the attack, so conv -> BatchNorm (running statistics) is one affine map: a convolution
 with weight w * s and bias (b - mean) * s + beta, s = gamma / sqrt(var + eps). Folding it once
 per attack removes the BatchNorm forward and backward from every attack step (on a CPU the
 eval-mode BatchNorm backward costs more than the train-mode one). The result equals the
@@ -22,7 +22,8 @@ offsets, the same in both layouts): again bit for bit the NCHW result, ties incl
 `folded_view(model)` traces the model with torch.fx once (cached per model) and swaps every
 Conv2d whose only user is a BatchNorm2d with running statistics for a module that holds both
 and convolves with the folded weights; the view shares the model's parameters and buffers.
-Pre-activation blocks (BN -> ReLU -> conv) fold only their inner conv1 -> bn2 pair. Models that
+Pre-activation blocks (BN -> ReLU -> conv) fold only their inner conv1 -> bn2 pair. With
+`fast_pool` it also swaps each MaxPool2d for an `NHWCMaxPool` and moves it before its ReLU. Models that
 cannot be traced, or have nothing to rewrite, get None and the attack uses the model as it is.
 """
 
@@ -36,6 +37,7 @@ from typing import Iterator
 
 import torch
 from torch import nn
+from torch.nn.modules.utils import _pair
 
 
 @dataclass(frozen=True)
@@ -122,10 +124,6 @@ def _nchw_strides(shape: torch.Size) -> tuple[int, ...]:
     return (c * h * w, h * w, w, 1)
 
 
-def _pair(v) -> list[int]:
-    return list(v) if isinstance(v, (tuple, list)) else [v, v]
-
-
 class NHWCMaxPool(nn.Module):
     """`pool` (an nn.MaxPool2d) run through the NHWC kernel when its input is a contiguous CPU
     tensor; otherwise (CUDA, or an input already channels_last) `pool` itself."""
@@ -133,8 +131,8 @@ class NHWCMaxPool(nn.Module):
     def __init__(self, pool: nn.MaxPool2d) -> None:
         super().__init__()
         self.pool = pool
-        self.args = (_pair(pool.kernel_size), _pair(pool.stride or pool.kernel_size), _pair(pool.padding),
-                     _pair(pool.dilation), bool(pool.ceil_mode))
+        self.args = (_pair(pool.kernel_size), _pair(pool.stride), _pair(pool.padding), _pair(pool.dilation),
+                     bool(pool.ceil_mode))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.device.type != "cpu" or x.dim() != 4 or not x.is_contiguous() or x.is_contiguous(
