@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from advmem.bench.__main__ import main
@@ -44,3 +45,58 @@ def test_paired_rounds_cancel_a_drift_within_each_round():
     r = ratio(b, a)
     assert r.rounds == 2 and r.median == r.low == r.high == 1.0
     assert ratio([12.0], [10.0]).median == 1.2  # a single round is what it is
+
+
+def test_on_off_steps_cancel_a_drift_and_find_a_real_overhead(monkeypatch):
+    """A fake clock: every call costs 1 s plus 0.1 s per earlier call in its round (a drift), and
+    +0.5 s when the feature is on. The alternating order charges the drift to off and on alike."""
+    from advmem.bench import common
+
+    clock = {"now": 0.0, "calls": 0}
+    monkeypatch.setattr(common.time, "perf_counter", lambda: clock["now"])
+
+    def fake(extra):
+        def step(batch, on):
+            clock["now"] += 1.0 + 0.1 * clock["calls"] + (extra if on else 0.0)
+            clock["calls"] += 1
+        return step
+
+    for n_batches in (4, 5):
+        clock["calls"] = 0
+        off, on = common.on_off_steps(fake(0.0), list(range(n_batches)), rounds=2, device=torch.device("cpu"))
+        assert len(off) == len(on) == 2
+        assert common.ratio(on, off, group=2).median == pytest.approx(1.0, abs=1e-12)  # an odd batch count balances over two rounds
+        if n_batches % 2 == 0:
+            assert common.ratio(on, off, group=1).median == pytest.approx(1.0, abs=1e-12)  # an even one within each round
+    clock["calls"] = 0
+    off, on = common.on_off_steps(fake(0.5), list(range(4)), rounds=2, device=torch.device("cpu"))
+    assert sum(on) - sum(off) == pytest.approx(0.5 * 4 * 2)
+
+
+@pytest.mark.parametrize("method", [{"name": "te", "base": "pgd_at", "start_epoch": 2, "end_epoch": 3},
+                                    {"name": "awp", "base": "pgd_at", "warmup_epochs": 1}])
+def test_overhead_off_state_is_exactly_pgd_at(method):
+    """The bench times TE before its start epoch and AWP in its warm-up as the 'off' side of their
+    overhead: that must compute exactly what PGD-AT computes (same weights after a step), and
+    the 'on' side must not."""
+    from advmem.bench.common import Settings, fresh_sums, make_trainer
+
+    settings = Settings(device=torch.device("cpu"), tiny=True)
+    recipe = {"data": {"dataset": "synthetic", "augment": "none",
+                       "synthetic": {"n_train": 32, "n_test": 8, "channels": 1, "image_size": 8}},
+              "model": {"name": "small_cnn", "kwargs": {"width": 4, "hidden": 8}},
+              "attack": {"eps": "8/255", "step_size": "2/255", "steps": 2},
+              "optim": {"batch_size": 16, "epochs": 4}, "eval": {"train_subset": 0}}
+    base = make_trainer({**recipe, "method": {"name": "pgd_at"}}, settings)
+    feature = make_trainer({**recipe, "method": method}, settings)
+    feature.model.load_state_dict(base.model.state_dict())
+    batch = next(base.bundle.train.batches(16, shuffle=False))
+    for t in (base, feature):  # the same random start for both
+        torch.manual_seed(0)
+        t.train_step(batch, 1, 1, fresh_sums(settings.device))
+    for a, b in zip(base.model.state_dict().values(), feature.model.state_dict().values()):
+        assert torch.equal(a, b)
+    for t in (base, feature):  # from equal weights, now with the feature on
+        torch.manual_seed(1)
+        t.train_step(batch, 4, 2, fresh_sums(settings.device))
+    assert any(not torch.equal(a, b) for a, b in zip(base.model.parameters(), feature.model.parameters()))

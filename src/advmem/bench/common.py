@@ -70,10 +70,11 @@ class Ratio:
         return f"{self.median:.{digits}f} [{self.low:.{digits}f}-{self.high:.{digits}f}]"
 
 
-def ratio(a: list[float], b: list[float], scale: float = 1.0) -> Ratio:
+def ratio(a: list[float], b: list[float], scale: float = 1.0, group: int = 2) -> Ratio:
     """A/B per pair of consecutive rounds (a forward and a reverse one, see `interleaved`); an
-    odd last round stands alone."""
-    pairs = [(sum(a[i:i + 2]), sum(b[i:i + 2])) for i in range(0, min(len(a), len(b)), 2)]
+    odd last round stands alone. `group=1` for rounds that are balanced on their own (see
+    `on_off_steps`)."""
+    pairs = [(sum(a[i:i + group]), sum(b[i:i + group])) for i in range(0, min(len(a), len(b)), group)]
     per_pair = [x / y * scale for x, y in pairs]
     return Ratio(statistics.median(per_pair), min(per_pair), max(per_pair), len(per_pair))
 
@@ -107,6 +108,33 @@ def interleaved(variants: dict[str, Callable[[], Any]], *, rounds: int, warmup: 
             sync(device)
             times[name].append(time.perf_counter() - t0)
     return times
+
+
+def on_off_steps(step: Callable[[Any, bool], Any], batches: list, *, rounds: int,
+                 device: torch.device) -> tuple[list[float], list[float]]:
+    """Seconds per round of `step(batch, on)` with a feature off and on, alternating at every batch.
+
+    Each round visits every batch twice, off then on for even batches and on then off for odd
+    ones (swapped in odd rounds), so a drift within a round and the position of a call hit
+    both alike; each round is balanced on its own (take `ratio(..., group=1)`). One object runs
+    both, so memory placement and caches are shared too: a second trainer instance, timed
+    elsewhere in an epoch-level interleave, differed from the first by several percent.
+    Returns (off, on): the per-round sums."""
+    off: list[float] = []
+    on: list[float] = []
+    for r in range(rounds):
+        sums = {False: 0.0, True: 0.0}
+        for i, batch in enumerate(batches):
+            first = (i + r) % 2 == 1
+            for flag in (first, not first):
+                sync(device)
+                t0 = time.perf_counter()
+                step(batch, flag)
+                sync(device)
+                sums[flag] += time.perf_counter() - t0
+        off.append(sums[False])
+        on.append(sums[True])
+    return off, on
 
 
 def median(values: list[float]) -> float:
