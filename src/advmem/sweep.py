@@ -161,10 +161,8 @@ def run_status(run: SweepRun, out: Path) -> str:
                         f"{run.recipe_hash}); pick another --out for this sweep")
     if lock_holder(rd.path) is not None:
         return "running"
-    if rd.summary_path.exists():
-        rows = rd.read_metrics()
-        if rows and rows[-1].get("epoch") == run.epochs:
-            return "complete"
+    if rd.finished(run.epochs):
+        return "complete"
     if (rd.path / "failure.json").exists():
         return "failed"
     return "incomplete"

@@ -47,6 +47,13 @@ class RunDir:
     def is_run(self) -> bool:
         return self.recipe_path.is_file()
 
+    def finished(self, epochs: int) -> bool:
+        """Trained to its last epoch: a summary was written and the metrics end at `epochs`."""
+        if not self.summary_path.exists():
+            return False
+        rows = self.read_metrics()
+        return bool(rows) and rows[-1].get("epoch") == epochs
+
     def check_readable(self) -> None:
         """Raise UserError unless this is an advmem run directory this version can read."""
         if not self.path.exists():

@@ -96,7 +96,10 @@ def build_recipes(scale: str, device: str | None, extra: list[str]) -> dict[tupl
 
 
 def run_state(run_path: Path, recipe) -> str:
-    """'new', 'complete', 'resume' or 'restart' (started but no completed epoch) for `recipe` in `run_path`."""
+    """'new', 'complete', 'resume' or 'restart' (started but no completed epoch) for `recipe` in `run_path`.
+
+    Unlike `sweep.run_status` (which launches other processes and so also reports running and
+    failed runs), a study trains in-process and only needs to know whether to resume."""
     from advmem.engine.rundir import RunDir
 
     run = RunDir(run_path)
@@ -108,8 +111,7 @@ def run_state(run_path: Path, recipe) -> str:
     if recorded.hash() != recipe.hash():
         raise UserError(f"{run.path} was trained with different settings than this study asks for; "
                         "remove it (or choose another --out) to train it again")
-    rows = run.read_metrics()
-    if run.summary_path.exists() and rows and rows[-1]["epoch"] == recipe.optim.epochs:
+    if run.finished(recipe.optim.epochs):
         return "complete"
     return "resume" if run.resume_path.exists() else "restart"
 
