@@ -172,3 +172,26 @@ def test_ema_checkpoints_and_columns_are_written(tmp_path):
 
     raw, avg = load_weights(ckpt / "last.safetensors"), load_weights(ckpt / "ema_last.safetensors")
     assert any(not torch.equal(raw[k], avg[k]) for k in raw)
+
+
+def test_awp_under_autocast_takes_the_loss_at_the_perturbed_weights():
+    """Autocast caches each weight's low-precision copy until its outermost block ends; AWP's
+    in-place perturbation must not leave the training loss on the stale copy of w (bf16 is the
+    CUDA default; CPU autocast has the same cache)."""
+    cfg = recipe_from_dict({"method": {"name": "awp", "base": "pgd_at", "gamma": 0.05, "warmup_epochs": 0}}).method
+    method = build_method(cfg, AttackConfig(eps="0.1", step_size="0.05", steps=2), num_train=8, num_classes=4,
+                          device="cpu")
+    model = tiny_cnn()
+    g = torch.Generator().manual_seed(1)
+    batch = Batch(torch.rand(8, 1, 4, 4, generator=g), torch.randint(0, 4, (8,), generator=g), torch.arange(8))
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # one block, as in Trainer.train_step
+        ctx = method.attack(model, batch, epoch=1)
+        model.train()
+        at_w = method.outer_loss(model, batch, ctx, 1)[0].detach()
+        method.before_loss(model, batch, ctx, epoch=1)
+        model.train()
+        in_block = method.outer_loss(model, batch, ctx, 1)[0].detach()
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # a fresh block sees the perturbed weights
+        fresh = method.outer_loss(model, batch, ctx, 1)[0].detach()
+    assert torch.equal(in_block, fresh)
+    assert not torch.equal(in_block, at_w)

@@ -434,6 +434,92 @@ def test_fp16_attack_gradient_scaling_keeps_sign_steps_alive():
         assert torch.equal(pgd(model, x, cross_entropy(y), **kwargs), reference)
 
 
+class _OverflowingGrad(torch.autograd.Function):
+    """Identity whose backward overflows as fp16 would: inf, -inf and NaN in three pixels."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, g):
+        g = g.clone()
+        g.view(g.shape[0], -1)[:, 0] = float("inf")
+        g.view(g.shape[0], -1)[:, 1] = float("-inf")
+        g.view(g.shape[0], -1)[:, 2] = float("nan")
+        return g
+
+
+@pytest.mark.parametrize("norm", ["Linf", "L2"])
+def test_scaled_attack_gradient_overflow_leaves_the_iterate_finite(norm):
+    """fp16 loss scaling can overflow the backward; the iterate must stay finite and in the ball
+    (Linf: an infinite entry still steps by its sign), and the other pixels step as without it."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
+
+    class Overflowing(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = net
+
+        def forward(self, x):
+            return self.net(_OverflowingGrad.apply(x))
+
+    model = Overflowing()
+    x, y = batch(n=4)
+    kwargs = dict(eps=EPS, step_size=EPS / 2, steps=3, start="none", norm=norm)
+    x_adv = pgd(model, x, cross_entropy(y), grad_scale=1024.0, **kwargs)
+    assert torch.isfinite(x_adv).all()
+    if norm == "Linf":
+        assert (x_adv - x).abs().max() <= EPS + 1e-6
+        flat = (x_adv - x).view(4, -1)
+        assert (flat[:, 0] >= 0).all() and (flat[:, 1] <= 0).all() and (flat[:, 0] > 0).any()
+        plain = pgd(net, x, cross_entropy(y), **kwargs)  # the healthy pixels are unaffected
+        assert torch.equal((x_adv - x).view(4, -1)[:, 3:], (plain - x).view(4, -1)[:, 3:])
+
+
+def test_evaluation_turns_tf32_off_and_restores_it():
+    """"Evaluation always runs in fp32": on CUDA, cuDNN would otherwise run fp32 convolutions in
+    TF32. Clean and robust passes see TF32 off; the flags are restored afterwards."""
+    from advmem.data.dataset import DeviceDataset
+
+    seen = []
+
+    class Spy(nn.Module):
+        def forward(self, x):
+            seen.append((torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32))
+            return x.flatten(1)[:, :10] * 1.0
+
+    data = DeviceDataset(torch.randint(0, 255, (4, 1, 4, 4), dtype=torch.uint8), torch.arange(4) % 3,
+                         torch.arange(4))
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    try:
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = True
+        clean_per_sample(Spy(), data, 4)
+        robust_per_sample(Spy(), data, EvalAttack(eps=EPS, step_size=EPS, steps=1), 4)
+        assert seen and all(flags == (False, False) for flags in seen)
+        assert (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32) == (True, True)
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+def test_bf16_auto_falls_back_to_fp16_without_native_bf16(monkeypatch):
+    """Before Ampere, bf16 is emulated (slow): `auto` takes fp16, an explicit bf16 is refused."""
+    from advmem.engine.perf import resolve_perf
+    from advmem.recipe import PerfConfig
+
+    asked = []
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: asked.append(
+        including_emulation) or including_emulation)
+    cuda = torch.device("cuda")
+    assert resolve_perf(PerfConfig(), cuda).precision == "fp16"
+    assert asked == [False]
+    with pytest.raises(UserError, match="no native bf16"):
+        resolve_perf(PerfConfig(precision="bf16"), cuda)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
+    assert resolve_perf(PerfConfig(), cuda).precision == "bf16"
+
+
 def test_compile_matches_eager(tmp_path, monkeypatch):
     """The compiled step (Dynamo graph capture, autograd.grad through it, requires_grad and
     train/eval switches) equals eager. The backend is aot_eager here; the inductor version of

@@ -188,7 +188,8 @@ class ModelConfig(Section):
 class PerfConfig(Section):
     """Speed settings; none changes what is computed beyond floating-point rounding.
 
-    "auto" resolves per device: channels_last on both, bf16 autocast on CUDA, fp32 on CPU.
+    "auto" resolves per device: channels_last on both, bf16 autocast on CUDA (fp16 where the GPU has no
+    native bf16), fp32 on CPU.
     Evaluation always runs in fp32. fp16 scales the attack's input gradient by
     `fp16_attack_scale` (so sign steps do not underflow to zero) and the weight gradients with
     torch.amp.GradScaler. `cuda_graphs` compiles with mode="reduce-overhead" (CUDA only).

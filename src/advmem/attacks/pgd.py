@@ -33,6 +33,11 @@ Start = Literal["uniform", "gaussian", "none"]
 _GRAD_SCALE: ContextVar[float] = ContextVar("advmem_attack_grad_scale", default=1.0)
 
 
+def current_grad_scale() -> float:
+    """The attack-loss scale in force (1.0 unless fp16 autocast); AWP's weight gradient uses it too."""
+    return _GRAD_SCALE.get()
+
+
 @contextmanager
 def attack_grad_scale(scale: float) -> Iterator[None]:
     """Scale the attack loss by `scale` in every `pgd` call inside the block (fp16 autocast)."""
@@ -127,6 +132,10 @@ def pgd(
             if scale != 1.0:
                 loss = loss * scale
             grad = torch.autograd.grad(loss, delta)[0] if loss.requires_grad else torch.zeros_like(delta)
+            if scale != 1.0:  # fp16 overflow (inf, or NaN from inf - inf) must not make the iterate NaN;
+                # an L2 step would spread it over the whole sample (sign(NaN) is 0 on CPU, stated here for all)
+                grad = torch.nan_to_num(grad, nan=0.0) if norm == "Linf" else \
+                    torch.where(torch.isfinite(grad), grad, torch.zeros_like(grad))
             with torch.no_grad():
                 if norm == "Linf":
                     delta = delta + step_size * grad.sign()

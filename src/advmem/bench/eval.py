@@ -18,6 +18,7 @@ import time
 import torch
 
 from advmem.bench.common import Goal, Section, Settings, data_section, make_trainer, median, sync, table
+from advmem.engine.evaluate import full_fp32
 
 
 def _train_model(settings: Settings):
@@ -49,7 +50,8 @@ def _direct(model, x, y, eps: float, version: str, settings: Settings, bs: int) 
     else:
         aa = AutoAttack(model, version="standard", eps=eps, norm="Linf", seed=0, device=settings.device)
     aa.verbose = False
-    _, y_adv = aa.run_standard_evaluation(x, y, batch_size=bs)
+    with full_fp32():  # as advmem's evaluation runs (no TF32 on CUDA), so both compute the same
+        _, y_adv = aa.run_standard_evaluation(x, y, batch_size=bs)
     return (y_adv == y).float().mean().item()
 
 

@@ -72,13 +72,21 @@ class Augment:
         n = x.shape[0]
         if self.crops:
             p = self.padding
-            oy = torch.randint(0, 2 * p + 1, (n,), generator=generator).to(x.device)
-            ox = torch.randint(0, 2 * p + 1, (n,), generator=generator).to(x.device)
+            oy = _copy_to(torch.randint(0, 2 * p + 1, (n,), generator=generator), x.device)
+            ox = _copy_to(torch.randint(0, 2 * p + 1, (n,), generator=generator), x.device)
             x = random_crop(x, oy, ox, p)
         if self.flips:
-            mask = (torch.rand(n, generator=generator) < 0.5).to(x.device)
+            mask = _copy_to(torch.rand(n, generator=generator) < 0.5, x.device)
             x = flip(x, mask)
         return x
+
+
+def _copy_to(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A copy from pinned memory, so the host does not wait for the GPU's queued work (a copy from
+    pageable memory synchronizes the stream); a no-op on CPU."""
+    if device.type != "cuda":
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)
 
 
 def random_crop(x: torch.Tensor, oy: torch.Tensor, ox: torch.Tensor, padding: int) -> torch.Tensor:

@@ -176,8 +176,9 @@ def shutdown(comm: Comm, *, completed: bool = False) -> None:
     ("terminate called without an active exception")."""
     if comm.enabled and dist.is_initialized():
         try:
-            if completed:
-                dist.barrier()
+            if completed:  # NCCL: name the device rather than have torch guess it
+                nccl = dist.get_backend() == "nccl"
+                dist.barrier(device_ids=[torch.cuda.current_device()] if nccl else None)
             dist.destroy_process_group()
         except Exception:  # a peer may already be gone; nothing left to clean up
             pass

@@ -7,7 +7,9 @@ it survives every restart (per-sample worst case) and its loss is the largest fo
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -27,6 +29,19 @@ class EvalAttack:
     start: str = "uniform"
 
 
+@contextmanager
+def full_fp32() -> Iterator[None]:
+    """Evaluation in true fp32: on Ampere and later GPUs cuDNN runs fp32 convolutions in TF32 by
+    default (10-bit mantissa), which an attack's gradient and a robust-accuracy figure should not
+    depend on. Also a decorator; a no-op on CPU."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
 def margins(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Logit margin z_y - max_{j != y} z_j (positive when correct)."""
     true = logits.gather(1, y[:, None]).squeeze(1)
@@ -34,6 +49,7 @@ def margins(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return true - other
 
 
+@full_fp32()
 def clean_per_sample(model: nn.Module, dataset, batch_size: int = 256) -> dict[str, torch.Tensor]:
     was_training = model.training
     model.eval()
@@ -49,6 +65,7 @@ def clean_per_sample(model: nn.Module, dataset, batch_size: int = 256) -> dict[s
     return {k: torch.cat(v) if v else torch.empty(0) for k, v in out.items()}
 
 
+@full_fp32()
 def robust_per_sample(model: nn.Module, dataset, attack: EvalAttack, batch_size: int = 256,
                       generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
     was_training = model.training

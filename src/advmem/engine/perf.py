@@ -17,7 +17,8 @@ these change what is computed beyond floating-point rounding (tests/test_optimiz
   into one convolution (advmem.attacks.attack_view); default on unless the model is compiled.
 - `fast_pool`: in that attack view, max-pools on contiguous CPU tensors run through torch's
   NHWC kernel (several times faster than its NCHW one; bit for bit the same output and
-  gradient); default on unless the model is compiled. A no-op on CUDA and for channels_last.
+  gradient); default on unless the model is compiled. On CUDA and for channels_last only the
+  (exact) ReLU -> max-pool swap applies; the pool itself is torch's.
 """
 
 from __future__ import annotations
@@ -66,10 +67,12 @@ class Perf:
         """Convert `model` in place to the memory format; return the module the step calls."""
         if self.channels_last:
             model.to(memory_format=torch.channels_last)
+        # fixed batch shapes: a ragged last batch gets its own static graph rather than turning
+        # every later call into a (slower) dynamic-shape graph
         if self.cuda_graphs:
-            return torch.compile(model, mode="reduce-overhead")
+            return torch.compile(model, mode="reduce-overhead", dynamic=False)
         if self.compile:
-            return torch.compile(model)
+            return torch.compile(model, dynamic=False)
         return model
 
     def prepare_input(self, x: torch.Tensor) -> torch.Tensor:
@@ -102,8 +105,13 @@ def resolve_perf(cfg, device: torch.device) -> Perf:
         raise UserError("perf.cuda_graphs needs a CUDA device; set perf.cuda_graphs=false (or use perf.compile=true on CPU)")
     channels_last = True if cfg.channels_last == "auto" else bool(cfg.channels_last)
     precision = ("bf16" if cuda else "fp32") if cfg.precision == "auto" else cfg.precision
-    if precision == "bf16" and cuda and not torch.cuda.is_bf16_supported():
-        raise UserError("perf.precision=bf16 but this GPU has no bf16 support; set perf.precision to fp16 or fp32")
+    # bf16 without tensor-core support (before Ampere) is emulated and slow: auto takes fp16 there
+    if precision == "bf16" and cuda and not torch.cuda.is_bf16_supported(including_emulation=False):
+        if cfg.precision == "auto":
+            precision = "fp16"
+        else:
+            raise UserError("perf.precision=bf16 but this GPU has no native bf16 support; set perf.precision "
+                            "to fp16 or fp32")
     compiled = bool(cfg.compile) or bool(cfg.cuda_graphs)
     fold_bn = not compiled if cfg.fold_bn == "auto" else bool(cfg.fold_bn)
     fast_pool = not compiled if cfg.fast_pool == "auto" else bool(cfg.fast_pool)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -50,6 +51,18 @@ class NonFinite(RunFailure):
     def __init__(self, epoch: int, step: int, quantity: str) -> None:
         super().__init__(f"epoch {epoch} step {step}: non-finite {quantity}")
         self.epoch, self.step, self.quantity = epoch, step, quantity
+
+
+def _deterministic(device: torch.device) -> None:
+    """`deterministic: true`. On CPU every kernel used here is deterministic. On CUDA cuBLAS needs a
+    fixed workspace (read at its first call in the process), and some backward kernels (e.g. the
+    adaptive average pool of small_cnn) have no deterministic version: those warn instead of
+    failing, so a run is as deterministic as its kernels are."""
+    if device.type == "cuda":
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    else:
+        torch.use_deterministic_algorithms(True)
 
 
 def epoch_generator(seed: int, epoch: int, stream: int) -> torch.Generator:
@@ -93,9 +106,9 @@ class Trainer:
     def setup(self, resume: bool) -> None:
         """Everything that can fail on bad input happens here, before the run directory is touched."""
         r = self.recipe
-        if r.deterministic:
-            torch.use_deterministic_algorithms(True)
         self.device = resolve_device(r.device, self.comm.local_rank if self.comm.enabled else 0)
+        if r.deterministic:
+            _deterministic(self.device)
         self.bundle = build_data(r.data, self.device)
         if r.data.val_size == 0:
             self.log("note: data.val_size is 0, so the 'best' checkpoint is selected on the test set "
@@ -158,7 +171,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "method": self.method.state_dict(),
             "rng_cpu": torch.get_rng_state(),
-            "rng_cuda": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [],
+            "rng_cuda": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else [],
             "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else {},
             "best": self.best,
             "recipe_hash": self.recipe.hash(),
@@ -166,7 +179,20 @@ class Trainer:
             "rows": json.loads(json.dumps(self.rows, default=_plain)),  # plain types: loads with weights_only
             "world_size": self.comm.world_size,
             "rng_cpu_ranks": self.comm.all_gather_object(torch.get_rng_state()) if self.comm.enabled else [],
+            "rng_cuda_ranks": self.comm.all_gather_object(torch.cuda.get_rng_state(self.device))
+            if self.comm.enabled and self.device.type == "cuda" else [],
         }
+
+    def _restore_cuda_rng(self, state: dict[str, Any]) -> None:
+        """This process's device generator: its own rank's state when the world size matches, a
+        fresh (seed, rank, epoch) stream for other ranks otherwise (as for the CPU state)."""
+        ranks = state.get("rng_cuda_ranks") or []
+        if self.comm.enabled and len(ranks) == self.comm.world_size:
+            torch.cuda.set_rng_state(ranks[self.comm.rank], self.device)
+        elif self.comm.enabled and self.comm.rank > 0:
+            torch.cuda.manual_seed(self.recipe.seed * 1_000_003 + self.comm.rank + 7919 * int(state["epoch"]))
+        elif isinstance(state.get("rng_cuda"), torch.Tensor):
+            torch.cuda.set_rng_state(state["rng_cuda"], self.device)
 
     def _load_resume(self) -> None:
         if not self.run.resume_path.exists():
@@ -190,8 +216,8 @@ class Trainer:
                 torch.manual_seed(self.recipe.seed * 1_000_003 + self.comm.rank + 7919 * int(state["epoch"]))
             else:
                 torch.set_rng_state(state["rng_cpu"])
-            if state["rng_cuda"] and self.device.type == "cuda":
-                torch.cuda.set_rng_state_all(state["rng_cuda"])
+            if self.device.type == "cuda":
+                self._restore_cuda_rng(state)
             self.best = state["best"]
             for callback in self.callbacks:
                 if hasattr(callback, "load_state_dict") and callback_key(callback) in state.get("callbacks", {}):
@@ -255,7 +281,7 @@ class Trainer:
         if bad_code > 0 and self.recipe.reliability.on_nonfinite == "stop" and not self.comm.enabled:
             raise NonFinite(epoch, int(bad_step), "loss" if bad_code == 1 else "gradient")
         if self.comm.enabled:
-            counts = torch.tensor([n_batches, n_images], dtype=torch.float64)
+            counts = torch.tensor([n_batches, n_images], dtype=torch.float64, device=dev)  # NCCL: device tensors only
             n_batches, n_images = (int(v) for v in self.comm.all_reduce(counts).tolist())
         if n_batches == 0:
             raise RunFailure(f"epoch {epoch}: every batch had a non-finite loss or gradient and was skipped; "
@@ -284,13 +310,13 @@ class Trainer:
         if rel.on_nonfinite == "stop" and not self.comm.enabled:
             code = torch.where(bad_loss_t, 1.0, torch.where(bad_grad_t, 2.0, 0.0))
             fresh = (self._first_bad[0] == 0) & (code > 0)
-            self._first_bad = torch.where(fresh, torch.stack([torch.tensor(float(step), device=code.device), code]),
+            self._first_bad = torch.where(fresh, torch.stack([torch.full((), float(step), device=code.device), code]),
                                           self._first_bad)
             if rel.check_every and step % rel.check_every == 0:
                 self._raise_recorded_nonfinite(epoch)
             return False, stop_local
         flags = torch.stack([bad_loss_t.float(), bad_grad_t.float(),
-                             torch.tensor(float(stop_local), device=grad_sq.device)])
+                             torch.full((), float(stop_local), device=grad_sq.device)])
         bad_loss, bad_grad, stop = (v > 0 for v in self.comm.all_reduce(flags, op="max").tolist())
         if bad_loss or bad_grad:
             quantity = "loss" if bad_loss else "gradient"
@@ -463,7 +489,7 @@ class Trainer:
                 save_resume_state(self.run.resume_path, state)
             if not self.quiet and main:
                 self.log(format_row(row))
-            pending = torch.tensor([float(bool(self.stop and self.stop.requested))])
+            pending = torch.tensor([float(bool(self.stop and self.stop.requested))], device=self.device)
             if epoch < r.optim.epochs and self.comm.all_reduce(pending, op="max").item() > 0:
                 raise _StopRequested(epoch, 0)
         if not main:

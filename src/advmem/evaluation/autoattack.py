@@ -26,6 +26,8 @@ from typing import Callable
 import torch
 from torch import nn
 
+from advmem.engine.evaluate import full_fp32
+
 TIERS = {"standard": ["apgd-ce", "apgd-t", "fab-t", "square"], "lite": ["apgd-ce", "apgd-t"]}
 
 
@@ -96,6 +98,7 @@ class aa_logging:
         self.logger.info(message)
 
 
+@full_fp32()
 def run_autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, tier: str, eps: float, norm: str,
                    seed: int, batch_size: int, num_classes: int, log_path: Path | None = None,
                    done: dict[str, list[bool]] | None = None,

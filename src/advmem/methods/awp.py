@@ -27,6 +27,7 @@ from typing import Any, Literal
 import torch
 from pydantic import Field, SerializeAsAny, field_validator
 
+from advmem.attacks.pgd import current_grad_scale
 from advmem.methods.base import Method
 from advmem.methods.registry import method_class, register_method
 from advmem.recipe import MethodConfig
@@ -97,7 +98,9 @@ class AWP(Method):
         model.train()
         try:
             loss, _ = self.base.outer_loss(model, batch, ctx, epoch)
-            grads = torch.autograd.grad(loss, params, allow_unused=True)
+            # fp16: scaled like the attack loss so small gradients do not underflow; each layer's
+            # v is normalized, so the scale cancels
+            grads = torch.autograd.grad(loss * current_grad_scale(), params, allow_unused=True)
         finally:
             model.train(was_training)
             with torch.no_grad():
@@ -119,6 +122,9 @@ class AWP(Method):
             self._saved = [(p, p.detach().clone()) for p, _ in perturbation]
             for p, v in perturbation:
                 p.add_(v)
+        # autocast caches its low-precision copy of each weight until the outermost autocast block
+        # ends, and in-place updates do not refresh it: without this the loss would be taken at w
+        torch.clear_autocast_cache()
 
     def outer_loss(self, model, batch, ctx, epoch):
         return self.base.outer_loss(model, batch, ctx, epoch)

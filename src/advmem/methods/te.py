@@ -157,7 +157,9 @@ class TemporalEnsembling(Method):
         weight = self.weight_at(epoch)
         clean = None
         if self.cfg.base == "trades":
-            clean = self.base.clean_logits(model, batch.x)
+            # a copy: with perf.cuda_graphs a later compiled call (the natural forward below in
+            # train-mode attacks, then PGD's) reuses the memory of an earlier call's output
+            clean = self.base.clean_logits(model, batch.x).clone()
             natural = clean if self.attack_cfg.bn_mode == "eval" else self.natural_logits(model, batch.x)
         else:
             natural = self.natural_logits(model, batch.x)
