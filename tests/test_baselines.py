@@ -195,3 +195,29 @@ def test_awp_under_autocast_takes_the_loss_at_the_perturbed_weights():
         fresh = method.outer_loss(model, batch, ctx, 1)[0].detach()
     assert torch.equal(in_block, fresh)
     assert not torch.equal(in_block, at_w)
+
+
+def test_awp_fp16_scaled_perturbation_is_the_same_direction_and_survives_overflow(monkeypatch):
+    """Under fp16 the weight gradient is taken on the scaled loss (no underflow): v is unchanged
+    by the scale, and a layer whose gradient overflows gets no perturbation instead of NaN."""
+    from advmem.attacks.pgd import attack_grad_scale
+
+    cfg = recipe_from_dict({"method": {"name": "awp", "base": "pgd_at", "gamma": 0.05, "warmup_epochs": 0}}).method
+    method = build_method(cfg, AttackConfig(eps="0.1", step_size="0.05", steps=1), num_train=8, num_classes=4,
+                          device="cpu")
+    model = tiny_cnn()
+    g = torch.Generator().manual_seed(1)
+    batch = Batch(torch.rand(8, 1, 4, 4, generator=g), torch.randint(0, 4, (8,), generator=g), torch.arange(8))
+    ctx = method.attack(model, batch, epoch=1)
+    plain = [v for _, v in method.perturbation(model, batch, ctx, 1)]
+    with attack_grad_scale(1024.0):
+        scaled = [v for _, v in method.perturbation(model, batch, ctx, 1)]
+    for a, b in zip(plain, scaled):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-8)
+    real_grad = torch.autograd.grad
+    monkeypatch.setattr(torch.autograd, "grad", lambda *a, **k: tuple(
+        torch.full_like(x, float("inf")) if i == 0 else x for i, x in enumerate(real_grad(*a, **k))))
+    with attack_grad_scale(1024.0):
+        overflowed = [v for _, v in method.perturbation(model, batch, ctx, 1)]
+    assert torch.equal(overflowed[0], torch.zeros_like(overflowed[0]))
+    assert torch.allclose(overflowed[1], scaled[1], rtol=1e-5, atol=1e-8)

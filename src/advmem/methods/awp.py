@@ -100,7 +100,8 @@ class AWP(Method):
             loss, _ = self.base.outer_loss(model, batch, ctx, epoch)
             # fp16: scaled like the attack loss so small gradients do not underflow; each layer's
             # v is normalized, so the scale cancels
-            grads = torch.autograd.grad(loss * current_grad_scale(), params, allow_unused=True)
+            scale = current_grad_scale()
+            grads = torch.autograd.grad(loss * scale if scale != 1.0 else loss, params, allow_unused=True)
         finally:
             model.train(was_training)
             with torch.no_grad():
@@ -109,8 +110,13 @@ class AWP(Method):
         out = []
         with torch.no_grad():
             for p, g in zip(params, grads):
-                if g is not None:
-                    out.append((p, self.gamma * p.norm() / (g.norm() + 1e-20) * g))
+                if g is None:
+                    continue
+                g_norm = g.norm()
+                v = self.gamma * p.norm() / (g_norm + 1e-20) * g
+                if scale != 1.0:  # an overflowing fp16 gradient leaves that layer unperturbed, not NaN
+                    v = torch.where(torch.isfinite(g_norm), v, torch.zeros_like(v))
+                out.append((p, v))
         return out
 
     def before_loss(self, model, batch, ctx, epoch):
