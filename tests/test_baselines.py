@@ -174,16 +174,21 @@ def test_ema_checkpoints_and_columns_are_written(tmp_path):
     assert any(not torch.equal(raw[k], avg[k]) for k in raw)
 
 
+def awp_pgd_at_case(steps: int):
+    """AWP (gamma 0.05, no warm-up) around PGD-AT, a tiny conv net and an 8-sample batch."""
+    cfg = recipe_from_dict({"method": {"name": "awp", "base": "pgd_at", "gamma": 0.05, "warmup_epochs": 0}}).method
+    method = build_method(cfg, AttackConfig(eps="0.1", step_size="0.05", steps=steps), num_train=8, num_classes=4,
+                          device="cpu")
+    g = torch.Generator().manual_seed(1)
+    batch = Batch(torch.rand(8, 1, 4, 4, generator=g), torch.randint(0, 4, (8,), generator=g), torch.arange(8))
+    return method, tiny_cnn(), batch
+
+
 def test_awp_under_autocast_takes_the_loss_at_the_perturbed_weights():
     """Autocast caches each weight's low-precision copy until its outermost block ends; AWP's
     in-place perturbation must not leave the training loss on the stale copy of w (bf16 is the
     CUDA default; CPU autocast has the same cache)."""
-    cfg = recipe_from_dict({"method": {"name": "awp", "base": "pgd_at", "gamma": 0.05, "warmup_epochs": 0}}).method
-    method = build_method(cfg, AttackConfig(eps="0.1", step_size="0.05", steps=2), num_train=8, num_classes=4,
-                          device="cpu")
-    model = tiny_cnn()
-    g = torch.Generator().manual_seed(1)
-    batch = Batch(torch.rand(8, 1, 4, 4, generator=g), torch.randint(0, 4, (8,), generator=g), torch.arange(8))
+    method, model, batch = awp_pgd_at_case(steps=2)
     with torch.autocast("cpu", dtype=torch.bfloat16):  # one block, as in Trainer.train_step
         ctx = method.attack(model, batch, epoch=1)
         model.train()
@@ -202,12 +207,7 @@ def test_awp_fp16_scaled_perturbation_is_the_same_direction_and_survives_overflo
     by the scale, and a layer whose gradient overflows gets no perturbation instead of NaN."""
     from advmem.attacks.pgd import attack_grad_scale
 
-    cfg = recipe_from_dict({"method": {"name": "awp", "base": "pgd_at", "gamma": 0.05, "warmup_epochs": 0}}).method
-    method = build_method(cfg, AttackConfig(eps="0.1", step_size="0.05", steps=1), num_train=8, num_classes=4,
-                          device="cpu")
-    model = tiny_cnn()
-    g = torch.Generator().manual_seed(1)
-    batch = Batch(torch.rand(8, 1, 4, 4, generator=g), torch.randint(0, 4, (8,), generator=g), torch.arange(8))
+    method, model, batch = awp_pgd_at_case(steps=1)
     ctx = method.attack(model, batch, epoch=1)
     plain = [v for _, v in method.perturbation(model, batch, ctx, 1)]
     with attack_grad_scale(1024.0):
