@@ -119,6 +119,33 @@ class RunDir:
             raise UserError(f"{self.recipe_path}: missing or unreadable; not a usable run directory") from None
         return recipe_from_dict(apply_overrides(data, overrides or []), source=str(self.recipe_path))
 
+    def committed_epoch(self) -> tuple[int, str] | None:
+        """The latest epoch whose resume state must have been written, judged from the other files.
+
+        Each epoch writes best, last, the metrics and then resume.pt, so a kill during epoch k can
+        leave files of epoch k without its resume state; files of epoch k >= 2 (or a summary)
+        prove that epoch k - 1 (or the last epoch) was committed. Returns (epoch, which file)."""
+        if self.summary_path.is_file():
+            try:
+                last = (json.loads(self.summary_path.read_text()).get("last") or {}).get("epoch")
+            except (OSError, ValueError, AttributeError):
+                last = None
+            return (last if isinstance(last, int) and last > 0 else 1), self.summary_path.name
+        found: list[tuple[int, str]] = []
+        try:
+            epochs = [row.get("epoch") for row in self.read_metrics() if isinstance(row, dict)]
+        except UserError:
+            epochs = []
+        epochs = [e for e in epochs if isinstance(e, int)]
+        if epochs:
+            found.append((max(epochs) - 1, self.metrics_jsonl.name))
+        for stem in ("last", "best"):
+            epoch = _checkpoint_epoch(self.checkpoints / stem)
+            if epoch is not None:
+                found.append((epoch - 1, f"checkpoints/{stem}"))
+        best = max(found, default=None)
+        return best if best is not None and best[0] >= 1 else None
+
     # -- metrics ---------------------------------------------------------------------------
     def read_metrics(self) -> list[dict[str, Any]]:
         if not self.metrics_jsonl.exists():
@@ -175,3 +202,17 @@ class RunDir:
         from advmem.report.plots import plot_learning_curves
 
         plot_learning_curves(rows, self.curves_path, title=self.path.name)
+
+
+def _checkpoint_epoch(stem: Path) -> int | None:
+    """The epoch recorded with checkpoint `stem` (embedded or sidecar metadata); None if unreadable."""
+    from advmem.engine.checkpoint import embedded_meta
+
+    meta = embedded_meta(stem.with_suffix(".safetensors"))
+    if meta is None:
+        try:
+            meta = json.loads(stem.with_suffix(".json").read_text())
+        except (OSError, ValueError):
+            return None
+    epoch = meta.get("epoch") if isinstance(meta, dict) else None
+    return epoch if isinstance(epoch, int) and not isinstance(epoch, bool) else None

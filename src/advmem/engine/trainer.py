@@ -126,7 +126,7 @@ class Trainer:
         # perf: `self.model` (eager) is saved and evaluated; `self.step_model` (maybe compiled,
         # same parameters) runs the training step under autocast; `self.train_model` is the
         # step model wrapped for DDP (the outer loss only: attacks use the unwrapped module).
-        self.perf = resolve_perf(r.perf, self.device)
+        self.perf = resolve_perf(r.perf, self.device, self.model, log=self.log)
         self.step_model = self.perf.prepare_model(self.model)
         self.scaler = self.perf.grad_scaler()
         self.method = build_method(r.method, r.attack, num_train=len(b.train), num_classes=b.num_classes,
@@ -196,7 +196,14 @@ class Trainer:
 
     def _load_resume(self) -> None:
         if not self.run.resume_path.exists():
-            # killed before its first epoch ended: nothing to lose, so start again from epoch 1
+            committed = self.run.committed_epoch()
+            if committed is not None:  # resume.pt was lost or deleted: restarting would destroy results
+                epoch, source = committed
+                raise UserError(
+                    f"{self.run.resume_path} is missing but {source} shows epoch {epoch} completed; resuming would "
+                    f"train again from epoch 1 over those results, so nothing was changed; restore resume.pt from "
+                    f"a backup, or keep this run and train a new one: advmem train {self.run.recipe_path} --name NEW")
+            # killed before its first epoch was committed: nothing to lose, so start again from epoch 1
             self.log(f"advmem: {self.run.path} has no completed epoch yet; starting it again from epoch 1")
             return
         state = load_resume_state(self.run.resume_path)
