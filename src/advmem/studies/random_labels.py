@@ -14,7 +14,7 @@ complexity measures on the four final checkpoints (`advmem analyze grad-stabilit
     results.json, README.md   the numbers, and what they show
 
 The same markdown becomes the `random-labels-SCALE` section of REPRODUCTION.md (small and
-paper scales; tiny only with --reproduction PATH).
+paper scales, run inside the advmem checkout; tiny only with --reproduction PATH).
 
 Scales: tiny (synthetic data, seconds, for the tests), small (Fashion-MNIST subset, a CPU
 budget of about 45 minutes on 2 cores), paper (the CIFAR-10 recipes of the paper, for a GPU).
@@ -30,8 +30,10 @@ from typing import Any
 
 from advmem.engine.io import atomic_write_json, atomic_write_text
 from advmem.errors import UserError
+from advmem.studies.reproduction import reproduction_target, smoke_note, update_reproduction
 
 SECTION = "random-labels"
+REPRODUCTION_SCALES = frozenset({"small", "paper"})  # the scales whose results belong in REPRODUCTION.md
 METHODS = {"pgd_at": "PGD-AT", "trades": "TRADES"}
 LABELS = {"true": "true labels", "random": "random labels"}
 TRUE_LABEL_OVERRIDES = ["data.label_noise.kind=none", "data.label_noise.rate=0"]
@@ -284,6 +286,7 @@ def markdown(results: dict[str, Any]) -> str:
     lines = [
         f"## Random labels ({s['scale']} scale)",
         "",
+        *smoke_note(s["scale"]),
         f"Command: `{s['command']}` (generated {s['date']}, {s['wall_min']:.1f} min wall time for what "
         "this invocation ran; runs already complete are not retrained).",
         "",
@@ -397,7 +400,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE",
                         help="override a value in all four recipes (repeatable), e.g. --set optim.epochs=50")
     parser.add_argument("--reproduction", default=None,
-                        help="REPRODUCTION.md to update (default: the repository's, for small and paper scale)")
+                        help="REPRODUCTION.md to update (default: at scale small or paper, the REPRODUCTION.md "
+                             "of the advmem checkout holding the current directory; tiny never by default)")
     parser.add_argument("--no-reproduction", action="store_true", help="do not update REPRODUCTION.md")
 
 
@@ -406,6 +410,8 @@ def run(args) -> int:
     scale = args.scale
     cfg = SCALES[scale]
     recipes = build_recipes(scale, args.device, args.set)  # validates everything before writing
+    repro_path, repro_why = reproduction_target(scale, explicit=args.reproduction, disabled=args.no_reproduction,
+                                                default_scales=REPRODUCTION_SCALES)
     out = Path(args.out or f"studies/random-labels-{scale}")
     runs_dir = out / "runs"
     for recipe in recipes.values():  # refuse foreign run directories before training anything
@@ -447,12 +453,10 @@ def run(args) -> int:
     atomic_write_json(out / "results.json", results)
     text = markdown(results)
     atomic_write_text(out / "README.md", text)
-    write_repro = not args.no_reproduction and (scale != "tiny" or args.reproduction is not None)
-    if write_repro:
-        from advmem.studies.reproduction import update_reproduction
-
-        path = update_reproduction(f"{SECTION}-{scale}", text, args.reproduction)
-        log(f"updated {path}")
+    if repro_path is not None:
+        log(f"updated {update_reproduction(f'{SECTION}-{scale}', text, repro_path)}")
+    else:
+        log(repro_why)
     print(text)
     log(f"done in {(time.time() - t0) / 60:.1f} min; results in {out}")
     return 0

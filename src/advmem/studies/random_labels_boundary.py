@@ -11,7 +11,8 @@ weight-perturbation size for every run, and writes:
     boundary.png   natural train accuracy against the first grid key, both methods
     table.md/.csv, results.json, README.md
 
-The README becomes the `random-labels-boundary` section of REPRODUCTION.md. The attack step
+The README becomes the `random-labels-boundary` section of REPRODUCTION.md (small scale, run inside
+the advmem checkout, or --reproduction PATH). The attack step
 follows eps (eps/4, as in the study recipes) unless `--set attack.step_size=...` fixes it.
 Runs go `--parallel` at a time as `advmem train` subprocesses (sweep machinery).
 """
@@ -28,9 +29,11 @@ from typing import Any
 
 from advmem.engine.io import atomic_write_json, atomic_write_text
 from advmem.errors import RunFailure, UserError
+from advmem.studies.reproduction import reproduction_target, smoke_note, update_reproduction
 from advmem.studies import random_labels as rl
 
 SECTION = "random-labels-boundary"
+REPRODUCTION_SCALES = frozenset({"small"})  # the scales whose results belong in REPRODUCTION.md
 PROBE_ALPHA = 1e-2
 
 SCALES: dict[str, dict[str, Any]] = {
@@ -140,6 +143,7 @@ def markdown(results: dict[str, Any]) -> str:
         "## Random labels: where the findings hold (small scale)" if s["scale"] == "small"
         else f"## Random labels: where the findings hold ({s['scale']} scale)",
         "",
+        *smoke_note(s["scale"]),
         f"Command: `{s['command']}` (generated {s['date']}, {s['wall_min']:.1f} min wall time for what this "
         "invocation ran; runs already complete are not retrained).",
         "",
@@ -246,7 +250,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--no-probe", action="store_true", help="skip the gradient-stability probe")
     parser.add_argument("--out", default=None, help="output folder (default studies/random-labels-boundary-SCALE)")
     parser.add_argument("--reproduction", default=None,
-                        help="REPRODUCTION.md to update (default: the repository's, for small scale)")
+                        help="REPRODUCTION.md to update (default: at scale small, the REPRODUCTION.md of the "
+                             "advmem checkout holding the current directory; tiny never by default)")
     parser.add_argument("--no-reproduction", action="store_true", help="do not update REPRODUCTION.md")
 
 
@@ -265,6 +270,8 @@ def run(args) -> int:
     keys = list(grid)
     out = Path(args.out or f"studies/random-labels-boundary-{args.scale}")
     runs = plan(args.scale, grid, args.set, out)  # validates every recipe before anything is written
+    repro_path, repro_why = reproduction_target(args.scale, explicit=args.reproduction,
+                                                disabled=args.no_reproduction, default_scales=REPRODUCTION_SCALES)
     runs_dir = out / "runs"
     for r in runs:
         r.status = run_status(r, runs_dir)
@@ -314,10 +321,10 @@ def run(args) -> int:
     text = markdown(results)
     atomic_write_text(out / "table.md", text)
     atomic_write_text(out / "README.md", text)
-    if not args.no_reproduction and (args.scale != "tiny" or args.reproduction is not None):
-        from advmem.studies.reproduction import update_reproduction
-
-        log(f"updated {update_reproduction(SECTION, text, args.reproduction)}")
+    if repro_path is not None:
+        log(f"updated {update_reproduction(SECTION, text, repro_path)}")
+    else:
+        log(repro_why)
     print(text)
     log(f"done in {(time.time() - t0) / 60:.1f} min; results in {out}")
     return 0

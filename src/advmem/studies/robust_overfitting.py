@@ -29,8 +29,10 @@ import torch
 
 from advmem.engine.io import atomic_write_json, atomic_write_text
 from advmem.errors import UserError
+from advmem.studies.reproduction import reproduction_target, smoke_note, update_reproduction
 
 SECTION = "robust-overfitting"
+REPRODUCTION_SCALES = frozenset({"small", "paper"})  # the scales whose results belong in REPRODUCTION.md
 PAPER_DATASETS = ("cifar10", "cifar100", "svhn")
 
 
@@ -368,6 +370,7 @@ def markdown(results: dict[str, Any]) -> str:
     out = [
         f"## Robust overfitting and temporal ensembling (`advmem study robust-overfitting --scale {s['scale']}`)",
         "",
+        *smoke_note(s["scale"]),
         f"Command: `{s.get('command', 'advmem study robust-overfitting --scale ' + s['scale'])}`.",
         "",
         f"Settings: {s['summary']}. Best = highest validation robust accuracy (early stopping); last = final epoch. "
@@ -468,7 +471,8 @@ def add_arguments(parser) -> None:
                         help="override a value in every run (repeatable), e.g. --set data.label_noise.kind=symmetric "
                              "--set data.label_noise.rate=0.2 (not name or method.*: use --methods)")
     parser.add_argument("--reproduction", default=None,
-                        help="REPRODUCTION.md to update (default: the repository's); see --no-reproduction")
+                        help="REPRODUCTION.md to update (default: at scale small or paper, the REPRODUCTION.md "
+                             "of the advmem checkout holding the current directory; tiny never by default)")
     parser.add_argument("--no-reproduction", action="store_true", help="do not update REPRODUCTION.md")
 
 
@@ -497,6 +501,8 @@ def run(args) -> int:
         raise UserError("--set name / method.*: the study names its runs and sets their methods (TE's ramp is "
                         "the scale's); use --methods to choose methods")
     recipes = [(spec, build_recipe(scale, spec, args.device, sets)) for spec in specs]  # validates before writing
+    repro_path, repro_why = reproduction_target(scale, explicit=args.reproduction, disabled=args.no_reproduction,
+                                                default_scales=REPRODUCTION_SCALES)
     out = Path(args.out or f"studies/robust-overfitting-{scale}")
     runs_dir = out / "runs"
     from advmem.engine.rundir import RunDir
@@ -551,12 +557,10 @@ def run(args) -> int:
     text = markdown(results)
     atomic_write_text(out / "table.md", text)
     atomic_write_text(out / "README.md", text)
-    if not args.no_reproduction:
-        from advmem.studies import reproduction
-
-        path = reproduction.update_reproduction(SECTION, text, args.reproduction) if args.reproduction \
-            else reproduction.update_reproduction(SECTION, text)
-        log(f"updated {path}")
+    if repro_path is not None:
+        log(f"updated {update_reproduction(SECTION, text, repro_path)}")
+    else:
+        log(repro_why)
     print(text)
     log(f"done in {(time.time() - t0) / 60:.1f} min; results in {out}")
     return 0
