@@ -9,6 +9,7 @@ JSON, and the resume state is loaded with `weights_only=True`.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +20,27 @@ from safetensors.torch import load_file, save
 
 from advmem import __version__
 from advmem.engine.io import atomic_write_bytes, atomic_write_json
-from advmem.errors import UserError
+from advmem.errors import RunFailure, UserError
 
 FORMAT = "advmem-checkpoint/1"
+
+
+def json_safe(value: Any) -> Any:
+    """`value` with every non-finite float replaced by None: JSON has no NaN or Infinity."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
+
+
+def check_finite(state: dict[str, torch.Tensor], what: str) -> None:
+    """Raise RunFailure if a floating-point tensor of `state` holds inf or NaN (never saved)."""
+    for name, tensor in state.items():
+        if isinstance(tensor, torch.Tensor) and tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise RunFailure(f"{what}: {name} is non-finite; refusing to save it (the previous file is kept)")
 
 
 def save_checkpoint(stem: str | Path, model: torch.nn.Module, meta: dict[str, Any]) -> Path:
@@ -32,8 +51,9 @@ def save_checkpoint(stem: str | Path, model: torch.nn.Module, meta: dict[str, An
     missing or one save behind, and readers then use the embedded copy."""
     stem = Path(stem)
     state = {k: v.detach().contiguous().cpu().clone() for k, v in model.state_dict().items()}
-    full = json.loads(json.dumps({"format": FORMAT, "advmem_version": __version__, **meta}, default=str))
     weights = stem.with_suffix(".safetensors")
+    check_finite(state, str(weights))
+    full = json_safe(json.loads(json.dumps({"format": FORMAT, "advmem_version": __version__, **meta}, default=str)))
     atomic_write_bytes(weights, save(state, metadata={"advmem": json.dumps(full)}))
     atomic_write_json(stem.with_suffix(".json"), full)
     return weights
@@ -132,6 +152,8 @@ def build_from_checkpoint(path: str | Path, device: torch.device | str = "cpu") 
 def save_resume_state(path: str | Path, state: dict[str, Any]) -> None:
     import io
 
+    if isinstance(state.get("model"), dict):
+        check_finite(state["model"], str(path))
     buffer = io.BytesIO()
     torch.save(state, buffer)
     atomic_write_bytes(path, buffer.getvalue())

@@ -161,6 +161,9 @@ class RunDir:
         return rows
 
     def write_metrics(self, rows: list[dict[str, Any]]) -> None:
+        from advmem.engine.checkpoint import json_safe
+
+        rows = json_safe(rows)  # a NaN loss is written as null (JSON has no NaN)
         atomic_write_text(self.metrics_jsonl, "".join(json.dumps(row) + "\n" for row in rows))
         fields: list[str] = []
         for row in rows:
@@ -195,7 +198,9 @@ class RunDir:
             "advmem_version": __version__,
             "recipe_hash": recipe.hash(),
         }
-        atomic_write_json(self.summary_path, summary)
+        from advmem.engine.checkpoint import json_safe
+
+        atomic_write_json(self.summary_path, json_safe(summary))
         return summary
 
     def plot_curves(self, rows: list[dict[str, Any]]) -> None:

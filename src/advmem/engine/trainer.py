@@ -291,8 +291,9 @@ class Trainer:
             counts = torch.tensor([n_batches, n_images], dtype=torch.float64, device=dev)  # NCCL: device tensors only
             n_batches, n_images = (int(v) for v in self.comm.all_reduce(counts).tolist())
         if n_batches == 0:
-            raise RunFailure(f"epoch {epoch}: every batch had a non-finite loss or gradient and was skipped; "
-                             "lower optim.lr or check the data")
+            raise EpochFailure(f"epoch {epoch}: every batch had a non-finite loss or gradient and was skipped",
+                               {"reason": "non-finite", "quantity": "every batch", "epoch": epoch, "step": None,
+                                "skipped_batches": skipped})
         values = [v / n_batches for v in totals[:3]]
         assert total >= n_batches // world
         row = {"lr": lr, "train_loss": values[0], "train_batch_acc": values[1], "grad_norm_sq": values[2],
@@ -346,6 +347,11 @@ class Trainer:
         The attack runs on the unwrapped (maybe compiled) step model; the outer loss on the
         DDP-wrapped one, so gradients are all-reduced but attack passes fire no DDP hooks."""
         model, method, opt, perf = self.step_model, self.method, self.optimizer, self.perf
+        # skip_batch: a skipped batch must leave the model as it was, its buffers included (a
+        # BatchNorm forward on a diverging batch writes inf/NaN running statistics). The copy is
+        # made only on this path, so the default path does no extra work.
+        saved_buffers = ([b.detach().clone() for b in self.model.buffers()]
+                         if self.recipe.reliability.on_nonfinite == "skip_batch" else None)
         if perf.channels_last:
             batch = batch._replace(x=perf.prepare_input(batch.x))
         with perf.autocast():
@@ -364,6 +370,10 @@ class Trainer:
         # lowers the scale), so only the loss counts as divergence there.
         checked_grad = torch.zeros_like(grad_sq) if self.scaler.is_enabled() else grad_sq
         skip, stop = self._check_step(epoch, step, loss, checked_grad)
+        if skip and saved_buffers is not None:
+            with torch.no_grad():
+                for buffer, saved in zip(self.model.buffers(), saved_buffers):
+                    buffer.copy_(saved)
         method.before_step(model)  # also on a skipped step: AWP must restore the weights
         if not skip:
             self.scaler.step(opt)  # plain opt.step() unless fp16
@@ -440,16 +450,18 @@ class Trainer:
         try:
             return self._fit()
         except NonFinite as err:
-            last_good = self.start_epoch - 1 if not self.rows else self.rows[-1]["epoch"]
-            if self.comm.is_main:
-                atomic_write_json(self.run.path / "failure.json", {
-                    "reason": "non-finite", "quantity": err.quantity, "epoch": err.epoch, "step": err.step,
-                    "on_nonfinite": self.recipe.reliability.on_nonfinite, "last_good_epoch": last_good,
-                    "advmem_version": __version__})
+            last_good = self._write_failure({"reason": "non-finite", "quantity": err.quantity, "epoch": err.epoch,
+                                             "step": err.step})
             kept = (f"the last good state (epoch {last_good}) is kept in checkpoints/last and resume.pt"
                     if last_good > 0 else "no epoch had completed")
             raise RunFailure(f"{err}; stopped (reliability.on_nonfinite: stop) and wrote {self.run.path / 'failure.json'}; "
                              f"{kept}; lower optim.lr, or resume with --set reliability.on_nonfinite=skip_batch") from None
+        except EpochFailure as err:
+            last_good = self._write_failure(err.record)
+            kept = (f"the last good state (epoch {last_good}) is kept in checkpoints/last and resume.pt"
+                    if last_good > 0 else "no epoch had completed")
+            raise RunFailure(f"{err}; nothing of that epoch was saved; wrote {self.run.path / 'failure.json'}; "
+                             f"{kept}; lower optim.lr or check the data") from None
         except _StopRequested as err:
             signum = self.stop.signum if self.stop and self.stop.signum else 15
             done = self.start_epoch - 1 if not self.rows else self.rows[-1]["epoch"]
@@ -457,6 +469,29 @@ class Trainer:
                      if err.step else f"after epoch {done}")
             raise Interrupted(f"stopped {where}; the run is consistent at epoch {done}; "
                               f"continue with: advmem train --resume {self.run.path}", signum) from None
+
+    def _write_failure(self, record: dict[str, Any]) -> int:
+        """Write failure.json (rank 0) and return the last good (committed) epoch."""
+        last_good = self.start_epoch - 1 if not self.rows else self.rows[-1]["epoch"]
+        if self.comm.is_main:
+            atomic_write_json(self.run.path / "failure.json", {
+                **record, "on_nonfinite": self.recipe.reliability.on_nonfinite, "last_good_epoch": last_good,
+                "advmem_version": __version__})
+        return last_good
+
+    def _check_finite_state(self, epoch: int) -> None:
+        """Refuse to save a model with a non-finite parameter or buffer (one device read per epoch;
+        under DDP every rank agrees, so none waits in a collective the others skip)."""
+        tensors = [(k, v) for k, v in self.model.state_dict().items() if v.is_floating_point()]
+        if not tensors:
+            return
+        bad = torch.stack([~torch.isfinite(v).all() for _, v in tensors]).float()
+        flags = self.comm.all_reduce(bad.clone(), op="max") if self.comm.enabled else bad
+        flags = flags.tolist()
+        if max(flags) > 0:
+            name = tensors[flags.index(max(flags))][0]
+            raise EpochFailure(f"epoch {epoch}: the model's {name} is non-finite after training",
+                               {"reason": "non-finite-state", "tensor": name, "epoch": epoch, "step": None})
 
     def _fit(self) -> dict[str, Any]:
         r = self.recipe
@@ -484,6 +519,7 @@ class Trainer:
             if self.comm.enabled:
                 row["world_size"] = self.comm.world_size
             row["epoch_time"] = time.perf_counter() - t0
+            self._check_finite_state(epoch)  # before anything of this epoch is saved
             self.rows.append(row)
             if main and self._is_better(row):
                 self.best = {"epoch": epoch, "split": split, "rob_acc": row[f"{split}_rob_acc"],
@@ -517,6 +553,15 @@ def _plain(value: Any) -> Any:
     if hasattr(value, "item"):
         return value.item()
     return str(value)
+
+
+class EpochFailure(RunFailure):
+    """An epoch that must not be saved (every batch skipped, a non-finite weight or buffer); `record`
+    goes to failure.json."""
+
+    def __init__(self, message: str, record: dict[str, Any]) -> None:
+        super().__init__(message)
+        self.record = record
 
 
 class _StopRequested(Exception):
