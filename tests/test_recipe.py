@@ -78,6 +78,18 @@ def test_recipe_hash_ignores_name_but_not_settings():
     assert a.hash() == b.hash() != c.hash()
 
 
+def test_recipe_hash_ignores_resume_settable_keys_given_or_not():
+    """Setting a resume-settable key must not leave an empty section in the hashed data."""
+    base = recipe_from_dict({"name": "a"})
+    for extra in ({"reliability": {"on_nonfinite": "skip_batch"}}, {"distributed": {"backend": "gloo"}},
+                  {"distributed": {"timeout_s": 100}}, {"reliability": {"on_nonfinite": "stop"}},
+                  {"reliability": {"on_nonfinite": "skip_batch"}, "distributed": {"backend": "gloo", "timeout_s": 100}}):
+        assert recipe_from_dict({"name": "a", **extra}).hash() == base.hash(), extra
+    # keys of those sections that do change what is computed still count
+    assert recipe_from_dict({"name": "a", "distributed": {"sync_bn": True, "backend": "gloo"}}).hash() != base.hash()
+    assert recipe_from_dict({"name": "a", "reliability": {"check_every": 5}}).hash() != base.hash()
+
+
 def test_paper_recipes_match_the_paper_settings():
     recipes = shipped_recipes()
     for key in ("paper/cifar10-random-labels-pgd-at", "paper/cifar10-random-labels-trades"):

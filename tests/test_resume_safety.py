@@ -68,3 +68,77 @@ def test_files_of_an_uncommitted_first_epoch_do_not_block_a_restart(tmp_path, ca
     assert main(["train", "--resume", str(run), "--quiet"]) == 0
     assert "starting it again from epoch 1" in capsys.readouterr().err
     assert epochs_of(run) == [1] and (run / "resume.pt").is_file()
+
+
+class StopAfter:
+    """A crash in the middle of epoch `epoch` (after the previous one was committed)."""
+
+    def __init__(self, epoch):
+        self.epoch = epoch
+
+    def on_epoch_end(self, trainer, epoch, row):
+        if epoch == self.epoch:
+            raise KeyboardInterrupt
+
+
+def interrupted_run(tmp_path, **extra) -> Path:
+    """A 3-epoch run killed during epoch 2: epoch 1 committed."""
+    with pytest.raises(KeyboardInterrupt):
+        train(recipe_from_dict(recipe_dict(tmp_path, **extra)), quiet=True, callbacks=[StopAfter(2)])
+    return tmp_path / "inc"
+
+
+@pytest.mark.parametrize("setting", ["reliability.on_nonfinite=skip_batch", "distributed.backend=gloo",
+                                     "distributed.timeout_s=100"])
+def test_documented_recovery_is_accepted_on_resume(tmp_path, setting, capsys):
+    run = interrupted_run(tmp_path)
+    assert main(["train", "--resume", str(run), "--set", setting, "--quiet"]) == 0, capsys.readouterr().err
+    assert epochs_of(run) == [1, 2, 3]
+
+
+def legacy_hash(recipe) -> str:
+    """Recipe.hash() as advmem computed it before this fix: an emptied section stayed in the data."""
+    import hashlib
+
+    from advmem.recipe import RESUME_SETTABLE
+
+    body = recipe.model_dump(mode="json", exclude_defaults=True)
+    for key in ("name", "description", "output_root", "launcher"):
+        body.pop(key, None)
+    for dotted in RESUME_SETTABLE:
+        section, key = dotted.split(".")
+        body.get(section, {}).pop(key, None)
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
+
+
+@pytest.mark.parametrize("extra, resume_set", [
+    ({}, []),                                                               # hash unchanged by the fix
+    ({"reliability": {"on_nonfinite": "skip_batch"}}, []),                  # old hash had `reliability: {}`
+    ({"reliability": {"on_nonfinite": "skip_batch"}}, ["reliability.on_nonfinite=stop"]),
+    ({"distributed": {"timeout_s": 100}}, ["reliability.on_nonfinite=skip_batch"]),
+])
+def test_run_directories_written_with_the_old_hash_still_resume(tmp_path, extra, resume_set, capsys):
+    run = interrupted_run(tmp_path, **extra)
+    from advmem.engine.checkpoint import load_resume_state, save_resume_state
+    from advmem.engine.rundir import RunDir
+
+    state = load_resume_state(run / "resume.pt")
+    old = legacy_hash(RunDir(run).load_recipe())
+    if not extra:
+        assert old == state["recipe_hash"]
+    else:
+        assert old != state["recipe_hash"]  # the fix changed this recipe's hash
+    state["recipe_hash"] = old
+    save_resume_state(run / "resume.pt", state)
+    args = [a for s in resume_set for a in ("--set", s)]
+    assert main(["train", "--resume", str(run), *args, "--quiet"]) == 0, capsys.readouterr().err
+    assert epochs_of(run) == [1, 2, 3]
+
+
+def test_an_edited_recipe_is_still_refused(tmp_path, capsys):
+    run = interrupted_run(tmp_path)
+    data = yaml.safe_load((run / "recipe.yaml").read_text())
+    data["optim"]["lr"] = 0.01
+    (run / "recipe.yaml").write_text(yaml.safe_dump(data))
+    assert main(["train", "--resume", str(run), "--set", "reliability.on_nonfinite=skip_batch", "--quiet"]) == 2
+    assert "recipe.yaml differs" in capsys.readouterr().err

@@ -309,17 +309,25 @@ class Recipe(Section):
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
-    def hash(self) -> str:
+    def hash(self, *, keep_empty: tuple[str, ...] = ()) -> str:
         """Hash of everything that changes what is computed (not the name or description).
 
         Keys left at their defaults are excluded, so a later advmem version that adds a section
-        with behaviour-preserving defaults does not orphan existing runs' resume states."""
+        with behaviour-preserving defaults does not orphan existing runs' resume states. So are
+        the RESUME_SETTABLE keys, and a section they leave empty, so the hash is the same whether
+        or not they are given. `keep_empty` names sections to hash as `{}` when so left, as advmem
+        did before that fix for a recipe that set them: only to recognise the resume states of
+        run directories written then (`engine.trainer.recipe_hash_matches`)."""
         body = self.model_dump(mode="json", exclude_defaults=True)
         for key in ("name", "description", "output_root", "launcher"):
             body.pop(key, None)
         for dotted in RESUME_SETTABLE:
             section, key = dotted.split(".")
             body.get(section, {}).pop(key, None)
+            if section in body and not body[section]:
+                del body[section]
+        for section in keep_empty:
+            body.setdefault(section, {})
         return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
 
 

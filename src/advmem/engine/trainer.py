@@ -207,7 +207,7 @@ class Trainer:
             self.log(f"advmem: {self.run.path} has no completed epoch yet; starting it again from epoch 1")
             return
         state = load_resume_state(self.run.resume_path)
-        if state.get("recipe_hash") != self.recipe.hash():
+        if not recipe_hash_matches(self.recipe, state.get("recipe_hash")):
             raise UserError(f"{self.run.path}: recipe.yaml differs from the one the resume state was written with; "
                             "start a new run instead of resuming")
         try:
@@ -541,6 +541,19 @@ class Trainer:
         summary = self.run.write_summary(self.rows, self.best, self.recipe)
         self.run.plot_curves(self.rows)
         return summary
+
+
+def recipe_hash_matches(recipe: Recipe, stored: Any) -> bool:
+    """Whether `stored` (a resume state's recipe_hash) is this recipe's hash, as computed now or as
+    advmem computed it before resume-settable keys stopped leaving an empty section in the hashed
+    data (one variant per subset of the sections those keys live in: they may have been set then)."""
+    from itertools import combinations
+
+    from advmem.recipe import RESUME_SETTABLE
+
+    sections = sorted({dotted.split(".")[0] for dotted in RESUME_SETTABLE})
+    subsets = [c for n in range(len(sections) + 1) for c in combinations(sections, n)]
+    return isinstance(stored, str) and any(stored == recipe.hash(keep_empty=c) for c in subsets)
 
 
 def callback_key(callback: Any) -> str:
