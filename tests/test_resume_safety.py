@@ -142,3 +142,22 @@ def test_an_edited_recipe_is_still_refused(tmp_path, capsys):
     (run / "recipe.yaml").write_text(yaml.safe_dump(data))
     assert main(["train", "--resume", str(run), "--set", "reliability.on_nonfinite=skip_batch", "--quiet"]) == 2
     assert "recipe.yaml differs" in capsys.readouterr().err
+
+
+def test_a_copied_run_trains_in_the_copy_and_a_moved_run_resumes(tmp_path, capsys):
+    import shutil
+
+    run = interrupted_run(tmp_path)
+    fork = tmp_path / "elsewhere" / "fork"
+    shutil.copytree(run, fork, symlinks=True)
+    original = tree_snapshot(run)
+    assert main(["train", "--resume", str(fork), "--quiet"]) == 0, capsys.readouterr().err
+    assert tree_snapshot(run) == original  # the original is untouched
+    assert epochs_of(fork) == [1, 2, 3] and not (fork / ".lock").exists()
+    assert json.loads((fork / "summary.json").read_text())["run"] == "fork"
+    moved = tmp_path / "moved"
+    run.rename(moved)
+    assert main(["train", "--resume", str(moved), "--quiet"]) == 0, capsys.readouterr().err
+    assert epochs_of(moved) == [1, 2, 3] and not run.exists()
+    a, b = load_file(str(fork / "checkpoints" / "last.safetensors")), load_file(str(moved / "checkpoints" / "last.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

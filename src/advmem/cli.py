@@ -67,7 +67,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                             "(start a new run for other changes)")
         run.check_start(resume=True, overwrite=False)
         recipe = run.load_recipe(list(args.set or []))
-        run_dir, summary = train(recipe, run_root=run.path.parent, resume=True, quiet=args.quiet)
+        run_dir, summary = train(recipe, run_path=run.path, resume=True, quiet=args.quiet)  # in DIR, even if copied or moved
     else:
         if args.recipe is None:
             raise UserError("advmem train: a recipe is required, e.g. 'advmem train recipes/quickstart.yaml' "

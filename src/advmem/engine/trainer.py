@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import sys
 import time
 from dataclasses import dataclass, field
@@ -594,13 +595,22 @@ def format_row(row: dict[str, Any]) -> str:
 
 
 def train(recipe: Recipe, *, run_root: Path | None = None, resume: bool = False, overwrite: bool = False,
-          quiet: bool = False, callbacks: list[Any] | None = None) -> tuple[RunDir, dict[str, Any]]:
+          quiet: bool = False, callbacks: list[Any] | None = None,
+          run_path: Path | None = None) -> tuple[RunDir, dict[str, Any]]:
     """Validate, set up, then (only then) lock and create the run directory and train.
 
-    Under torchrun every rank runs this; rank 0 alone locks and writes the run directory.
-    SIGTERM/SIGINT stop after the current step (Interrupted); a lost DDP peer is a RunFailure.
+    The run directory is `run_path` if given (`--resume DIR`: a copied or moved run trains in
+    DIR, whatever name and output_root its recipe.yaml records), else run_root (default the
+    recipe's output_root) / name. Under torchrun every rank runs this; rank 0 alone locks and
+    writes the run directory. SIGTERM/SIGINT stop after the current step (Interrupted); a lost
+    DDP peer is a RunFailure.
     """
-    run = RunDir(Path(run_root or recipe.output_root) / recipe.name)
+    if run_path is not None:
+        run = RunDir(Path(run_path))
+        if run.path.name != recipe.name and re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", run.path.name):
+            recipe = recipe.model_copy(update={"name": run.path.name})  # the name sidecars and summary record
+    else:
+        run = RunDir(Path(run_root or recipe.output_root) / recipe.name)
     comm = distributed.init_distributed(recipe, run_path=str(run.path))
     completed = False
     try:
