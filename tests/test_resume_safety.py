@@ -161,3 +161,70 @@ def test_a_copied_run_trains_in_the_copy_and_a_moved_run_resumes(tmp_path, capsy
     assert epochs_of(moved) == [1, 2, 3] and not run.exists()
     a, b = load_file(str(fork / "checkpoints" / "last.safetensors")), load_file(str(moved / "checkpoints" / "last.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("damage", ["truncate_line", "drop_rows", "garbage"])
+def test_resuming_a_finished_run_repairs_damaged_metrics(tmp_path, damage, capsys):
+    train(recipe_from_dict(recipe_dict(tmp_path)), quiet=True)
+    run = tmp_path / "inc"
+    good_jsonl, good_csv = (run / "metrics.jsonl").read_text(), (run / "metrics.csv").read_text()
+    text = {"truncate_line": good_jsonl[: len(good_jsonl) // 2], "drop_rows": good_jsonl.splitlines(True)[0],
+            "garbage": good_jsonl + "\x00\x01 not json\n"}[damage]
+    (run / "metrics.jsonl").write_text(text)
+    assert main(["train", "--resume", str(run), "--quiet"]) == 0
+    err = capsys.readouterr().err
+    assert "metrics.jsonl" in err and "rewrote metrics.jsonl and metrics.csv from resume.pt" in err
+    assert (run / "metrics.jsonl").read_text() == good_jsonl and (run / "metrics.csv").read_text() == good_csv
+
+
+def test_a_plain_resume_rewrites_no_metrics(tmp_path, capsys):
+    run = interrupted_run(tmp_path)
+    assert main(["train", "--resume", str(run), "--quiet"]) == 0
+    assert "rewrote" not in capsys.readouterr().err
+
+
+def skeleton(tmp_path) -> Path:
+    """What a kill between `mkdir` and the run.json write leaves: checkpoints/ and a stale .lock."""
+    run = tmp_path / "inc"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / ".lock").write_text(json.dumps({"pid": 2**22 + 12345, "hostname": __import__("socket").gethostname(),
+                                           "start_time": None}))
+    (run / ".run.json.abc123.tmp").write_text("{")
+    return run
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_a_directory_killed_while_being_created_can_be_started_again(tmp_path, overwrite, capsys):
+    run = skeleton(tmp_path)
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump(recipe_dict(tmp_path, epochs=1)))
+    assert main(["train", str(recipe), "--quiet"] + ["--overwrite"] * overwrite) == 0, capsys.readouterr().err
+    assert epochs_of(run) == [1] and not list(run.rglob("*.tmp"))
+
+
+def test_resume_of_a_directory_killed_while_being_created_says_what_to_do(tmp_path, capsys):
+    run = skeleton(tmp_path)
+    before = tree_snapshot(run)
+    assert main(["train", "--resume", str(run), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "holds no run yet" in err and "advmem train RECIPE" in err
+    assert tree_snapshot(run) == before
+
+
+@pytest.mark.parametrize("content", ["null", "[1, 2]", "42", '"x"', '{"pid": 5}', "dir"])
+def test_a_foreign_lock_gives_one_line_not_a_retry_loop(tmp_path, content, capsys):
+    run = interrupted_run(tmp_path)
+    lock = run / ".lock"
+    if content == "dir":
+        lock.mkdir()
+    else:
+        lock.write_text(content)
+    code = main(["train", "--resume", str(run), "--quiet"])
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    if content == "dir":
+        assert code == 2 and err.count("\n") == 1 and "is a directory, not advmem's lock file" in err
+        assert lock.is_dir() and epochs_of(run) == [1]
+    else:  # not an advmem lock: stale, taken over with a message, and the run continues
+        assert code == 0 and "taking over the stale lock" in err and "an unreadable lock file" in err
+        assert epochs_of(run) == [1, 2, 3] and not lock.exists()

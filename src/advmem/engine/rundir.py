@@ -47,6 +47,24 @@ class RunDir:
     def is_run(self) -> bool:
         return self.recipe_path.is_file()
 
+    def is_skeleton(self) -> bool:
+        """Only what `prepare` creates before run.json: an empty checkpoints/, the lock, temporaries
+        (a run killed while its directory was being created). Holds nothing to lose."""
+        if not self.path.is_dir():
+            return False
+
+        def debris(child: Path) -> bool:
+            return child.name == LOCK_NAME or (child.name.startswith(".") and child.name.endswith(".tmp"))
+
+        for child in self.path.iterdir():
+            if debris(child):
+                continue
+            if child.name != "checkpoints" or child.is_symlink() or not child.is_dir():
+                return False
+            if any(not debris(c) for c in child.iterdir()):
+                return False
+        return True
+
     def finished(self, epochs: int) -> bool:
         """Trained to its last epoch: a summary was written and the metrics end at `epochs`."""
         if not self.summary_path.exists():
@@ -61,6 +79,9 @@ class RunDir:
         if not self.path.is_dir():
             raise UserError(f"{self.path}: is a file, not a run directory; pass the run's directory")
         if not self.is_run():
+            if self.is_skeleton():
+                raise UserError(f"{self.path}: holds no run yet (killed while its directory was being created); "
+                                "start the run again from its recipe (advmem train RECIPE), which reuses this directory")
             raise UserError(f"{self.path}: not an advmem run directory (no recipe.yaml); check the path")
         if self.format_path.exists():
             try:
@@ -79,8 +100,9 @@ class RunDir:
             return
         if self.path.exists() and not self.path.is_dir():
             raise UserError(f"{self.path} is a file; pick another run name with --name")
-        if self.path.exists() and not any(c.name != LOCK_NAME for c in self.path.iterdir()):
-            check_unlocked(self.path)  # only a lock: a live writer, or a stale lock of a run killed at its start
+        if self.is_skeleton():
+            # only a lock and an empty checkpoints/: a live writer, or a run killed at its start
+            check_unlocked(self.path)
         elif self.path.exists():
             if not overwrite:
                 raise UserError(f"run directory {self.path} exists; pass --resume {self.path} to continue it, "

@@ -56,12 +56,19 @@ def _pid_alive(pid: int, start_time: str | None) -> bool:
 
 
 def read_lock(path: Path) -> dict[str, Any] | None:
+    """None: no lock. {}: empty or half-written (a holder between creating and writing it, or
+    debris). {"corrupt": True}: complete but not advmem's lock (e.g. `null`, `[1, 2]`): stale."""
+    if path.is_dir():
+        raise UserError(f"{path} is a directory, not advmem's lock file; remove it (rm -r '{path}') and retry")
     try:
-        return json.loads(path.read_text())
+        info = json.loads(path.read_text())
     except FileNotFoundError:
         return None
     except (OSError, ValueError):
         return {}  # unreadable or half-written: treated as stale below
+    if not isinstance(info, dict) or "pid" not in info or "hostname" not in info:
+        return {"corrupt": True}
+    return info
 
 
 def lock_holder(run_path: Path) -> dict[str, Any] | None:
@@ -76,6 +83,8 @@ def lock_holder(run_path: Path) -> dict[str, Any] | None:
         except OSError:
             return None
         return {"pid": "?", "hostname": socket.gethostname()} if young else None
+    if info.get("corrupt"):
+        return None
     if info.get("hostname") != socket.gethostname():
         return info  # cannot check a process on another host: assume it is alive
     pid = info.get("pid")
@@ -130,7 +139,7 @@ class RunLock:
                 holder = lock_holder(self.path.parent)
                 if holder is not None:
                     raise _busy_error(self.path.parent, holder) from None
-                what = _describe(info) if info else "an unreadable lock file"
+                what = _describe(info) if info and not info.get("corrupt") else "an unreadable lock file"
                 self.log(f"advmem: taking over the stale lock of {self.path.parent} (left by {what}, no longer running)")
                 try:
                     os.unlink(self.path)

@@ -147,6 +147,7 @@ class Trainer:
         self.start_epoch = 1
         self.rows: list[dict[str, Any]] = []
         self.best: dict[str, Any] | None = None
+        self._metrics_mismatch: str | None = None
         if resume:
             self._load_resume()
         from advmem.track.callbacks import recipe_callbacks
@@ -238,7 +239,32 @@ class Trainer:
         rows = state.get("rows")
         if rows is None:  # written before resume states carried their rows
             rows = self.run.read_metrics()
-        self.rows = [row for row in rows if row["epoch"] < self.start_epoch]
+        try:
+            self.rows = [row for row in rows if row["epoch"] < self.start_epoch]
+        except (KeyError, TypeError):
+            raise UserError(f"{self.run.resume_path}: its metrics rows lack 'epoch' (edited or not advmem's); "
+                            "restore it or start again with --overwrite") from None
+        self._metrics_mismatch = self._metrics_disagree(rows is state.get("rows"))
+
+    def _metrics_disagree(self, from_state: bool) -> str | None:
+        """Why metrics.jsonl no longer matches the committed rows of resume.pt (truncated, edited,
+        corrupt), or None. Rows of a later, uncommitted epoch are normal (a kill after the metrics
+        write) and are rewritten by the resumed run."""
+        if not from_state:
+            return None
+        from advmem.engine.checkpoint import json_safe
+
+        try:
+            disk = self.run.read_metrics()
+        except UserError:
+            return "is not valid JSON"
+        committed = [row for row in disk if not (isinstance(row, dict) and isinstance(row.get("epoch"), int)
+                                                 and row["epoch"] >= self.start_epoch)]
+        if json.dumps(json_safe(committed), sort_keys=True) == json.dumps(json_safe(self.rows), sort_keys=True,
+                                                                          default=_plain):
+            return None
+        epochs = [row.get("epoch") if isinstance(row, dict) else None for row in committed]
+        return f"has epochs {epochs} where resume.pt has {[row['epoch'] for row in self.rows]}"
 
     # -- the loop ------------------------------------------------------------------------
     def train_epoch(self, epoch: int) -> dict[str, float]:
@@ -503,6 +529,10 @@ class Trainer:
                     callback.on_fit_start(self)
         if self.start_epoch == 1 and main:
             save_checkpoint(self.run.checkpoints / "init", self.model, self._checkpoint_meta(0, {}))
+        if main and self._metrics_mismatch:
+            self.log(f"advmem: {self.run.metrics_jsonl} {self._metrics_mismatch}; rewrote metrics.jsonl and "
+                     "metrics.csv from resume.pt")
+            self.run.write_metrics(self.rows)
         split = "val" if self.bundle.val is not None and len(self.bundle.val) > 0 else "test"
         for epoch in range(self.start_epoch, r.optim.epochs + 1):
             t0 = time.perf_counter()
