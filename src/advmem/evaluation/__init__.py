@@ -4,7 +4,7 @@
 - `autoattack.py`  AutoAttack via pyautoattack (standard and lite), resumable per component
 - `checks.py`      sanity flags (gradient masking and friends)
 - `loading.py`     safe loading of advmem and external PyTorch checkpoints
-- `runner.py`      per-sample worst case, resume state, eval.json / flags.npz / AA log
+- `runner.py`      per-sample worst case, accumulated results, resume state, eval.json / flags.npz / AA log
 - `cli.py`         the command's arguments and terminal table
 """
 

@@ -15,7 +15,7 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--attack", action="append", default=None,
                    help="clean, fgsm, pgd, pgd-cw, autoattack (version standard), autoattack-lite "
                         "(APGD-CE + APGD-T) (repeatable; default clean+pgd). Robust accuracy is the "
-                        "per-sample worst case over all of them")
+                        "per-sample worst case over all of them and over the earlier evaluations of the same points")
     p.add_argument("--checkpoint", dest="which", choices=["both", "best", "last"], default="both",
                    help="which checkpoints of a run (default both)")
     p.add_argument("--split", choices=["test", "val", "train"], default="test")
@@ -30,6 +30,9 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
                    help="skip the sanity checks (gradient masking flags)")
     p.add_argument("--n-check", type=int, default=64, help="points used by the sanity checks (default 64)")
     p.add_argument("--out-dir", default=None, help="write results here instead of next to the checkpoint")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the earlier results of a checkpoint instead of adding to them (by default a new "
+                        "evaluation of the same points adds its attacks and the worst case covers all of them)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     g = p.add_argument_group("external checkpoints (.pt/.pth)")
     g.add_argument("--arch", default=None, help="architecture name (see docs/models.md), e.g. resnet18")
@@ -66,7 +69,7 @@ def run_eval(args: argparse.Namespace) -> int:
                               batch_size=args.batch_size, steps=args.steps, restarts=args.restarts, eps=args.eps,
                               seed=args.seed, device=args.device, quiet=args.quiet, step_size=args.step_size,
                               checks=args.checks, n_check=args.n_check, which=args.which, out_dir=args.out_dir,
-                              external=external_options(args))
+                              external=external_options(args), overwrite=args.overwrite)
     print(format_table(results))
     return 0
 

@@ -13,6 +13,14 @@ checkpoint `<dir>/<stem>.safetensors` (or an external `<stem>.pt`) the outputs a
 
 Resume: rerunning the same command after an interruption skips the attacks (and AutoAttack
 components) already completed, as long as the settings and checkpoint are unchanged.
+
+Accumulation: eval.json keeps one record per (attack, its settings) evaluated on the same
+points (`points`: the weights' digest, split, n_examples, seed, eps, threat model). A later
+evaluation of the same points adds its attacks (an attack already recorded with the same
+settings is kept, not rerun), and the worst case, the flags file and the AutoAttack log are
+rebuilt over every record. `--overwrite`, or an evaluation of different points (or of a
+rewritten checkpoint), replaces the earlier records, with a one-line message naming them;
+the replacement takes effect only when the new evaluation is written.
 """
 
 from __future__ import annotations
@@ -20,7 +28,12 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import platform
+import re
+import sys
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -140,28 +153,32 @@ def evaluate_model(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, 
         "flags": flags,
         "robust": robust,
     }
-    if checks:
-        from advmem.evaluation.checks import run_checks
-
-        echo(f"  sanity checks on {min(n_check, len(x))} points")
-        white_raw = {k: v for k, v in result["attacks_raw"].items() if k in WHITE_BOX}
-        found = run_checks(model, x, y, settings, num_classes=num_classes, full_clean_acc=clean_acc,
-                           full_raw_accs=white_raw, n=n_check)
-        for aa in aa_info.values():  # AutoAttack's own warnings are flags too
-            for msg in aa["warnings"]:
-                if "zero gradient" in msg or "Square Attack" in msg or "randomized" in msg or "probability" in msg:
-                    from advmem.evaluation.checks import Check
-
-                    found.append(Check("autoattack_warning", True, f"pyautoattack: {msg}"))
-                    break
-        result["sanity"] = {"enabled": True, "n_points": min(n_check, len(x)),
-                            "checks": {c.name: c.as_dict() for c in found}}
-        result["sanity_flags"] = sorted({c.name for c in found if c.flagged})
-    else:
-        result["sanity"] = {"enabled": False}
-        result["sanity_flags"] = []
+    white_raw = {k: v for k, v in result["attacks_raw"].items() if k in WHITE_BOX}
+    warnings = [msg for aa in aa_info.values() for msg in aa["warnings"]]
+    result.update(sanity_checks(model, x, y, settings, num_classes=num_classes, clean_acc=clean_acc,
+                                white_raw=white_raw, aa_warnings=warnings, n_check=n_check, echo=echo)
+                  if checks else {"sanity": {"enabled": False}, "sanity_flags": []})
     result["flagged"] = bool(result["sanity_flags"])
     return result
+
+
+def sanity_checks(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, settings: AttackSettings, *,
+                  num_classes: int, clean_acc: float, white_raw: dict[str, float], aa_warnings: list[str],
+                  n_check: int, echo: Callable[[str], None] = lambda m: None) -> dict[str, Any]:
+    """The sanity checks (`sanity`, `sanity_flags`); `white_raw` and `aa_warnings` come from every
+    attack in the results, so a check sees the whole evaluation."""
+    from advmem.evaluation.checks import Check, run_checks
+
+    echo(f"  sanity checks on {min(n_check, len(x))} points")
+    found = run_checks(model, x, y, settings, num_classes=num_classes, full_clean_acc=clean_acc,
+                       full_raw_accs=white_raw, n=n_check)
+    for msg in aa_warnings:  # AutoAttack's own warnings are flags too
+        if "zero gradient" in msg or "Square Attack" in msg or "randomized" in msg or "probability" in msg:
+            found.append(Check("autoattack_warning", True, f"pyautoattack: {msg}"))
+            break
+    return {"sanity": {"enabled": True, "n_points": min(n_check, len(x)),
+                       "checks": {c.name: c.as_dict() for c in found}},
+            "sanity_flags": sorted({c.name for c in found if c.flagged})}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -235,20 +252,162 @@ def save_flags(path: Path, index: torch.Tensor, labels: torch.Tensor, result: di
     arrays = {"index": index.cpu().numpy(), "label": labels.cpu().numpy(),
               "robust": result["robust"].numpy()}
     for name, f in result["flags"].items():
-        arrays[name.replace("-", "_")] = f.numpy()
+        arrays[flags_key(name)] = f.numpy()
     buffer = io.BytesIO()
     np.savez_compressed(buffer, **arrays)
     atomic_write_bytes(path, buffer.getvalue())
 
 
-def evaluate_checkpoint(path: Path, *, attacks: list[str], split: str, n_examples: int | None, batch_size: int,
-                        steps: int, restarts: int, eps: str | None, seed: int, device: torch.device,
-                        step_size: str | None = None, checks: bool = True, n_check: int = 64,
-                        out_dir: str | Path | None = None, quiet: bool = False,
-                        external: dict[str, Any] | None = None) -> dict[str, Any]:
-    import sys
+# ---------------------------------------------------------------------------------------------
+# Accumulated results: one record per (attack, settings) on the same points
 
-    echo = (lambda m: None) if quiet else (lambda m: print(m, file=sys.stderr))
+
+def flags_key(label: str) -> str:
+    """The array name of an attack's flags in .eval.flags.npz (`pgd-cw` -> `pgd_cw`)."""
+    return re.sub(r"[^0-9A-Za-z.]+", "_", label).strip("_")
+
+
+def attack_settings(name: str, s: AttackSettings) -> dict[str, Any]:
+    """What changes an attack's result beyond the points (those are in `points`)."""
+    if name in ("pgd", "pgd-cw"):
+        return {"steps": s.steps, "restarts": s.restarts, "step": s.step}
+    if name in AUTOATTACKS:
+        return {"version": AUTOATTACKS[name]}
+    return {}
+
+
+def _settings_text(settings: dict[str, Any]) -> str:
+    return ",".join(f"{k}={v:.6g}" if isinstance(v, float) else f"{k}={v}" for k, v in settings.items())
+
+
+def assign_labels(records: list[dict[str, Any]]) -> None:
+    """Each record's label: the attack name, or name(settings) when one attack has several settings."""
+    names = [r["attack"] for r in records]
+    for r in records:
+        r["label"] = r["attack"] if names.count(r["attack"]) == 1 else f"{r['attack']}({_settings_text(r['settings'])})"
+
+
+def describe(records: list[dict[str, Any]], points: dict[str, Any] | None) -> str:
+    names = ", ".join(r.get("label", r.get("attack", "?")) for r in records) or "clean only"
+    if not points:
+        return names
+    return f"{names} on {points.get('split')}, {points.get('n_examples')} points, seed {points.get('seed')}"
+
+
+POINT_WORDS = {"weights": "checkpoint weights", "model": "model", "split": "split", "n_examples": "n_examples",
+               "seed": "seed", "eps_value": "eps", "threat_model": "threat model"}
+
+
+def _point_changes(old: dict[str, Any], new: dict[str, Any]) -> str:
+    changes = []
+    for key, word in POINT_WORDS.items():
+        if old.get(key) != new.get(key):
+            changes.append(f"the {word} changed (rewritten since)" if key == "weights"
+                           else f"{word} {old.get(key)} -> {new.get(key)}")
+    return ", ".join(changes)
+
+
+@dataclass
+class Previous:
+    """What an earlier eval.json of the same stem holds and what this evaluation does with it."""
+
+    records: list[dict[str, Any]] = field(default_factory=list)  # kept, with their "flags" tensors
+    sanity: dict[str, Any] | None = None
+    dropped: str | None = None  # one line: what is replaced and why
+
+
+def read_previous(stem: Path, points: dict[str, Any], index: torch.Tensor, overwrite: bool) -> Previous:
+    """The records of `<stem>.eval.json` this evaluation adds to; refuses (UserError) files it cannot
+    combine and would otherwise destroy. Reads only."""
+    json_path, flags_path = Path(f"{stem}.eval.json"), Path(f"{stem}.eval.flags.npz")
+    if not json_path.exists():
+        return Previous()
+    try:
+        old = json.loads(json_path.read_text(encoding="utf-8"))
+        if not isinstance(old, dict):
+            raise ValueError("not a JSON object")
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        if overwrite:
+            return Previous(dropped=f"{json_path}: --overwrite: replacing an unreadable earlier result "
+                                    f"({type(err).__name__})")
+        raise UserError(f"{json_path}: the earlier result is not readable JSON ({type(err).__name__}); "
+                        "move it away, or pass --overwrite to replace it") from None
+    records = old.get("results")
+    legacy = not isinstance(records, list) or not isinstance(old.get("points"), dict)
+    if legacy:
+        attacks = old.get("attacks") if isinstance(old.get("attacks"), dict) else {}
+        what = f"{', '.join(attacks) or 'clean only'} on {old.get('split')}, {old.get('n_examples')} points"
+        if not overwrite:
+            raise UserError(f"{json_path}: written by an earlier advmem without per-attack records ({what}), so "
+                            "new results cannot be added to it; pass --overwrite to replace it, or move it away")
+        return Previous(dropped=f"{json_path}: --overwrite: replacing the earlier results ({what})")
+    if overwrite:
+        return Previous(dropped=f"{json_path}: --overwrite: replacing the earlier results "
+                                f"({describe(records, old['points'])})")
+    changes = _point_changes(old["points"], points)
+    if changes:
+        return Previous(dropped=f"{json_path}: replacing the earlier results ({describe(records, old['points'])}): "
+                                f"this evaluation is of different points ({changes}), which cannot share a worst "
+                                "case; pass the same --split/--n-examples/--seed/--eps to add to them")
+    fix = "move both away, or pass --overwrite to replace them"
+    try:
+        with np.load(flags_path) as npz:
+            arrays = {k: npz[k] for k in npz.files}
+    except (OSError, ValueError, EOFError) as err:
+        raise UserError(f"{flags_path}: the per-sample flags of {json_path.name} are missing or unreadable "
+                        f"({type(err).__name__}), so its results cannot be combined with new ones; {fix}") from None
+    kept = []
+    for r in records:
+        key = r.get("flags_key") if isinstance(r, dict) else None
+        if key not in arrays or "index" not in arrays or not np.array_equal(arrays["index"], index.cpu().numpy()) \
+                or len(arrays[key]) != len(index):
+            raise UserError(f"{flags_path} does not match {json_path.name} (no per-sample flags for "
+                            f"{r.get('label', key) if isinstance(r, dict) else r!r}); {fix}")
+        kept.append(dict(r, flags=torch.from_numpy(arrays[key].astype(bool))))
+    sanity = old.get("sanity") if isinstance(old.get("sanity"), dict) and old["sanity"].get("enabled") else None
+    return Previous(records=kept, sanity=sanity)
+
+
+def _finish_aa_log(final: Path, partial: Path, replace: bool, keep: bool) -> None:
+    """Make `<stem>.autoattack.log` hold the logs of exactly the AutoAttack records in eval.json."""
+    if partial.exists():
+        if replace or not final.exists():
+            os.replace(partial, final)
+        else:
+            atomic_write_bytes(final, final.read_bytes() + partial.read_bytes())
+            partial.unlink()
+    elif not keep and final.exists():
+        final.unlink()
+
+
+# ---------------------------------------------------------------------------------------------
+# One checkpoint: prepare (load and validate, writes nothing), then run
+
+
+@dataclass
+class EvalPlan:
+    path: Path
+    model: torch.nn.Module
+    meta: dict[str, Any]
+    weights: Path
+    data: Any
+    settings: AttackSettings
+    eps_text: str
+    stem: Path
+    state: EvalState
+    points: dict[str, Any]
+    previous: Previous
+    to_run: list[str]
+    kept_notes: list[str]
+    options: dict[str, Any]
+
+
+def prepare_checkpoint(path: Path, *, attacks: list[str], split: str, n_examples: int | None, batch_size: int,
+                       steps: int, restarts: int, eps: str | None, seed: int, device: torch.device,
+                       step_size: str | None = None, checks: bool = True, n_check: int = 64,
+                       out_dir: str | Path | None = None, external: dict[str, Any] | None = None,
+                       overwrite: bool = False) -> EvalPlan:
+    """Load the checkpoint and its data, read earlier results; raises UserError before anything is written."""
     model, meta, weights, bundle = load_for_eval(Path(path), dict(external or {}, eps=eps), device)
     data = dataset_split(meta, split, device, bundle)
     if n_examples is not None:
@@ -260,64 +419,139 @@ def evaluate_checkpoint(path: Path, *, attacks: list[str], split: str, n_example
                               step_size=budget_value(step_size) if step_size is not None else None, seed=seed,
                               batch_size=batch_size)
     stem = output_stem(weights, out_dir)
-    fingerprint = {"weights": _file_digest(weights), "split": split, "n": len(data), "eps": eps_value, "norm": norm,
+    digest = _file_digest(weights)
+    fingerprint = {"weights": digest, "split": split, "n": len(data), "eps": eps_value, "norm": norm,
                    "steps": steps, "restarts": restarts, "step": settings.step, "seed": seed,
                    "batch_size": batch_size, "advmem": __version__}
-    state = EvalState(Path(f"{stem}.eval.state.json"), fingerprint)
-    if state.resumed:
-        echo(f"advmem eval: resuming {weights.name}: {', '.join(state.resumed)} already done")
-    echo(f"advmem eval: {weights} on {split} ({len(data)} points), {norm} eps={eps_text}")
-    aa_log = Path(f"{stem}.autoattack.log") if any(a in AUTOATTACKS for a in attacks) else None
+    arch = json.dumps(meta["architecture"], sort_keys=True, default=str)
+    points = {"weights": digest, "model": hashlib.sha256(arch.encode()).hexdigest()[:16], "split": split,
+              "n_examples": len(data), "seed": seed, "eps_value": eps_value, "threat_model": norm}
+    previous = read_previous(stem, points, data.index, overwrite)
+    have = {(r["attack"], json.dumps(r["settings"], sort_keys=True)): r for r in previous.records}
+    to_run, kept_notes = [], []
+    for a in attacks:
+        if a == "clean":
+            continue
+        if (a, json.dumps(attack_settings(a, settings), sort_keys=True)) in have:
+            kept_notes.append(a)
+        else:
+            to_run.append(a)
+    return EvalPlan(path=Path(path), model=model, meta=meta, weights=weights, data=data, settings=settings,
+                    eps_text=eps_text, stem=stem, state=EvalState(Path(f"{stem}.eval.state.json"), fingerprint),
+                    points=points, previous=previous, to_run=to_run, kept_notes=kept_notes,
+                    options={"checks": checks, "n_check": n_check, "step_size": step_size})
+
+
+def run_plan(plan: EvalPlan, *, quiet: bool = False) -> dict[str, Any]:
+    echo = (lambda m: None) if quiet else (lambda m: print(m, file=sys.stderr))
+    stem, data, settings, meta, prev = plan.stem, plan.data, plan.settings, plan.meta, plan.previous
+    json_path, flags_path = Path(f"{stem}.eval.json"), Path(f"{stem}.eval.flags.npz")
+    if prev.dropped:
+        print(f"advmem eval: {prev.dropped}", file=sys.stderr)  # always shown: results are being replaced
+    if plan.kept_notes:
+        echo(f"advmem eval: {', '.join(plan.kept_notes)}: already in {json_path.name} with these settings, kept "
+             "(--overwrite reruns)")
+    if plan.state.resumed:
+        echo(f"advmem eval: resuming {plan.weights.name}: {', '.join(plan.state.resumed)} already done")
+    echo(f"advmem eval: {plan.weights} on {plan.points['split']} ({len(data)} points), {settings.norm} "
+         f"eps={plan.eps_text}")
+    final_log, partial_log = Path(f"{stem}.autoattack.log"), Path(f"{stem}.autoattack.log.partial")
+    aa_log = partial_log if any(a in AUTOATTACKS for a in plan.to_run) else None
     x = data.all_float()
-    result = evaluate_model(model, x, data.y, attacks=attacks, settings=settings,
-                            num_classes=meta["architecture"]["num_classes"], checks=checks, n_check=n_check,
-                            state=state, aa_log=aa_log, echo=echo)
-    flags_path = Path(f"{stem}.eval.flags.npz")
-    save_flags(flags_path, data.index, data.y, result)
-    aa_names = [a for a in attacks if a in AUTOATTACKS]
+    num_classes = meta["architecture"]["num_classes"]
+    result = evaluate_model(plan.model, x, data.y, attacks=["clean"] + plan.to_run, settings=settings,
+                            num_classes=num_classes, checks=False, state=plan.state, aa_log=aa_log, echo=echo)
+    when = time.strftime("%Y-%m-%dT%H:%M:%S")
+    records = [{k: v for k, v in r.items()} for r in prev.records]
+    for name in plan.to_run:
+        records.append({"attack": name, "settings": attack_settings(name, settings), "acc": result["attacks"][name],
+                        "acc_raw": result["attacks_raw"][name], "autoattack": result["autoattack"].get(name),
+                        "evaluated": when, "flags": result["flags"][name], "versions": versions()})
+    assign_labels(records)
+    clean = result["flags"]["clean"]
+    robust = clean.clone()
+    for r in records:
+        robust &= r["flags"]
+    robust_acc = _acc(robust)
+    if plan.options["checks"]:
+        white_raw = {r["label"]: r["acc_raw"] for r in records if r["attack"] in WHITE_BOX}
+        warnings = [m for r in records if r.get("autoattack") for m in r["autoattack"].get("warnings", [])]
+        sanity = sanity_checks(plan.model, x, data.y, settings, num_classes=num_classes, clean_acc=result["clean_acc"],
+                               white_raw=white_raw, aa_warnings=warnings, n_check=plan.options["n_check"], echo=echo)
+    elif prev.sanity is not None:
+        sanity = {"sanity": prev.sanity, "sanity_flags": sorted(n for n, c in prev.sanity.get("checks", {}).items()
+                                                                if c.get("flagged"))}
+    else:
+        sanity = {"sanity": {"enabled": False}, "sanity_flags": []}
+    for r in records:
+        r["flags_key"] = flags_key(r["label"])
+    save_flags(flags_path, data.index, data.y,
+               {"robust": robust, "flags": {"clean": clean, **{r["label"]: r["flags"] for r in records}}})
+    aa_records = [r for r in records if r["attack"] in AUTOATTACKS]
+    _finish_aa_log(final_log, partial_log, replace=prev.dropped is not None, keep=bool(aa_records))
+    headline = next((r for r in aa_records if r["attack"] == "autoattack"), aa_records[0] if aa_records else None)
+    pgd_like = [r for r in records if r["attack"] in ("pgd", "pgd-cw")]
+    pgd_settings = pgd_like[-1]["settings"] if pgd_like else attack_settings("pgd", settings)
+    step_text = f"{pgd_settings['step']:.6g}"
     out = {
-        "checkpoint": str(path),
-        "split": split,
+        "checkpoint": str(plan.path),
+        "split": plan.points["split"],
         "clean_acc": result["clean_acc"],
-        "autoattack_acc": result["attacks"][aa_names[0]] if aa_names else None,
-        "robust_acc": result["robust_acc"],
-        "robust_acc_is": "per-sample worst case over: " + ", ".join(["clean"] + [a for a in attacks if a != "clean"]),
-        "attacks": result["attacks"],
-        "attacks_raw": result["attacks_raw"],
-        "autoattack": result["autoattack"],
-        "eps": eps_text,
-        "eps_value": eps_value,
-        "threat_model": norm,
+        "autoattack_acc": headline["acc"] if headline else None,
+        "autoattack_version": headline["settings"]["version"] if headline else None,
+        "robust_acc": robust_acc,
+        "robust_acc_is": "per-sample worst case over: " + ", ".join(["clean"] + [r["label"] for r in records]),
+        "attacks": {r["label"]: r["acc"] for r in records},
+        "attacks_raw": {r["label"]: r["acc_raw"] for r in records},
+        "autoattack": {r["label"]: r["autoattack"] for r in aa_records},
+        "eps": plan.eps_text,
+        "eps_value": settings.eps,
+        "threat_model": settings.norm,
         "dataset": meta["dataset"],
         "architecture": meta["architecture"]["name"],
         "additional_data": False,
         "n_examples": len(data),
-        "pgd": {"steps": steps, "restarts": restarts, "step_size": step_size or f"eps/4 = {settings.step:.6g}"},
-        "batch_size": batch_size,
-        "seed": seed,
+        "pgd": {"steps": pgd_settings["steps"], "restarts": pgd_settings["restarts"], "step_size": step_text},
+        "batch_size": settings.batch_size,
+        "seed": settings.seed,
         "epoch": meta.get("epoch"),
         "method": meta.get("method"),
         "run": meta.get("run"),
-        "sanity": result["sanity"],
-        "sanity_flags": result["sanity_flags"],
-        "flagged": result["flagged"],
+        "sanity": sanity["sanity"],
+        "sanity_flags": sanity["sanity_flags"],
+        "flagged": bool(sanity["sanity_flags"]),
         "flags_file": str(flags_path),
-        "autoattack_log": str(aa_log) if aa_log else None,
+        "autoattack_log": str(final_log) if aa_records else None,
+        "points": plan.points,
+        "results": [{k: v for k, v in r.items() if k != "flags"} for r in records],
+        "replaced": prev.dropped,
         "versions": versions(),
     }
-    out_path = Path(f"{stem}.eval.json")
-    atomic_write_json(out_path, out)
-    state.finish()
-    out["eval_json"] = str(out_path)
+    atomic_write_json(json_path, out)
+    plan.state.finish()
+    out["eval_json"] = str(json_path)
     return out
+
+
+def evaluate_checkpoint(path: Path, *, attacks: list[str], split: str, n_examples: int | None, batch_size: int,
+                        steps: int, restarts: int, eps: str | None, seed: int, device: torch.device,
+                        step_size: str | None = None, checks: bool = True, n_check: int = 64,
+                        out_dir: str | Path | None = None, quiet: bool = False,
+                        external: dict[str, Any] | None = None, overwrite: bool = False) -> dict[str, Any]:
+    """Evaluate one checkpoint, adding to its earlier results on the same points (see the module doc)."""
+    plan = prepare_checkpoint(path, attacks=attacks, split=split, n_examples=n_examples, batch_size=batch_size,
+                              steps=steps, restarts=restarts, eps=eps, seed=seed, device=device, step_size=step_size,
+                              checks=checks, n_check=n_check, out_dir=out_dir, external=external, overwrite=overwrite)
+    return run_plan(plan, quiet=quiet)
 
 
 def evaluate_target(target: str, *, attacks: list[str] | None, split: str = "test", n_examples: int | None = None,
                     batch_size: int = 256, steps: int = 20, restarts: int = 1, eps: str | None = None, seed: int = 0,
                     device: str = "auto", quiet: bool = False, step_size: str | None = None, checks: bool = True,
                     n_check: int = 64, which: str = "both", out_dir: str | None = None,
-                    external: dict[str, Any] | None = None) -> list[dict[str, Any]]:
-    """Validate the options, then evaluate each checkpoint of `target` (a run or a file)."""
+                    external: dict[str, Any] | None = None, overwrite: bool = False) -> list[dict[str, Any]]:
+    """Validate the options and every checkpoint of `target` (a run or a file), then evaluate each:
+    a bad checkpoint is refused before any result is written."""
     from advmem.engine.trainer import resolve_device
 
     attacks = list(dict.fromkeys(attacks or DEFAULT_ATTACKS))
@@ -335,7 +569,9 @@ def evaluate_target(target: str, *, attacks: list[str] | None, split: str = "tes
                 raise UserError(f"{flag} '{text}' is not a non-negative number or fraction like 8/255") from None
     dev = resolve_device(device)
     paths = checkpoints_of(target, which)
-    return [evaluate_checkpoint(p, attacks=attacks, split=split, n_examples=n_examples, batch_size=batch_size,
+    plans = [prepare_checkpoint(p, attacks=attacks, split=split, n_examples=n_examples, batch_size=batch_size,
                                 steps=steps, restarts=restarts, eps=eps, seed=seed, device=dev, step_size=step_size,
-                                checks=checks, n_check=n_check, out_dir=out_dir, quiet=quiet, external=external)
-            for p in paths]
+                                checks=checks, n_check=n_check, out_dir=out_dir, external=external,
+                                overwrite=overwrite)
+             for p in paths]
+    return [run_plan(plan, quiet=quiet) for plan in plans]
