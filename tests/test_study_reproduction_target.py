@@ -13,7 +13,8 @@ from advmem.studies import reproduction
 from advmem.studies.reproduction import find_checkout, reproduction_target
 
 REPO_REPRODUCTION = Path(__file__).resolve().parents[1] / "REPRODUCTION.md"
-COMMITTED = "# Reproduction\n\n<!-- robust-overfitting:begin -->\ncommitted small-scale results\n<!-- robust-overfitting:end -->\n"
+COMMITTED = ("# Reproduction\n\n<!-- robust-overfitting:begin -->\ncommitted small-scale results\n"
+             "<!-- robust-overfitting:end -->\n")
 
 
 def make_checkout(root: Path, name: str = "advmem") -> Path:
