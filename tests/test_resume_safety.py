@@ -228,3 +228,45 @@ def test_a_foreign_lock_gives_one_line_not_a_retry_loop(tmp_path, content, capsy
     else:  # not an advmem lock: stale, taken over with a message, and the run continues
         assert code == 0 and "taking over the stale lock" in err and "an unreadable lock file" in err
         assert epochs_of(run) == [1, 2, 3] and not lock.exists()
+
+
+def test_sigterm_during_the_final_full_test_evaluation_stops_it(tmp_path, monkeypatch, capsys):
+    """The signal arrives as the last epoch's full-test evaluation starts: it stops before its next
+    batch (not after the whole pass), exit 143, and the run resumes to the same result."""
+    import os
+    import signal
+
+    from advmem.engine import evaluate, trainer as trainer_module
+
+    extra = {"data": {"dataset": "synthetic", "test_size": 16, "val_size": 16,
+                      "synthetic": {"n_train": 64, "n_test": 256, "image_size": 4}},
+             "eval": {"train_subset": 16, "batch_size": 8, "attack": {"steps": 1}}}
+    ref, _ = train(recipe_from_dict(recipe_dict(tmp_path / "ref", **extra)), quiet=True)
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump(recipe_dict(tmp_path, **extra)))
+    original, seen = trainer_module.Trainer.evaluate_full_test, []
+
+    def signalled(self, epoch):
+        os.kill(os.getpid(), signal.SIGTERM)
+        return original(self, epoch)
+
+    def counting(model, dataset, *args, **kwargs):
+        seen.append(len(dataset))
+        return real_clean(model, dataset, *args, **kwargs)
+
+    real_clean = evaluate.clean_per_sample
+    monkeypatch.setattr(trainer_module.Trainer, "evaluate_full_test", signalled)
+    monkeypatch.setattr(trainer_module, "clean_per_sample", counting)
+    assert main(["train", str(recipe), "--quiet"]) == 143
+    err = capsys.readouterr().err
+    assert "during the evaluation of epoch 3; that epoch is discarded" in err and "--resume" in err
+    assert seen[-1] == 256  # it was inside the full-test pass (32 batches) when it stopped
+    run = tmp_path / "inc"
+    assert epochs_of(run) == [1, 2] and not (run / ".lock").exists()
+    monkeypatch.undo()
+    assert main(["train", "--resume", str(run), "--quiet"]) == 0
+    a, b = load_file(str(ref.path / "checkpoints" / "last.safetensors")), load_file(str(run / "checkpoints" / "last.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    keys = ("test_full_rob_acc", "test_full_nat_acc", "val_rob_acc")
+    assert [{k: r.get(k) for k in keys} for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())] == \
+        [{k: r.get(k) for k in keys} for r in map(json.loads, (ref.path / "metrics.jsonl").read_text().splitlines())]

@@ -418,10 +418,17 @@ class Trainer:
             sums["grad_norm_sq"] += torch.nan_to_num(grad_sq, nan=0.0, posinf=0.0)
         return skip, stop
 
+    def _stoppable(self, dataset, epoch: int):
+        """`dataset` for an evaluation pass that a SIGTERM/SIGINT stops before its next batch (single
+        process; under DDP the other ranks wait in a collective, so rank 0 finishes the pass)."""
+        if self.stop is None or self.comm.enabled or dataset is None:
+            return dataset
+        return _StopBetweenBatches(dataset, self.stop, epoch)
+
     def evaluate_full_test(self, epoch: int) -> dict[str, float]:
         """The last epoch's evaluation on the full test set when data.test_size subsets it."""
         r = self.recipe
-        full = build_data(r.data.model_copy(update={"test_size": None}), self.device).test
+        full = self._stoppable(build_data(r.data.model_copy(update={"test_size": None}), self.device).test, epoch)
         clean = summarize(clean_per_sample(self.model, full, r.eval.batch_size))
         gen = epoch_generator(r.seed, epoch, stream=3)
         rob = summarize(robust_per_sample(self.model, full, self.eval_attack, r.eval.batch_size, generator=gen))
@@ -437,6 +444,7 @@ class Trainer:
         for stream, (name, clean_set, robust_set) in enumerate(splits, start=1):
             if clean_set is None or len(clean_set) == 0:
                 continue
+            clean_set, robust_set = self._stoppable(clean_set, epoch), self._stoppable(robust_set, epoch)
             clean = summarize(clean_per_sample(model, clean_set, bs))
             row[f"{name}_nat_acc"], row[f"{name}_nat_loss"] = clean["acc"], clean["loss"]
             if len(robust_set) == 0:
@@ -492,7 +500,8 @@ class Trainer:
         except _StopRequested as err:
             signum = self.stop.signum if self.stop and self.stop.signum else 15
             done = self.start_epoch - 1 if not self.rows else self.rows[-1]["epoch"]
-            where = (f"at epoch {err.epoch} step {err.step}; the partial epoch is discarded"
+            where = (f"during the evaluation of epoch {err.epoch}; that epoch is discarded" if err.phase == "evaluation"
+                     else f"at epoch {err.epoch} step {err.step}; the partial epoch is discarded"
                      if err.step else f"after epoch {done}")
             raise Interrupted(f"stopped {where}; the run is consistent at epoch {done}; "
                               f"continue with: advmem train --resume {self.run.path}", signum) from None
@@ -609,8 +618,25 @@ class EpochFailure(RunFailure):
 
 
 class _StopRequested(Exception):
-    def __init__(self, epoch: int, step: int) -> None:
-        self.epoch, self.step = epoch, step
+    def __init__(self, epoch: int, step: int, phase: str = "training") -> None:
+        self.epoch, self.step, self.phase = epoch, step, phase
+
+
+class _StopBetweenBatches:
+    """A dataset whose `batches` raise _StopRequested before the next batch once a stop is requested
+    (the same batches otherwise: no device work, nothing computed differs)."""
+
+    def __init__(self, dataset, stop: GracefulStop, epoch: int) -> None:
+        self.dataset, self.stop, self.epoch = dataset, stop, epoch
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def batches(self, *args, **kwargs):
+        for batch in self.dataset.batches(*args, **kwargs):
+            if self.stop.requested:
+                raise _StopRequested(self.epoch, 0, phase="evaluation")
+            yield batch
 
 
 def format_row(row: dict[str, Any]) -> str:
