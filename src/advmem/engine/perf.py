@@ -5,7 +5,10 @@ the step calls, for the batch in the right memory format and for the autocast co
 these change what is computed beyond floating-point rounding (tests/test_optimizations.py).
 
 - `channels_last`: NHWC memory format for the model and the batches (default on CUDA and on CPU,
-  where it was measured faster for small_cnn and PreActResNet-18: BENCHMARKS.md).
+  where it was measured faster for small_cnn and PreActResNet-18: BENCHMARKS.md). On CPU a model
+  with a strided 1x1 convolution over few channels (< 16, or not a multiple of 8) stays
+  contiguous, whatever the recipe says: oneDNN's kernels for that convolution's weight gradient
+  in NHWC hang or corrupt memory (`cpu_channels_last_hazards`; docs/speed.md).
 - `precision`: torch.autocast with bf16 (default on CUDA; fp32 exponent range, so attack
   gradients cannot underflow) or fp16 (attack loss scaled by `fp16_attack_scale` inside
   `pgd`, weight gradients scaled by torch.amp.GradScaler). Evaluation always runs in fp32.
@@ -98,12 +101,41 @@ class Perf:
         return torch.amp.GradScaler(self.device_type, enabled=self.precision == "fp16")
 
 
-def resolve_perf(cfg, device: torch.device) -> Perf:
-    """Resolve "auto" for `device` and reject settings the device cannot run (UserError)."""
+def cpu_channels_last_hazards(model: nn.Module) -> list[str]:
+    """Names of the convolutions that must not run in NHWC on a CPU.
+
+    torch 2.13's oneDNN (v3.12) has no safe weight-gradient kernel for a 1x1, stride-2 convolution
+    on NHWC input with few input channels: on an AVX2 CPU (or with ONEDNN_MAX_CPU_ISA=AVX2)
+    `jit_avx2_1x1_convolution_bwd_weights` hangs, double-frees or segfaults within a few steps for
+    2-7 channels; with AVX-512, 4, 8 and 12 channels segfault at 64x64 inputs
+    (`scripts/onednn_nhwc_repro.py`, docs/speed.md). 3x3 convolutions, 1x1 at stride 1, one input
+    channel, 16+ channels and NCHW were fine. The rule covers both vector widths with a margin
+    (fewer than 16 channels or not a multiple of 8, any stride > 1) and holds on every CPU, so a
+    model's layout, and with it every result, does not depend on the processor."""
+    return [name for name, m in model.named_modules()
+            if isinstance(m, nn.Conv2d) and tuple(m.kernel_size) == (1, 1)
+            and max(m.stride) > 1 and (m.in_channels < 16 or m.in_channels % 8 != 0)]
+
+
+def resolve_perf(cfg, device: torch.device, model: nn.Module | None = None,
+                 log=None) -> Perf:
+    """Resolve "auto" for `device` and reject settings the device cannot run (UserError).
+
+    With `model`, a CPU layout hazard (`cpu_channels_last_hazards`) turns channels_last off,
+    with a one-line note through `log`."""
     cuda = device.type == "cuda"
     if cfg.cuda_graphs and not cuda:
         raise UserError("perf.cuda_graphs needs a CUDA device; set perf.cuda_graphs=false (or use perf.compile=true on CPU)")
     channels_last = True if cfg.channels_last == "auto" else bool(cfg.channels_last)
+    if channels_last and not cuda and model is not None:
+        hazards = cpu_channels_last_hazards(model)
+        if hazards:
+            channels_last = False
+            if log is not None:
+                more = f" (+{len(hazards) - 1} more)" if len(hazards) > 1 else ""
+                log(f"note: perf.channels_last off on CPU for this model: oneDNN's NHWC weight-gradient "
+                    f"kernel crashes on the strided 1x1 convolution {hazards[0]}{more} (fewer than 16 "
+                    "or not a multiple of 8 input channels; docs/speed.md); training runs contiguous (NCHW)")
     precision = ("bf16" if cuda else "fp32") if cfg.precision == "auto" else cfg.precision
     # bf16 without tensor-core support (before Ampere) is emulated and slow: auto takes fp16 there
     if precision == "bf16" and cuda and not torch.cuda.is_bf16_supported(including_emulation=False):
