@@ -114,7 +114,7 @@ def test_trades_clean_logits_once_equals_per_step_recomputation():
 
     torch.manual_seed(7)
     ref = pgd(model, x, recomputing_objective, eps=attack.eps_value, step_size=attack.step_value, steps=4,
-              start="gaussian")
+              start="gaussian", clamp_start=False)  # TRADES' unclamped start (attack.start_clamp: auto)
     assert torch.equal(ctx.x_adv, ref)
     model.eval()
     with torch.no_grad():

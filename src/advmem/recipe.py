@@ -72,6 +72,12 @@ class AttackConfig(Section):
     step_size: Budget = "2/255"
     steps: int = Field(10, ge=1)
     start: Literal["auto", "uniform", "gaussian", "none"] = "auto"
+    # Clamp x + start into [0,1] before the first attack gradient? "auto" follows the authors'
+    # code per method: clamped for PGD-AT (their pgd_loss), unclamped for TRADES and TE (their
+    # trades_loss, PGD_TE and TRADES_TE take the first gradient at x + noise, outside the box
+    # where pixels are saturated; the first clamp comes after the first step). Every iterate
+    # after the first step is in [0,1] either way.
+    start_clamp: Literal["auto", True, False] = "auto"
     bn_mode: Literal["eval", "train"] = "eval"
 
     @model_validator(mode="after")
@@ -183,6 +189,10 @@ class LogConfig(Section):
 class ModelConfig(Section):
     name: str = "small_cnn"
     kwargs: dict[str, Any] = Field(default_factory=dict)
+    # "dataset": the model's first layer standardizes with the training set's per-channel mean
+    # and std; "none": the model takes raw [0,1] pixels, as the authors' ResNet-18 and WRN do
+    # (the layer stays, with mean 0 and std 1, which is exactly the identity in floating point).
+    normalize: Literal["dataset", "none"] = "dataset"
 
 
 class PerfConfig(Section):

@@ -109,8 +109,12 @@ def pgd(
     generator: torch.Generator | None = None,
     grad_scale: float | None = None,
     on_logits: Callable[[torch.Tensor], None] | None = None,
+    clamp_start: bool = True,
 ) -> torch.Tensor:
     """Return x_adv in the eps-ball around x and in [0,1] that ascends `objective`.
+
+    `clamp_start=False` takes the first gradient at x + start, unclamped, as the TRADES and TE
+    code of Dong et al. does (`attack.start_clamp`); the result is in [0,1] after the first step.
 
     `on_logits` sees the (detached) logits of every iterate, which evaluation uses to count a
     point as broken if any iterate misclassifies it. A model whose output has no gradient path
@@ -122,7 +126,8 @@ def pgd(
     with attack_mode(model, bn_mode):
         forward = attack_model(model, bn_mode)
         delta = random_start(x, eps, norm, start, generator)
-        delta = (x + delta).clamp(0, 1) - x
+        if clamp_start:
+            delta = (x + delta).clamp(0, 1) - x
         for _ in range(steps):
             delta.requires_grad_(True)
             logits = forward(x + delta)

@@ -10,6 +10,7 @@ atomically so a killed run continues where its last completed epoch ended.
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -82,15 +83,25 @@ def eval_attack_of(recipe: Recipe) -> EvalAttack:
     )
 
 
+def model_normalization(recipe: Recipe, bundle: DataBundle) -> tuple[list[float], list[float]]:
+    """(mean, std) of the model's input layer: the training set's (`model.normalize: dataset`) or
+    0 and 1 (`none`: raw [0,1] pixels, as the authors' models take them; x - 0 and x / 1 are exact)."""
+    if recipe.model.normalize == "none":
+        return [0.0] * bundle.in_channels, [1.0] * bundle.in_channels
+    return list(bundle.mean), list(bundle.std)
+
+
 def architecture_meta(recipe: Recipe, bundle: DataBundle, model: torch.nn.Module) -> dict[str, Any]:
+    mean, std = model_normalization(recipe, bundle)
     return {
         "name": recipe.model.name,
         "kwargs": getattr(model, "arch_kwargs", recipe.model.kwargs),
         "in_channels": bundle.in_channels,
         "num_classes": bundle.num_classes,
         "image_size": list(bundle.image_size),
-        "mean": list(bundle.mean),
-        "std": list(bundle.std),
+        "mean": mean,
+        "std": std,
+        "normalize": recipe.model.normalize,
     }
 
 
@@ -114,13 +125,15 @@ class Trainer:
         if r.data.val_size == 0:
             self.log("note: data.val_size is 0, so the 'best' checkpoint is selected on the test set "
                      "(optimistic; set data.val_size for an honest early-stopping row)")
+        b = self.bundle
+        kwargs = dict(r.model.kwargs)
+        check_model_size(r.model.name, kwargs, b, self.device)  # before seeding: draws nothing that counts
         torch.manual_seed(r.seed)
         if self.device.type == "cuda":
             torch.cuda.manual_seed_all(r.seed)
-        b = self.bundle
-        kwargs = dict(r.model.kwargs)
+        mean, std = model_normalization(r, b)
         self.model = build_model(r.model.name, in_channels=b.in_channels, num_classes=b.num_classes,
-                                 image_size=b.image_size, mean=b.mean, std=b.std, **kwargs).to(self.device)
+                                 image_size=b.image_size, mean=mean, std=std, **kwargs).to(self.device)
         self.model = self.comm.convert_sync_bn(self.model, r.distributed.sync_bn)
         if self.comm.rank > 0:  # same init on every rank, but each rank draws its own attack noise
             torch.manual_seed(r.seed * 1_000_003 + self.comm.rank)
@@ -150,6 +163,7 @@ class Trainer:
         self._metrics_mismatch: str | None = None
         if resume:
             self._load_resume()
+        self.committed_epoch = self.start_epoch - 1
         from advmem.track.callbacks import recipe_callbacks
 
         self.callbacks = recipe_callbacks(self) + list(self.callbacks)
@@ -462,7 +476,8 @@ class Trainer:
             "data": r.data.model_dump(mode="json"),
             "threat_model": r.attack.norm,
             "eps": r.attack.eps,
-            "normalization": {"mean": list(self.bundle.mean), "std": list(self.bundle.std), "inside_model": True},
+            "normalization": dict(zip(("mean", "std"), model_normalization(r, self.bundle)),
+                                  inside_model=True, mode=r.model.normalize),
             "method": r.method.name,
             "recipe_hash": r.hash(),
             "run": r.name,
@@ -570,6 +585,7 @@ class Trainer:
                 save_checkpoint(self.run.checkpoints / "last", self.model, self._checkpoint_meta(epoch, row))
                 self.run.write_metrics(self.rows)
                 save_resume_state(self.run.resume_path, state)
+                self.committed_epoch = epoch  # the commit point: named if a later write fails (disk full)
             if not self.quiet and main:
                 self.log(format_row(row))
             pending = torch.tensor([float(bool(self.stop and self.stop.requested))], device=self.device)
@@ -581,6 +597,29 @@ class Trainer:
         summary = self.run.write_summary(self.rows, self.best, self.recipe)
         self.run.plot_curves(self.rows)
         return summary
+
+
+def check_model_size(name: str, kwargs: dict[str, Any], bundle: DataBundle, device: torch.device) -> None:
+    """Refuse a model whose parameters cannot fit (e.g. model.kwargs.hidden: [10000000000000]):
+    it is built on the meta device first, which allocates nothing."""
+    from advmem.limits import check_fits
+
+    try:
+        with torch.device("meta"):
+            probe = build_model(name, in_channels=bundle.in_channels, num_classes=bundle.num_classes,
+                                image_size=bundle.image_size, mean=bundle.mean, std=bundle.std, **dict(kwargs))
+    except UserError:
+        raise
+    except Exception:  # a model that cannot be built on meta: nothing to estimate, the real build decides
+        return
+    n = sum(t.numel() for t in probe.parameters()) + sum(t.numel() for t in probe.buffers())
+    available, where = None, "this machine's memory"
+    if device.type == "cuda":
+        available = torch.cuda.get_device_properties(device).total_memory
+        where = f"the GPU's memory ({torch.cuda.get_device_name(device)})"
+    # float32 weights, gradients, momentum and one copy (checkpointing, attacks' views)
+    check_fits(16 * n, f"model {name} with kwargs {kwargs} ({n:.3g} parameters)",
+               "lower its size in model.kwargs", available=available, where=where)
 
 
 def recipe_hash_matches(recipe: Recipe, stored: Any) -> bool:
@@ -688,6 +727,14 @@ def train(recipe: Recipe, *, run_root: Path | None = None, resume: bool = False,
                 if comm.is_main:
                     run.prepare(recipe, trainer.bundle.info, overwrite=overwrite and not resume)
                 summary = trainer.fit()
+            except OSError as err:
+                if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+                    raise
+                done = getattr(trainer, "committed_epoch", 0)
+                state = (f"the run is consistent at epoch {done} (files are replaced atomically, none is torn)"
+                         if done > 0 else "no epoch was completed")
+                raise RunFailure(f"disk full ({err.strerror}) while writing {err.filename or 'a file'}; {state}; "
+                                 f"free space, then continue with: advmem train --resume {run.path}") from None
             finally:
                 if lock is not None:
                     lock.release()

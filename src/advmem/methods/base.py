@@ -35,6 +35,7 @@ class Method:
 
     Config: ClassVar[type[MethodConfig]]
     default_start: ClassVar[str] = "uniform"
+    default_start_clamp: ClassVar[bool] = True  # what `attack.start_clamp: auto` means for this method
 
     def __init__(self, cfg: MethodConfig, attack: AttackConfig, *, num_train: int, num_classes: int,
                  device: torch.device | str = "cpu", label_smoothing: float = 0.0) -> None:
@@ -81,11 +82,17 @@ class Method:
     def start(self) -> str:
         return self.default_start if self.attack_cfg.start == "auto" else self.attack_cfg.start
 
+    @property
+    def start_clamp(self) -> bool:
+        a = self.attack_cfg.start_clamp
+        return self.default_start_clamp if a == "auto" else bool(a)
+
     def run_pgd(self, model: nn.Module, x: torch.Tensor, objective: Objective,
                 generator: torch.Generator | None = None) -> torch.Tensor:
         a = self.attack_cfg
         return pgd(model, x, objective, eps=a.eps_value, step_size=a.step_value, steps=a.steps,
-                   norm=a.norm, start=self.start, bn_mode=a.bn_mode, generator=generator)
+                   norm=a.norm, start=self.start, bn_mode=a.bn_mode, generator=generator,
+                   clamp_start=self.start_clamp)
 
     def ce(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(logits, y, label_smoothing=self.label_smoothing)

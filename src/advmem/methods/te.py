@@ -24,6 +24,16 @@ which makes PGD's summed objective B times the authors' batch loss (same sign gr
 TRADES the attack term is beta * KL as in the authors' TRADES_TE (beta matters once the TE
 term is added).
 
+What matches the authors' code (tests/test_fidelity.py re-derives each update from these
+equations): the ensemble update and its normalization, the ramp, the attack objectives, the
+outer losses, the unclamped random start of PGD_TE / TRADES_TE (`attack.start_clamp: auto`;
+0.001 N(0, I) for an L2 PGD-AT+TE start), the natural-before-adversarial forward order of the
+TRADES+TE outer loss (BatchNorm running statistics), eval-mode natural logits. Deliberate
+choices: the natural forward has no autograd graph (the authors' keeps an unused one), the
+TRADES+TE clean logits are computed once per batch and reused by the ensemble update (the same
+eval-mode forward), `weight_units: per_sample` and `outer_target` are extra switches, and the
+model's input normalization is the recipe's (`model.normalize: none` is the authors' raw [0,1]).
+
 Cost: PGD-AT+TE adds one no-grad eval-mode forward of the natural batch per step (from
 start_epoch on); TRADES+TE reuses the clean logits the TRADES attack already computes (eval
 mode, no graph), so it adds no forward pass.
@@ -77,6 +87,19 @@ class TEConfig(MethodConfig):
         return "adversarial" if self.base == "pgd_at" else "natural"
 
 
+def te_attack(attack, base: str):
+    """The attack settings TE's base method runs with: "auto" resolved as in PGD_TE / TRADES_TE.
+
+    Both take the first attack gradient at the unclamped start (before start_epoch too, where
+    they run the plain attack), and PGD_TE starts an L2 attack at x + 0.001 N(0, I)."""
+    update = {}
+    if attack.start_clamp == "auto":
+        update["start_clamp"] = False
+    if attack.start == "auto" and base == "pgd_at" and attack.norm == "L2":
+        update["start"] = "gaussian"
+    return attack.model_copy(update=update) if update else attack
+
+
 def te_ramp(epoch: int, start: int, end: int) -> float:
     """Laine and Aila's sigmoid ramp-up: 0 before start, exp(-5 (1-T)^2) on [start, end], 1 after."""
     if epoch < start:
@@ -104,8 +127,9 @@ class TemporalEnsembling(Method):
                          label_smoothing=label_smoothing)
         base_cfg = {"name": cfg.base, **({"beta": cfg.beta} if cfg.base == "trades" else {})}
         base_cls = method_class(cfg.base)
-        self.base = base_cls(base_cls.Config.model_validate(base_cfg), attack, num_train=num_train,
-                             num_classes=num_classes, device=device, label_smoothing=label_smoothing)
+        self.base = base_cls(base_cls.Config.model_validate(base_cfg), te_attack(attack, cfg.base),
+                             num_train=num_train, num_classes=num_classes, device=device,
+                             label_smoothing=label_smoothing)
         self.buffer = torch.zeros(num_train, num_classes, dtype=torch.float32, device=self.device)
         self.visits = torch.zeros(num_train, dtype=torch.int64, device=self.device)
 
@@ -172,6 +196,9 @@ class TemporalEnsembling(Method):
             return self.base.outer_loss(model, batch, ctx, epoch)
         target, weight = ctx.extras["te_target"], ctx.extras["te_weight"]
         on_natural = self.cfg.resolved_outer_target == "natural"
+        # TRADES: natural forward first, as in TRADES_TE and trades.py; train-mode BatchNorm
+        # updates its running statistics in call order, so the order changes every eval pass
+        nat = model(batch.x) if self.cfg.base == "trades" else None
         adv = model(ctx.x_adv)
         if self.cfg.base == "pgd_at":
             loss = self.base.ce(adv, batch.y)
@@ -180,7 +207,6 @@ class TemporalEnsembling(Method):
         else:
             from advmem.methods.trades import trades_kl
 
-            nat = model(batch.x)
             loss = self.base.ce(nat, batch.y) + self.cfg.beta * trades_kl(nat, adv)
             logs = {"acc": accuracy_log(adv, batch.y), "nat_acc": accuracy_log(nat, batch.y)}
             te_logits = nat if on_natural else adv

@@ -3,7 +3,9 @@
 The attack maximizes KL to the clean prediction, which is computed once per batch (eval mode,
 no graph) rather than at every attack step as in the reference code: same result, 10F less.
 The outer natural logits come from a train-mode forward and are not detached inside the KL,
-as in the original TRADES code.
+as in the original TRADES code. The random start (x + 0.001 N(0, I)) is not clamped into
+[0,1] before the first attack gradient, as in the TRADES code and Dong et al.'s
+(`attack.start_clamp`).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ def trades_kl(nat_logits: torch.Tensor, adv_logits: torch.Tensor) -> torch.Tenso
 class TRADES(Method):
     Config = TRADESConfig
     default_start = "gaussian"
+    default_start_clamp = False  # the authors' trades_loss and TRADES_TE (attack.start_clamp)
 
     def clean_logits(self, model, x):
         with attack_mode(model, self.attack_cfg.bn_mode), torch.no_grad():
