@@ -337,8 +337,14 @@ def make_synthetic(cfg: SyntheticConfig) -> tuple[RawSplit, RawSplit, str]:
     Train and test share the class patterns and differ only in noise, so a small model can
     learn it in seconds (useful for tests and smoke runs).
     """
-    rng = np.random.default_rng(cfg.seed)
+    from advmem.limits import check_fits
+
     k, c, s = cfg.num_classes, cfg.channels, cfg.image_size
+    # float64 noise and patterns while generating, then uint8 and float32 copies of each split
+    check_fits(8 * k * s * s * c + 30 * max(cfg.n_train, cfg.n_test) * s * s * c + 5 * cfg.n_test * s * s * c,
+               f"data.synthetic (n_train {cfg.n_train}, n_test {cfg.n_test}, {c}x{s}x{s}, {k} classes)",
+               "lower data.synthetic.n_train, n_test, image_size or channels")
+    rng = np.random.default_rng(cfg.seed)
     patterns = rng.uniform(0.15, 0.85, size=(k, s, s, c))
 
     def split(n: int) -> RawSplit:
