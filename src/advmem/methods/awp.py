@@ -119,6 +119,14 @@ class AWP(Method):
                 out.append((p, v))
         return out
 
+    @property
+    def start(self) -> str:
+        return self.base.start
+
+    @property
+    def start_clamp(self) -> bool:
+        return self.base.start_clamp
+
     def before_loss(self, model, batch, ctx, epoch):
         self.base.before_loss(model, batch, ctx, epoch)
         if epoch <= self.warmup or self.gamma == 0:

@@ -174,6 +174,15 @@ class TemporalEnsembling(Method):
 
         return objective
 
+    @property
+    def start(self) -> str:
+        """The base's random start (what the attacks of this method actually use)."""
+        return self.base.start
+
+    @property
+    def start_clamp(self) -> bool:
+        return self.base.start_clamp
+
     # -- the step ----------------------------------------------------------------------------------
     def attack(self, model, batch, epoch):
         if epoch < self.cfg.start_epoch:
