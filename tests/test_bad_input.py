@@ -351,3 +351,184 @@ def test_bad_run_directories(run, tmp_path):
     recipe_yaml["optim"]["lr"] = 0.5
     (run / "recipe.yaml").write_text(yaml.safe_dump(recipe_yaml))
     assert_clean_refusal(["train", "--resume", str(run)], tmp_path, match="recipe.yaml differs")
+
+
+# ------------------------------------------------- issue 15, section 4: tracebacks and silent input
+
+
+def recipe_text(root: Path, **changes) -> str:
+    return write_recipe(root, **changes).read_text()
+
+
+@pytest.mark.parametrize("make, match", [
+    (lambda root: b"name: bad\ndescription: caf\xe9\n", "not UTF-8 text (byte 0xe9 at line 2)"),
+    (lambda root: b"\xff\xfe" + "name: bad\n".encode("utf-16-le"), "not UTF-8"),
+    (lambda root: ("a: " + "[" * 3000 + "]" * 3000 + "\n").encode(), "nested"),  # RecursionError in PyYAML
+    (lambda root: ("a: " + "{a: " * 3000 + "1" + "}" * 3000 + "\n").encode(), "nested"),
+    (lambda root: ("model: {kwargs: {hidden: " + "[" * 40 + "]" * 40 + "}}\n").encode(), "more than 32 levels"),
+    (lambda root: b"", "the recipe is empty"),
+    (lambda root: b"# only a comment\n\n", "the recipe is empty"),
+    (lambda root: b"{}\n", "the recipe is empty"),
+    (lambda root: recipe_text(root).encode() + b"name: again\n", "key 'name' is given twice"),
+    (lambda root: b"optim:\n  lr: 0.1\n  epochs: 2\n  lr: 0.2\n", "key 'lr' is given twice in the same section (lines 2 and 4)"),
+    (lambda root: b"x_unknown: 1\n" + b"#" * (2 << 20) + b"\n", "more than the 1 MB a recipe may be"),
+])
+def test_bad_recipe_text(tmp_path, make, match):
+    path = tmp_path / "r.yaml"
+    path.write_bytes(make(tmp_path))
+    assert_clean_refusal(["train", str(path), "--quiet"], tmp_path, match=match)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_duplicate_keys_in_a_list_of_mappings_and_merge_keys(tmp_path):
+    from advmem.recipe import parse_recipe_text
+
+    with pytest.raises(UserError, match=r"key 'a' is given twice .*lines 1 and 1"):
+        parse_recipe_text("x: [{a: 1, a: 2}]\n", "r")
+    # a YAML merge key is not a duplicate; an explicit key after it overrides the merged one
+    assert parse_recipe_text("base: &b {lr: 1}\noptim: {<<: *b, lr: 2}\n", "r")["optim"] == {"lr": 2}
+
+
+@pytest.mark.parametrize("changes, match", [
+    ({"optim__epochs": 1e30}, "at most 100000 epochs"),
+    ({"optim__epochs": 10**30}, "at most 100000 epochs"),
+    ({"optim__epochs": 100_001}, "at most 100000 epochs"),
+    ({"optim__epochs": "1e30"}, "optim.epochs"),
+    ({"optim__epochs": True}, "optim.epochs: expected an integer, not the boolean true"),
+    ({"optim__lr": True}, "optim.lr: expected a number, not the boolean true"),
+    ({"optim__batch_size": True}, "optim.batch_size: expected an integer"),
+    ({"seed": False}, "seed: expected an integer"),
+    ({"optim__schedule__milestones": [True]}, "milestones: expected a list of integers"),
+    ({"data__synthetic__n_train": True}, "data.synthetic.n_train: expected an integer"),
+    ({"eval__attack__steps": True}, "eval.attack.steps: expected an integer"),
+    ({"method": {"name": "trades", "beta": True}}, "method.beta: expected a number"),
+    ({"data__synthetic__n_train": 1e13}, "data.synthetic (n_train 10000000000000"),
+    ({"data__synthetic__image_size": 10**6}, "more than this machine's memory"),
+    ({"model__kwargs": {"hidden": [10**13]}}, "parameters) needs about"),
+    ({"output_root": "/etc/passwd"}, "/etc/passwd is a file, not a directory"),
+    ({"output_root": "/proc/advmem-x"}, "cannot create the run directory /proc/advmem-x/bad"),
+])
+def test_recipes_that_were_accepted_or_crashed(tmp_path, changes, match):
+    recipe = write_recipe(tmp_path, **changes)
+    assert_clean_refusal(["train", str(recipe), "--quiet"], tmp_path, match=match)
+    assert not (tmp_path / "runs").exists() and not Path("/proc/advmem-x").exists()
+
+
+def test_numbers_written_as_strings_and_fractions_still_work():
+    data = copy.deepcopy(BASE)
+    data["attack"] = {"eps": "8/255", "step_size": "0.05", "steps": 1}
+    data["optim"]["lr"] = "0.05"  # PyYAML reads 1e-3 as a string: pydantic still parses it
+    data["optim"]["weight_decay"] = "1e-3"
+    recipe = recipe_from_dict(data)
+    assert recipe.attack.eps == "8/255" and recipe.optim.lr == 0.05 and recipe.optim.weight_decay == 1e-3
+    assert recipe_from_dict({**copy.deepcopy(BASE), "deterministic": True}).deterministic is True
+    assert recipe_from_dict({**copy.deepcopy(BASE), "perf": {"channels_last": False}}).perf.channels_last is False
+
+
+def test_empty_name_is_refused(run, tmp_path):
+    recipe = write_recipe(tmp_path)
+    assert_clean_refusal(["train", str(recipe), "--name", ""], tmp_path, match="--name is empty")
+    assert_clean_refusal(["train", str(recipe), "--name", " "], tmp_path, match="--name is empty")
+    assert_clean_refusal(["train", "--resume", str(run), "--name", ""], tmp_path, match="--resume continues")
+
+
+def test_eval_refuses_external_flags_on_an_advmem_checkpoint(run, tmp_path):
+    for flags in (["--arch", "resnet18", "--dataset", "cifar10"], ["--norm", "L2"], ["--no-normalize"]):
+        err = assert_clean_refusal(["eval", str(run), *flags, "--n-examples", "4"], tmp_path,
+                                   match="is an advmem checkpoint")
+        assert flags[0] in err
+    err = assert_clean_refusal(["eval", str(run / "checkpoints" / "last.safetensors"), "--dataset", "cifar10"],
+                               tmp_path, match="drop it")
+
+
+def test_bad_bytes_in_run_files(run, tmp_path):
+    recipe = (run / "recipe.yaml").read_bytes()
+    (run / "recipe.yaml").write_bytes(recipe.replace(b"name:", b"name: \xff\nx_:", 1))
+    assert_clean_refusal(["train", "--resume", str(run)], tmp_path, match="not UTF-8")
+    (run / "recipe.yaml").write_bytes(recipe)
+
+    sidecar = run / "checkpoints" / "last.json"
+    good = sidecar.read_bytes()
+    sidecar.write_bytes(good.replace(b'"format"', b'"\xff\xfeformat"', 1))
+    assert_clean_refusal(["eval", str(run / "checkpoints" / "last.safetensors")], tmp_path, match="not UTF-8")
+    sidecar.write_bytes(b"[" * 100_000 + b"]" * 100_000)  # RecursionError in json
+    assert_clean_refusal(["eval", str(run / "checkpoints" / "last.safetensors")], tmp_path, match="not valid JSON")
+    sidecar.write_bytes(b" " * (2 << 20) + good)
+    assert_clean_refusal(["eval", str(run / "checkpoints" / "last.safetensors")], tmp_path, match="more than the 1 MB")
+    sidecar.write_bytes(good)
+
+    state = torch.load(run / "resume.pt", weights_only=True)
+    torch.save({**state, "rows": [{"loss": 1.0}]}, run / "resume.pt")
+    assert_clean_refusal(["train", "--resume", str(run)], tmp_path, match="rows lack 'epoch'")
+
+
+@pytest.mark.parametrize("line", [b"garbage, not json", b"\x00\xff\xfe\x89PNG\r\n", b"[1, 2]", b"5"])
+def test_report_with_a_bad_metrics_line(run, tmp_path, line):
+    metrics = run / "metrics.jsonl"
+    metrics.write_bytes(metrics.read_bytes() + line + b"\n")
+    out = tmp_path / "report.html"
+    assert_clean_refusal(["report", str(run), "-o", str(out)], tmp_path, match="metrics.jsonl:2: not a JSON object")
+    assert_clean_refusal(["compare", str(run)], tmp_path, match="metrics.jsonl:2")
+    assert not out.exists()
+
+
+def test_an_empty_lock_says_what_it_is(run, tmp_path):
+    (run / ".lock").write_text("")
+    err = assert_clean_refusal(["train", "--resume", str(run)], tmp_path, match="is an empty lock file")
+    assert "full disk" in err and "pid ?" not in err
+
+
+def test_a_lock_that_cannot_be_written_is_not_left_behind(run, tmp_path, monkeypatch):
+    import errno as errno_mod
+
+    import advmem.engine.safety as safety
+
+    def no_space(fd):
+        raise OSError(errno_mod.ENOSPC, os.strerror(errno_mod.ENOSPC))
+
+    monkeypatch.setattr(safety.os, "fsync", no_space)
+    code, err = run_cli(["train", "--resume", str(run), "--quiet"], tmp_path)
+    monkeypatch.undo()
+    assert code == 2 and err.count("\n") == 1 and "cannot write the lock file" in err and "No space" in err, err
+    assert not (run / ".lock").exists()
+
+
+def test_disk_full_during_training(tmp_path, monkeypatch):
+    """ENOSPC while writing epoch 2's last.safetensors: one line naming the file and the committed
+    epoch (exit 1, a failure at run time); after space is freed the resumed run is bitwise equal to
+    an uninterrupted one."""
+    import errno as errno_mod
+
+    from safetensors.torch import load_file
+
+    import advmem.engine.io as io_mod
+
+    recipe = write_recipe(tmp_path, optim__epochs=3, optim__schedule__milestones=[2])
+    real, calls = io_mod.atomic_write, []
+
+    def atomic_write(path, write, mode="wb"):
+        if Path(path).name == "last.safetensors":
+            calls.append(path)
+            if len(calls) == 2:
+                def full(fh):
+                    write(fh)
+                    raise OSError(errno_mod.ENOSPC, os.strerror(errno_mod.ENOSPC))
+
+                return real(path, full, mode)
+        return real(path, write, mode)
+
+    monkeypatch.setattr(io_mod, "atomic_write", atomic_write)
+    code, err = run_cli(["train", str(recipe), "--quiet"], tmp_path)
+    monkeypatch.undo()
+    run = tmp_path / "runs" / "bad"
+    assert code == 1 and err.count("\n") == 1 and "Traceback" not in err, err
+    assert "disk full (No space left on device) while writing" in err and "last.safetensors" in err, err
+    assert "consistent at epoch 1" in err and f"advmem train --resume {run}" in err, err
+    assert not list(run.rglob(".*.tmp")) and not (run / ".lock").exists()
+    assert run_cli(["train", "--resume", str(run), "--quiet"], tmp_path)[0] == 0
+    other = write_recipe(tmp_path, name="ref", optim__epochs=3, optim__schedule__milestones=[2])
+    assert run_cli(["train", str(other), "--quiet"], tmp_path)[0] == 0
+    a = load_file(str(run / "checkpoints" / "last.safetensors"))
+    b = load_file(str(tmp_path / "runs" / "ref" / "checkpoints" / "last.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]

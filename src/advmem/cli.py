@@ -7,6 +7,7 @@ run time, 130 / 143 stopped cleanly by SIGINT / SIGTERM (resume with `advmem tra
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import sys
 import traceback
@@ -59,7 +60,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         from advmem.recipe import RESUME_SETTABLE
 
         run = RunDir(args.resume)
-        if args.recipe is not None or args.name or args.overwrite:
+        if args.recipe is not None or args.name is not None or args.overwrite:
             raise UserError("--resume continues a run as recorded; do not pass a recipe, --name or --overwrite with it")
         fixed = [s for s in args.set or [] if s.split("=", 1)[0].strip() not in RESUME_SETTABLE]
         if fixed:
@@ -73,7 +74,10 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise UserError("advmem train: a recipe is required, e.g. 'advmem train recipes/quickstart.yaml' "
                             "(or --resume runs/NAME)")
         overrides = list(args.set or [])
-        if args.name:
+        if args.name is not None:
+            if not args.name.strip():
+                raise UserError("--name is empty; give the run a name (letters, digits, '.', '_', '-'), "
+                                "or leave --name out to use the recipe's")
             overrides.append(f"name={args.name}")
         recipe = load_recipe(args.recipe, overrides)
         run_dir, summary = train(recipe, overwrite=args.overwrite, quiet=args.quiet)
@@ -255,6 +259,14 @@ def main(argv: list[str] | None = None) -> int:
     except Interrupted as err:
         print(f"advmem: {err}", file=sys.stderr)
         return err.exit_code
+    except OSError as err:
+        if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        if debug:
+            traceback.print_exc()
+        print(f"advmem: failed: disk full ({err.strerror}) while writing {err.filename or 'a file'}; files advmem "
+              "writes are replaced atomically, so none is torn; free space and run the command again", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("advmem: interrupted (files in the run directory are written atomically; "
               "resume a training run with 'advmem train --resume RUN')", file=sys.stderr)

@@ -31,6 +31,7 @@ from typing_extensions import Annotated
 from advmem.data.config import DataConfig
 from advmem.track.config import TrackConfig
 from advmem.errors import UserError
+from advmem.strict import StrictNumbers
 
 _BUDGET_RE = re.compile(r"^\s*(-?[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*(?:/\s*([0-9]*\.?[0-9]+))?\s*$")
 
@@ -60,7 +61,7 @@ def _budget_as_written(value: Any) -> str:
 Budget = Annotated[str, BeforeValidator(_budget_as_written)]
 
 
-class Section(BaseModel):
+class Section(StrictNumbers):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
@@ -128,6 +129,9 @@ class EMAConfig(Section):
     start_epoch: int = Field(1, ge=1)
 
 
+MAX_EPOCHS = 100_000  # optim.epochs above this is refused: a typo, not a plan
+
+
 class OptimConfig(Section):
     epochs: int = Field(10, ge=1)
     batch_size: int = Field(128, ge=1)
@@ -138,6 +142,13 @@ class OptimConfig(Section):
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     schedule: ScheduleConfig = ScheduleConfig()
     ema: EMAConfig | None = None
+
+    @field_validator("epochs", mode="before")
+    @classmethod
+    def _cap_epochs(cls, value: Any) -> Any:
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and value > MAX_EPOCHS:
+            raise ValueError(f"at most {MAX_EPOCHS} epochs are allowed (such a run would never end); lower it")
+        return value
 
     @model_validator(mode="after")
     def _check(self) -> "OptimConfig":
@@ -217,7 +228,7 @@ class PerfConfig(Section):
     fast_pool: Literal["auto", True, False] = "auto"  # eval-mode attacks max-pool in NHWC on CPU (auto: unless compiled)
 
 
-class MethodConfig(BaseModel):
+class MethodConfig(StrictNumbers):
     """Base of each method's own config; the registry picks the subclass by `name`."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
@@ -458,17 +469,83 @@ def recipe_from_dict(data: dict[str, Any], source: str = "recipe") -> Recipe:
         raise UserError(message.replace("\r", "\\r").replace("\n", "\\n")) from None  # always one line
 
 
-def load_recipe(spec: str | Path, overrides: list[str] | None = None) -> Recipe:
-    path = resolve_recipe_path(str(spec))
+MAX_DEPTH = 32  # a recipe nests about 4 levels; deeper input is refused before anything recurses over it
+
+
+class _DuplicateKey(Exception):
+    def __init__(self, key: Any, first: int, again: int) -> None:
+        self.key, self.first, self.again = key, first, again
+
+
+class _RecipeLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses a key given twice in one mapping (PyYAML keeps the last)."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge" or not isinstance(key_node, yaml.ScalarNode):
+                    continue
+                key = self.construct_object(key_node)
+                line = key_node.start_mark.line + 1
+                if key in seen:
+                    raise _DuplicateKey(key, seen[key], line)
+                seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+def _depth(value: Any, limit: int) -> int:
+    """Nesting depth of lists/dicts, counted iteratively (stops past `limit`)."""
+    stack, deepest = [(value, 1)], 0
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, (dict, list)):
+            deepest = max(deepest, depth)
+            if deepest > limit:
+                return deepest
+            stack.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
+    return deepest
+
+
+def parse_recipe_text(text: str, source: str) -> dict[str, Any]:
+    """A recipe file's YAML as a mapping, or a one-line UserError: invalid YAML, a duplicate key,
+    nesting deeper than MAX_DEPTH, an empty file, or not a mapping."""
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.load(text, Loader=_RecipeLoader)  # noqa: S506 (a SafeLoader subclass)
+    except _DuplicateKey as dup:
+        raise UserError(f"{source}: key '{dup.key}' is given twice in the same section (lines {dup.first} and "
+                        f"{dup.again}); keep one (YAML would silently use the last)") from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
-        raise UserError(f"{path}: not valid YAML{where}; fix the syntax") from None
-    except OSError as err:
-        raise UserError(f"{path}: cannot read recipe ({err.strerror})") from None
+        raise UserError(f"{source}: not valid YAML{where}; fix the syntax") from None
+    except RecursionError:
+        raise UserError(f"{source}: nested far too deeply (a recipe nests about 4 levels, at most {MAX_DEPTH}); "
+                        "pass the right file") from None
+    if data is None or data == {}:
+        raise UserError(f"{source}: the recipe is empty; refusing to start the default run. Write the settings "
+                        "(data:, model:, method:, optim:), e.g. start from recipes/quickstart.yaml")
     if not isinstance(data, dict):
-        raise UserError(f"{path}: a recipe must be a mapping of sections (data:, model:, method:, ...)")
+        raise UserError(f"{source}: a recipe must be a mapping of sections (data:, model:, method:, ...)")
+    if _depth(data, MAX_DEPTH) > MAX_DEPTH:
+        raise UserError(f"{source}: nested more than {MAX_DEPTH} levels deep (a recipe nests about 4); "
+                        "pass the right file")
+    return data
+
+
+def read_recipe_file(path: Path) -> dict[str, Any]:
+    """Read and parse a recipe file: at most 1 MB of UTF-8 YAML (engine.io.read_input_text)."""
+    from advmem.engine.io import read_input_text
+
+    try:
+        text = read_input_text(path, "recipe")
+    except FileNotFoundError:
+        raise UserError(f"{path}: recipe not found; check the path") from None
+    return parse_recipe_text(text, str(path))
+
+
+def load_recipe(spec: str | Path, overrides: list[str] | None = None) -> Recipe:
+    path = resolve_recipe_path(str(spec))
+    data = read_recipe_file(path)
     data = apply_overrides(data, overrides or [])
     return recipe_from_dict(data, source=str(path))

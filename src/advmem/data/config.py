@@ -9,13 +9,15 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field, model_validator
+
+from advmem.strict import StrictNumbers
 
 DATASET_NAMES = ("fashion-mnist", "cifar10", "cifar100", "svhn", "digits", "synthetic")
 AUGMENT_KINDS = ("default", "none", "crop_flip", "crop", "flip")
 
 
-class SyntheticConfig(BaseModel):
+class SyntheticConfig(StrictNumbers):
     """Shape and seed of the synthetic dataset (class-dependent mean patterns plus noise)."""
 
     model_config = ConfigDict(extra="forbid")
@@ -27,7 +29,7 @@ class SyntheticConfig(BaseModel):
     seed: int = 0
 
 
-class DataConfig(BaseModel):
+class DataConfig(StrictNumbers):
     """Which dataset, where it lives, and how it is split, subset and augmented."""
 
     model_config = ConfigDict(extra="forbid")
@@ -57,7 +59,7 @@ class DataConfig(BaseModel):
     input_corruption: "InputCorruptionConfig" = Field(default_factory=lambda: InputCorruptionConfig())
 
 
-class LabelNoiseConfig(BaseModel):
+class LabelNoiseConfig(StrictNumbers):
     """Training-label corruption, drawn from its own seed so the data split and training seed stay fixed.
 
     symmetric: each label is redrawn uniformly over all C classes with probability `rate`
@@ -78,7 +80,7 @@ class LabelNoiseConfig(BaseModel):
         return self
 
 
-class InputCorruptionConfig(BaseModel):
+class InputCorruptionConfig(StrictNumbers):
     """Training-image corruption of Zhang et al. 2017 on a fraction `rate` of the training set.
 
     random_pixels: each chosen image gets its own random permutation of pixel positions;

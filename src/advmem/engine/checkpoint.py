@@ -19,7 +19,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save
 
 from advmem import __version__
-from advmem.engine.io import atomic_write_bytes, atomic_write_json
+from advmem.engine.io import atomic_write_bytes, atomic_write_json, read_input_text
 from advmem.errors import RunFailure, UserError
 
 FORMAT = "advmem-checkpoint/1"
@@ -81,7 +81,7 @@ def read_sidecar(path: str | Path) -> dict[str, Any]:
     weights, sidecar = checkpoint_paths(path)
     embedded = embedded_meta(weights)
     try:
-        meta = json.loads(sidecar.read_text())
+        meta = json.loads(read_input_text(sidecar, "checkpoint sidecar"))
         key = ("epoch", "recipe_hash")
         if embedded is not None and isinstance(meta, dict) and [embedded.get(k) for k in key] != [meta.get(k) for k in key]:
             meta = embedded  # the sidecar lags the weights (a kill between the two writes)
@@ -89,7 +89,7 @@ def read_sidecar(path: str | Path) -> dict[str, Any]:
         if embedded is not None:
             return _checked(embedded, sidecar)
         raise UserError(f"{sidecar}: checkpoint sidecar not found; pass an advmem checkpoint (.safetensors with its .json)") from None
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, RecursionError):
         raise UserError(f"{sidecar}: sidecar is not valid JSON (truncated or corrupt); restore it from a copy") from None
     return _checked(meta, sidecar)
 

@@ -16,11 +16,11 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import Any
 
-import yaml
 
 from advmem import __version__
 from advmem.engine.io import atomic_write_json, atomic_write_text
@@ -100,6 +100,7 @@ class RunDir:
             return
         if self.path.exists() and not self.path.is_dir():
             raise UserError(f"{self.path} is a file; pick another run name with --name")
+        self._check_creatable()
         if self.is_skeleton():
             # only a lock and an empty checkpoints/: a live writer, or a run killed at its start
             check_unlocked(self.path)
@@ -111,6 +112,21 @@ class RunDir:
                 raise UserError(f"{self.path} is not an advmem run directory; refusing to delete it with --overwrite; "
                                 "pick another name with --name or output_root")
             check_unlocked(self.path)
+
+    def _check_creatable(self) -> None:
+        """Refuse an output_root that cannot hold run directories (a file such as /etc/passwd, a
+        read-only place), before anything is built or written."""
+        parent = self.path.parent
+        ancestor = parent
+        while not ancestor.exists() and ancestor != ancestor.parent:
+            ancestor = ancestor.parent
+        if not ancestor.is_dir():
+            raise UserError(f"output_root {parent}: {ancestor} is a file, not a directory; set output_root to a "
+                            "directory (default runs/)")
+        target = self.path if self.path.is_dir() else ancestor
+        if not os.access(target, os.W_OK | os.X_OK):
+            raise UserError(f"cannot create runs under {parent}: {target} is not writable; set output_root to a "
+                            "writable directory")
 
     def prepare(self, recipe, data_info: dict[str, Any], *, overwrite: bool) -> None:
         """Create (or, with overwrite, empty) the run directory; the caller holds its lock."""
@@ -133,12 +149,14 @@ class RunDir:
             atomic_write_json(self.path / "data.json", data_info)
 
     def load_recipe(self, overrides: list[str] | None = None):
-        from advmem.recipe import apply_overrides, recipe_from_dict
+        from advmem.engine.io import read_input_text
+        from advmem.recipe import apply_overrides, parse_recipe_text, recipe_from_dict
 
         try:
-            data = yaml.safe_load(self.recipe_path.read_text())
-        except (OSError, yaml.YAMLError):
-            raise UserError(f"{self.recipe_path}: missing or unreadable; not a usable run directory") from None
+            text = read_input_text(self.recipe_path, "recipe")
+        except FileNotFoundError:
+            raise UserError(f"{self.recipe_path}: missing; not a usable run directory") from None
+        data = parse_recipe_text(text, str(self.recipe_path))
         return recipe_from_dict(apply_overrides(data, overrides or []), source=str(self.recipe_path))
 
     def committed_epoch(self) -> tuple[int, str] | None:
@@ -172,15 +190,7 @@ class RunDir:
     def read_metrics(self) -> list[dict[str, Any]]:
         if not self.metrics_jsonl.exists():
             return []
-        rows = []
-        for number, line in enumerate(self.metrics_jsonl.read_text().splitlines(), start=1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except ValueError:
-                    raise UserError(f"{self.metrics_jsonl}:{number}: not valid JSON (corrupt); "
-                                    "restore it or start the run again with --overwrite") from None
-        return rows
+        return read_metrics_file(self.metrics_jsonl)
 
     def write_metrics(self, rows: list[dict[str, Any]]) -> None:
         from advmem.engine.checkpoint import json_safe
@@ -229,6 +239,28 @@ class RunDir:
         from advmem.report.plots import plot_learning_curves
 
         plot_learning_curves(rows, self.curves_path, title=self.path.name)
+
+
+def read_metrics_file(path: Path) -> list[dict[str, Any]]:
+    """The rows of a metrics.jsonl: one JSON object per line, or a one-line UserError naming the
+    line (binary garbage, a torn or edited line, a value that is not an object)."""
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise UserError(f"{path}: cannot read ({err.strerror or err})") from None
+    rows = []
+    for number, raw in enumerate(data.splitlines(), start=1):
+        if not raw.strip():
+            continue
+        try:
+            row = json.loads(raw.decode("utf-8"))
+        except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
+            row = None
+        if not isinstance(row, dict):
+            raise UserError(f"{path}:{number}: not a JSON object (corrupt or edited); restore the file, or resume "
+                            "the run (advmem train --resume), which rewrites it from resume.pt") from None
+        rows.append(row)
+    return rows
 
 
 def _checkpoint_epoch(stem: Path) -> int | None:

@@ -82,7 +82,7 @@ def lock_holder(run_path: Path) -> dict[str, Any] | None:
             young = time.time() - path.stat().st_mtime < 10
         except OSError:
             return None
-        return {"pid": "?", "hostname": socket.gethostname()} if young else None
+        return {"pid": "?", "hostname": socket.gethostname(), "empty": True} if young else None
     if info.get("corrupt"):
         return None
     if info.get("hostname") != socket.gethostname():
@@ -102,6 +102,11 @@ def _describe(info: dict[str, Any]) -> str:
 
 
 def _busy_error(run_path: Path, info: dict[str, Any]) -> UserError:
+    if info.get("empty"):
+        return UserError(
+            f"{Path(run_path) / LOCK_NAME} is an empty lock file: another advmem is creating it this instant, or one "
+            "could not write it (a full disk?) and left it; retry in 10 s (an empty lock older than that is taken "
+            "over), or delete it now if no advmem is running on this run")
     if info.get("hostname") != socket.gethostname():
         return UserError(
             f"{run_path} is locked by {_describe(info)} (another machine, cannot check it); if that process is "
@@ -126,7 +131,11 @@ class RunLock:
         self.held = False
 
     def acquire(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise UserError(f"cannot create the run directory {self.path.parent} ({err.strerror or err}); set "
+                            "output_root (or --name) to a writable directory") from None
         body = json.dumps({"pid": os.getpid(), "hostname": socket.gethostname(),
                            "start_time": _process_start_time(os.getpid()), "created": time.time()})
         for _ in range(3):
@@ -146,10 +155,21 @@ class RunLock:
                 except FileNotFoundError:
                     pass
                 continue
-            with os.fdopen(fd, "w") as fh:
-                fh.write(body)
-                fh.flush()
-                os.fsync(fh.fileno())
+            except OSError as err:
+                raise UserError(f"cannot create the lock file {self.path} ({err.strerror or err}); set output_root "
+                                "(or --name) to a writable directory") from None
+            try:
+                with os.fdopen(fd, "w") as fh:
+                    fh.write(body)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+            except OSError as err:  # e.g. a full disk: leave no empty lock behind for the next try
+                try:
+                    os.unlink(self.path)
+                except OSError:
+                    pass
+                raise UserError(f"cannot write the lock file {self.path} ({err.strerror or err}); "
+                                "free disk space (or fix the permissions) and retry") from None
             self.held = True
             return
         raise UserError(f"could not lock {self.path.parent}: another process keeps taking the lock; retry")

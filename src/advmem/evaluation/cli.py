@@ -39,7 +39,7 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--dataset", default=None, help="dataset, e.g. cifar10")
     g.add_argument("--num-classes", type=int, default=None, help="default: the dataset's")
     g.add_argument("--model-kwargs", default=None, help="architecture kwargs as JSON, e.g. '{\"width\": 4}'")
-    g.add_argument("--norm", choices=["Linf", "L2"], default="Linf", help="threat model (default Linf)")
+    g.add_argument("--norm", choices=["Linf", "L2"], default=None, help="threat model (default Linf)")
     g.add_argument("--no-normalize", action="store_true",
                    help="the model takes [0,1] inputs as they are (normalization inside, RobustBench style)")
     g.add_argument("--mean", default=None, help="per-channel mean the model expects, comma-separated")

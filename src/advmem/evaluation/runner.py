@@ -185,6 +185,24 @@ def sanity_checks(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, sett
 # Checkpoints and targets
 
 
+EXTERNAL_FLAGS = {"arch": "--arch", "dataset": "--dataset", "num_classes": "--num-classes",
+                  "model_kwargs": "--model-kwargs", "norm": "--norm", "no_normalize": "--no-normalize",
+                  "mean": "--mean", "std": "--std"}
+
+
+def refuse_external_flags(paths: list[Path], external: dict[str, Any]) -> None:
+    """The flags that describe an external .pt/.pth file contradict an advmem checkpoint, whose sidecar
+    records its architecture, dataset and threat model: refuse them rather than ignore them."""
+    from advmem.evaluation.loading import is_advmem_checkpoint
+
+    given = [flag for key, flag in EXTERNAL_FLAGS.items() if external.get(key) not in (None, False, {}, [])]
+    ours = [p for p in paths if is_advmem_checkpoint(p)]
+    if given and ours:
+        raise UserError(f"{', '.join(given)} describe an external .pt/.pth checkpoint, but {ours[0]} is an advmem "
+                        "checkpoint whose sidecar records its architecture, dataset and threat model; drop "
+                        f"{'them' if len(given) > 1 else 'it'} (to evaluate under another budget, use --eps)")
+
+
 def checkpoints_of(target: str | Path, which: str = "both") -> list[Path]:
     """The checkpoints `advmem eval` evaluates: a run's best and/or last, or one file."""
     path = Path(target)
@@ -569,6 +587,7 @@ def evaluate_target(target: str, *, attacks: list[str] | None, split: str = "tes
                 raise UserError(f"{flag} '{text}' is not a non-negative number or fraction like 8/255") from None
     dev = resolve_device(device)
     paths = checkpoints_of(target, which)
+    refuse_external_flags(paths, external or {})
     plans = [prepare_checkpoint(p, attacks=attacks, split=split, n_examples=n_examples, batch_size=batch_size,
                                 steps=steps, restarts=restarts, eps=eps, seed=seed, device=dev, step_size=step_size,
                                 checks=checks, n_check=n_check, out_dir=out_dir, external=external,

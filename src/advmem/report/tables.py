@@ -15,8 +15,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from advmem.errors import UserError
 
 ARTIFACT_NAMES = ("measures.csv", "grad_stability.json", "per_sample.parquet")
@@ -48,19 +46,27 @@ def load_run(path: str | Path) -> RunInfo:
         raise UserError(f"{path}: not a directory; pass advmem run directories (runs/NAME) or study folders")
     info = RunInfo(path=path, name=path.name, is_run=(path / "recipe.yaml").is_file())
     if info.is_run:
-        try:
-            info.recipe = yaml.safe_load((path / "recipe.yaml").read_text()) or {}
-        except yaml.YAMLError:
-            raise UserError(f"{path / 'recipe.yaml'}: not valid YAML") from None
+        from advmem.engine.io import read_input_text
+        from advmem.engine.rundir import read_metrics_file
+        from advmem.recipe import parse_recipe_text
+
+        info.recipe = parse_recipe_text(read_input_text(path / "recipe.yaml", "recipe"), str(path / "recipe.yaml"))
         metrics = path / "metrics.jsonl"
         if metrics.is_file():
-            info.rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+            info.rows = read_metrics_file(metrics)
         if (path / "summary.json").is_file():
-            info.summary = json.loads((path / "summary.json").read_text())
+            try:
+                summary = json.loads(read_input_text(path / "summary.json", "summary"))
+            except (ValueError, RecursionError):
+                summary = None
+            if not isinstance(summary, dict):
+                raise UserError(f"{path / 'summary.json'}: not a JSON object (corrupt or edited); restore it, or "
+                                f"resume the run (advmem train --resume {path}), which rewrites it")
+            info.summary = summary
         for f in sorted((path / "checkpoints").glob("*.eval.json")):
             try:
-                info.evals[f.name[: -len(".eval.json")]] = json.loads(f.read_text())
-            except json.JSONDecodeError:
+                info.evals[f.name[: -len(".eval.json")]] = json.loads(read_input_text(f, "evaluation result"))
+            except (ValueError, RecursionError):
                 continue
     for f in sorted(p for p in path.rglob("*") if p.is_file() and len(p.relative_to(path).parts) <= 4):
         if f.name in ARTIFACT_NAMES:

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import ConfigDict, Field, field_validator
+
+from advmem.strict import StrictNumbers
 
 
-class PerSampleConfig(BaseModel):
+class PerSampleConfig(StrictNumbers):
     """Per-sample memorization tracking (track/per_sample.py).
 
     every: track epochs that are multiples of `every` (and the last epoch);
@@ -28,7 +30,7 @@ class PerSampleConfig(BaseModel):
         raise ValueError("must be 'all' or a positive number of samples")
 
 
-class TrackConfig(BaseModel):
+class TrackConfig(StrictNumbers):
     model_config = ConfigDict(extra="forbid")
     # None = no per-sample tracking.
     per_sample: PerSampleConfig | None = None
