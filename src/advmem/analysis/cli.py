@@ -6,6 +6,7 @@ from advmem.plugins import add_group
 
 ANALYSES = {
     "grad-stability": "advmem.analysis.grad_stability",
+    "grad-same-weights": "advmem.analysis.same_weights",
     "measures": "advmem.analysis.measures",
 }
 
