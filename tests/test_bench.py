@@ -96,7 +96,10 @@ def test_overhead_off_state_is_exactly_pgd_at(method):
               "model": {"name": "small_cnn", "kwargs": {"width": 4, "hidden": 8}},
               "attack": {"eps": "8/255", "step_size": "2/255", "steps": 2},
               "optim": {"batch_size": 16, "epochs": 4}, "eval": {"train_subset": 0}}
-    base = make_trainer({**recipe, "method": {"name": "pgd_at"}}, settings)
+    # TE's PGD-AT takes its first attack gradient at the unclamped start, as the authors' PGD_TE
+    # does before its start epoch too (attack.start_clamp: auto); AWP's base is plain PGD-AT
+    clamp = {"start_clamp": False} if method["name"] == "te" else {}
+    base = make_trainer({**recipe, "attack": {**recipe["attack"], **clamp}, "method": {"name": "pgd_at"}}, settings)
     feature = make_trainer({**recipe, "method": method}, settings)
     feature.model.load_state_dict(base.model.state_dict())
     batch = next(base.bundle.train.batches(16, shuffle=False))
