@@ -1,24 +1,43 @@
-"""`advmem study random-labels --scale tiny` end to end, resumability, and REPRODUCTION.md sections."""
+"""`advmem study random-labels --scale tiny` end to end (two seeds), seeding, resumability, REPRODUCTION.md sections."""
 
 from __future__ import annotations
 
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 import types
 from argparse import Namespace
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 
 from advmem.errors import UserError
 from advmem.studies import random_labels
 from advmem.studies.reproduction import update_reproduction
 
+from conftest import run_cli
+
 SRC = Path(__file__).resolve().parents[1] / "src"
-RUNS = ["pgd-at-true", "pgd-at-random", "trades-true", "trades-random"]
+KEYS = ["pgd_at/true", "pgd_at/random", "trades/true", "trades/random"]
+BASES = ["pgd-at-true", "pgd-at-random", "trades-true", "trades-random"]
+SEEDS = [0, 1]  # the tiny scale's default
+# seed 0 keeps the single-seed names (completed runs are reused), seed S > 0 gets _seedS
+RUNS = [b if s == 0 else f"{b}_seed{s}" for b in BASES for s in SEEDS]
+
+
+def last_row(run_dir: Path) -> dict:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()][-1]
+
+
+def weights(path: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(path))
 
 
 def has_module(name: str) -> bool:
@@ -49,7 +68,7 @@ def test_tiny_study_writes_everything(tiny_study):
         run_dir = out / "runs" / run
         for name in ("summary.json", "metrics.jsonl", "per_sample.parquet"):
             assert (run_dir / name).exists(), (run, name)
-        assert (run_dir / "corruption.npz").exists() == run.endswith("random")
+        assert (run_dir / "corruption.npz").exists() == ("-random" in run)
     if has_module("advmem.analysis.grad_stability"):
         assert (out / "grad-stability" / "grad_stability.json").exists()
         assert (out / "grad-stability" / "grad_stability.png").exists()
@@ -59,19 +78,118 @@ def test_tiny_study_writes_everything(tiny_study):
         assert any((out / "measures").iterdir())
     results = json.loads((out / "results.json").read_text())
     assert results["chance"] == pytest.approx(0.25)
+    assert results["settings"]["seeds"] == SEEDS and "--seeds 2" in results["settings"]["command"]
     readme = (out / "README.md").read_text()
-    # README numbers are the run directories' numbers
-    for key, run in zip(("pgd_at/true", "pgd_at/random", "trades/true", "trades/random"), RUNS):
-        last = [json.loads(line) for line in (out / "runs" / run / "metrics.jsonl").read_text().splitlines()][-1]
-        assert results["runs"][key]["train_rob_acc"] == pytest.approx(last["track_rob_acc"])
-        assert f"{100 * last['track_nat_acc']:.1f}%" in readme
+    assert "2 seeds: 0, 1" in readme
+    # README and results.json numbers are mean ± sample std over the seeds' run directories
+    for key, base in zip(KEYS, BASES):
+        entry = results["runs"][key]
+        assert [Path(p).name for p in entry["runs"]] == [base, f"{base}_seed1"]
+        cells = []
+        for metric, col in (("train_nat_acc", "track_nat_acc"), ("train_rob_acc", "track_rob_acc"),
+                            ("test_nat_acc", "test_nat_acc"), ("test_rob_acc", "test_rob_acc")):
+            a, b = (last_row(out / "runs" / Path(p).name)[col] for p in entry["runs"])
+            st = entry[metric]
+            assert st["n"] == 2 and st["values"] == pytest.approx([a, b])
+            assert st["mean"] == pytest.approx((a + b) / 2)
+            assert st["std"] == pytest.approx(abs(a - b) / 2 ** 0.5)  # sample std of two values
+            cells.append(f"{100 * st['mean']:.1f} ± {100 * st['std']:.1f}%")
+        g = entry["grad_norm_sq_last"]
+        assert g["n"] == 2 and g["mean"] == pytest.approx(sum(g["values"]) / 2)
+        assert f"| {' | '.join(cells)} | {g['mean']:.3g} ± {g['std']:.2g} |" in readme, (key, cells)
+        # the plotted curve is the mean over seeds, with its std
+        final = entry["curve"][-1]
+        assert final["train_nat_acc"] == pytest.approx(entry["train_nat_acc"]["mean"])
+        assert final["train_nat_acc_std"] == pytest.approx(entry["train_nat_acc"]["std"])
+        assert final["train_nat_acc_n"] == 2
     # true-label runs train on clean labels, random-label runs on the recorded random ones
-    rand = json.loads((out / "runs" / "pgd-at-random" / "data.json").read_text())
-    assert rand["corruption"]["label_noise"]["redrawn"] == 48
+    for run in ("pgd-at-random", "pgd-at-random_seed1"):
+        rand = json.loads((out / "runs" / run / "data.json").read_text())
+        assert rand["corruption"]["label_noise"]["redrawn"] == 48
     text = repro.read_text()
     assert "<!-- other-study:begin -->\nkeep me\n<!-- other-study:end -->" in text
     assert text.count("<!-- random-labels-tiny:begin -->") == 1
     assert readme.strip() in text
+
+
+def test_seeds_draw_labels_init_and_order(tiny_study):
+    out, _, _ = tiny_study
+    runs = out / "runs"
+
+    def labels(run):
+        with np.load(runs / run / "corruption.npz") as z:
+            return z["labels"].copy()
+
+    # the label draw follows the seed: different across seeds, the same for both methods of one seed
+    assert (labels("pgd-at-random") != labels("pgd-at-random_seed1")).mean() > 0.3
+    assert np.array_equal(labels("pgd-at-random"), labels("trades-random"))
+    assert np.array_equal(labels("pgd-at-random_seed1"), labels("trades-random_seed1"))
+    recipes = random_labels.build_recipes("tiny", None, [], SEEDS)
+    assert recipes[("pgd_at", "random", 1)].seed == 1 and recipes[("pgd_at", "random", 1)].data.label_noise.seed == 1
+    assert recipes[("pgd_at", "random", 0)].seed == 0 and recipes[("pgd_at", "random", 0)].data.label_noise.seed == 0
+    # the initialization follows the seed (the same for both methods of one seed: same model)
+    init = {run: weights(runs / run / "checkpoints" / "init.safetensors") for run in RUNS}
+    for base in BASES:
+        a, b = init[base], init[f"{base}_seed1"]
+        assert a.keys() == b.keys()
+        assert any(not torch.equal(a[k], b[k]) for k in a if k.endswith("weight"))
+    for seed_suffix in ("", "_seed1"):
+        a, b = init[f"pgd-at-random{seed_suffix}"], init[f"trades-random{seed_suffix}"]
+        assert all(torch.equal(a[k], b[k]) for k in a)
+    # and so do the final weights of the random-label runs
+    a, b = (weights(runs / r / "checkpoints" / "last.safetensors") for r in ("pgd-at-random", "pgd-at-random_seed1"))
+    assert any(not torch.equal(a[k], b[k]) for k in a if k.endswith("weight"))
+
+
+def test_same_seed_gives_bitwise_the_same_run(tiny_study, tmp_path):
+    """Retrain the seed-1 random-label PGD-AT run from its recipe: the final weights are bitwise equal."""
+    out, _, _ = tiny_study
+    overrides = random_labels.recipe_overrides("tiny", "pgd_at", "random", 1, None, [])
+    args = ["train", random_labels.SCALES["tiny"]["recipes"]["pgd_at"], "--quiet"]
+    for o in overrides + [f"output_root={tmp_path}"]:
+        args += ["--set", o]
+    env = dict(os.environ, PYTHONPATH=str(SRC))
+    proc = subprocess.run([sys.executable, "-m", "advmem", *args], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    again, first = tmp_path / "pgd-at-random_seed1", out / "runs" / "pgd-at-random_seed1"
+    for ckpt in ("init", "last"):
+        a = weights(first / "checkpoints" / f"{ckpt}.safetensors")
+        b = weights(again / "checkpoints" / f"{ckpt}.safetensors")
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), ckpt
+    with np.load(first / "corruption.npz") as x, np.load(again / "corruption.npz") as y:
+        assert np.array_equal(x["labels"], y["labels"])
+    assert [r["train_loss"] for r in map(json.loads, (first / "metrics.jsonl").read_text().splitlines())] == \
+        [r["train_loss"] for r in map(json.loads, (again / "metrics.jsonl").read_text().splitlines())]
+
+
+def test_more_seeds_reuse_the_completed_ones_and_train_in_parallel(tiny_study, tmp_path):
+    out, _, _ = tiny_study
+    copy = tmp_path / "out"
+    shutil.copytree(out / "runs", copy / "runs")
+    before = {run: (copy / "runs" / run / "metrics.jsonl").read_bytes() for run in RUNS}
+    res = run_cli(["study", "random-labels", "--scale", "tiny", "--seeds", "3", "--parallel", "2", "--out", str(copy),
+                   "--no-reproduction", "--quiet"], tmp_path)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.stderr.count("complete, skipped") == 8
+    assert before == {run: (copy / "runs" / run / "metrics.jsonl").read_bytes() for run in RUNS}
+    for base in BASES:
+        assert (copy / "runs" / f"{base}_seed2" / "summary.json").exists()
+        assert (copy / "runs" / "logs" / f"{base}_seed2.log").exists()
+    results = json.loads((copy / "results.json").read_text())
+    assert results["settings"]["seeds"] == [0, 1, 2]
+    assert all(results["runs"][k]["train_nat_acc"]["n"] == 3 for k in KEYS)
+    assert "3 seeds: 0, 1, 2" in (copy / "README.md").read_text()
+
+
+def test_bad_seed_options_are_one_line_errors(tmp_path):
+    out = tmp_path / "out"
+    for extra, needle in ((["--seeds", "0"], "--seeds 0"), (["--set", "seed=3"], "use --seeds"),
+                          (["--set", "data.label_noise.seed=3"], "use --seeds"), (["--parallel", "0"], "--parallel")):
+        res = run_cli(["study", "random-labels", "--scale", "tiny", "--out", str(out), *extra], tmp_path)
+        assert res.returncode == 2, (extra, res.stderr)
+        assert needle in res.stderr and "Traceback" not in res.stderr and len(res.stderr.strip().splitlines()) == 1
+        assert not out.exists()
 
 
 def test_rerun_skips_complete_runs_and_calls_analyses(tiny_study, monkeypatch, capsys):
@@ -79,10 +197,15 @@ def test_rerun_skips_complete_runs_and_calls_analyses(tiny_study, monkeypatch, c
     mtimes = {run: (out / "runs" / run / "metrics.jsonl").stat().st_mtime_ns for run in RUNS}
     calls = {}
 
+    # re-solved change per run: seed 0 alone says TRADES random is the less stable (3 > 1), the means
+    # over the two seeds say PGD-AT random is (5 > 3): the verdict must follow the means
+    fake = {"pgd-at-random": 1.0, "pgd-at-random_seed1": 9.0, "trades-random": 3.0, "trades-random_seed1": 3.0}
+
     def probe_runs(run_dirs, out_dir, **opts):
         calls["probe"] = [Path(p).name for p in run_dirs]
-        return {"runs": [{"run": Path(p).name, "alphas": [0.0, 1e-3, 1e-2], "regenerated": {"mean": [0, 0.1, 2.0 + i]},
-                          "fixed": {"mean": [0, 0.01, 0.1]}} for i, p in enumerate(run_dirs)]}
+        return {"runs": [{"run": Path(p).name, "alphas": [0.0, 1e-3, 1e-2],
+                          "regenerated": {"mean": [0, 0.1, fake.get(Path(p).name, 0.5)]},
+                          "fixed": {"mean": [0, 0.01, 0.1]}} for p in run_dirs]}
 
     def measure_runs(run_dirs, out_dir, **opts):
         calls["measures"] = len(run_dirs)
@@ -93,16 +216,18 @@ def test_rerun_skips_complete_runs_and_calls_analyses(tiny_study, monkeypatch, c
     monkeypatch.setitem(sys.modules, "advmem.analysis.grad_stability", types.SimpleNamespace(probe_runs=probe_runs))
     monkeypatch.setitem(sys.modules, "advmem.analysis.measures", types.SimpleNamespace(measure_runs=measure_runs))
     args = Namespace(scale="tiny", out=str(out), device=None, set=[], reproduction=str(repro),
-                     no_reproduction=False, quiet=True)
+                     no_reproduction=False, quiet=True, seeds=None, parallel=1)
     assert random_labels.run(args) == 0
     err = capsys.readouterr().err
-    assert err.count("complete, skipped") == 4
+    assert err.count("complete, skipped") == 8
     assert mtimes == {run: (out / "runs" / run / "metrics.jsonl").stat().st_mtime_ns for run in RUNS}
-    assert calls == {"probe": RUNS, "measures": 4}
+    assert calls == {"probe": RUNS, "measures": 8}
     readme = (out / "README.md").read_text()
-    # in the fake, TRADES random has the larger re-solved change (5 vs 3 for PGD-AT random): not reproduced
-    assert "Reproduced: **no** (PGD-AT 3 vs TRADES 5)" in readme
-    assert "PGD-AT random labels: 3 (x_adv fixed: 0.1)" in readme
+    assert "Reproduced: **yes** (PGD-AT 5 vs TRADES 3, means)" in readme
+    assert "PGD-AT random labels: 5 ± 5.7 (x_adv fixed: 0.1 ± 0)" in readme
+    assert "TRADES random labels: 3 ± 0 (x_adv fixed: 0.1 ± 0)" in readme
+    results = json.loads((out / "results.json").read_text())
+    assert results["runs"]["pgd_at/random"]["probe_regenerated"]["values"] == [1.0, 9.0]
     assert "| x | 1 |" in readme
     assert repro.read_text().count("<!-- random-labels-tiny:begin -->") == 1
 
@@ -111,7 +236,7 @@ def test_changed_settings_refuse_to_reuse_runs(tiny_study):
     out, _, _ = tiny_study
     before = sorted(p.name for p in (out / "runs").iterdir())
     args = Namespace(scale="tiny", out=str(out), device=None, set=["optim.lr=0.02"], reproduction=None,
-                     no_reproduction=True, quiet=True)
+                     no_reproduction=True, quiet=True, seeds=None, parallel=1)
     with pytest.raises(UserError, match="trained with different settings"):
         random_labels.run(args)
     assert sorted(p.name for p in (out / "runs").iterdir()) == before

@@ -1,23 +1,28 @@
 """Random labels: can adversarial training memorize them? PGD-AT and TRADES, true vs random labels.
 
 Trains PGD-AT and TRADES each on true and on completely random training labels (symmetric label
-noise at rate 1.0), with per-sample memorization tracking, skipping runs already complete in
-the output folder (incomplete ones are resumed). Then runs the gradient-stability probe and the
-complexity measures on the four final checkpoints (`advmem analyze grad-stability` /
-`measures`; skipped with a note if this advmem lacks them) and writes one folder:
+noise at rate 1.0), once per seed (`--seeds N`: seeds 0..N-1; the seed sets the recipe's `seed`,
+which draws the initialization and the data order, and `data.label_noise.seed`, which draws the
+random labels), with per-sample memorization tracking, skipping runs already complete in the
+output folder (incomplete ones are resumed). Then runs the gradient-stability probe and the
+complexity measures on the final checkpoints (`advmem analyze grad-stability` / `measures`;
+skipped with a note if this advmem lacks them) and writes one folder:
 
-    runs/                     the four run directories
-    training_curves.png       natural and robust train accuracy vs epoch (the paper's Figure 1 shape)
-    grad_norm.png             mean squared gradient norm of the training loss vs epoch
+    runs/                     the run directories: {pgd-at,trades}-{true,random} for seed 0 (the
+                              names of the single-seed study, so its runs are reused), with
+                              `_seedS` appended for seed S > 0
+    training_curves.png       natural and robust train accuracy vs epoch (the paper's Figure 1
+                              shape): mean over seeds, with a +- std band
+    grad_norm.png             mean squared gradient norm of the training loss vs epoch (mean, +- std)
     grad-stability/           the probe's JSON and log-log plot
     measures/                 the complexity-measure table
-    results.json, README.md   the numbers, and what they show
+    results.json, README.md   the numbers (mean +- std over seeds per run), and what they show
 
 The same markdown becomes the `random-labels-SCALE` section of REPRODUCTION.md (small and
 paper scales, run inside the advmem checkout; tiny only with --reproduction PATH).
 
 Scales: tiny (synthetic data, seconds, for the tests), small (Fashion-MNIST subset, a CPU
-budget of about 45 minutes on 2 cores), paper (the CIFAR-10 recipes of the paper, for a GPU).
+budget of about 45 minutes on 2 cores per seed), paper (the CIFAR-10 recipes of the paper, for a GPU).
 """
 
 from __future__ import annotations
@@ -37,6 +42,12 @@ REPRODUCTION_SCALES = frozenset({"small", "paper"})  # the scales whose results 
 METHODS = {"pgd_at": "PGD-AT", "trades": "TRADES"}
 LABELS = {"true": "true labels", "random": "random labels"}
 TRUE_LABEL_OVERRIDES = ["data.label_noise.kind=none", "data.label_noise.rate=0"]
+# Set per seed by the study (the recipe's `seed` draws the initialization and the data order,
+# `data.label_noise.seed` the random labels); a --set of either is refused.
+SEED_KEYS = ("seed", "data.label_noise.seed")
+# Per-run numbers aggregated over seeds (mean +- sample std) in results.json and the README.
+AGG_KEYS = ("train_nat_acc", "train_rob_acc", "test_nat_acc", "test_rob_acc", "grad_norm_sq_last", "memorized_frac")
+CURVE_KEYS = ("train_nat_acc", "train_rob_acc", "test_nat_acc", "test_rob_acc", "grad_norm_sq")
 
 # Base recipes have random labels; the true-label runs are the same recipes with the noise off.
 SCALES: dict[str, dict[str, Any]] = {
@@ -53,6 +64,7 @@ SCALES: dict[str, dict[str, Any]] = {
         "probe": {"directions": 2, "batch_size": 16, "alphas": [0.0, 1e-3, 1e-2, 1e-1]},
         "measures": {},
         "last_epochs": 1,
+        "seeds": 2,  # two, so the smoke test exercises the seed machinery
     },
     "small": {
         "recipes": {"pgd_at": "studies/random-labels-small-pgd-at", "trades": "studies/random-labels-small-trades"},
@@ -60,6 +72,7 @@ SCALES: dict[str, dict[str, Any]] = {
         "probe": {"directions": 5, "batch_size": 128},
         "measures": {},
         "last_epochs": 10,
+        "seeds": 3,
     },
     "paper": {
         "recipes": {"pgd_at": "paper/cifar10-random-labels-pgd-at", "trades": "paper/cifar10-random-labels-trades"},
@@ -67,6 +80,7 @@ SCALES: dict[str, dict[str, Any]] = {
         "probe": {"directions": 5, "batch_size": 128},
         "measures": {},
         "last_epochs": 10,
+        "seeds": 1,  # CIFAR-10 WRN-28-10 for 300 epochs per run: ask for more with --seeds
     },
 }
 
@@ -79,21 +93,55 @@ def log(msg: str) -> None:
 # Recipes and training
 
 
-def build_recipes(scale: str, device: str | None, extra: list[str]) -> dict[tuple[str, str], Any]:
-    """The four recipes, keyed by (method, labels); validated before anything is written."""
+def seed_list(scale: str, n: int | None) -> list[int]:
+    """Seeds 0..N-1 (N from --seeds, else the scale's default)."""
+    n = SCALES[scale]["seeds"] if n is None else n
+    if n < 1:
+        raise UserError(f"--seeds {n}: must be at least 1")
+    return list(range(n))
+
+
+def check_seed_sets(sets: list[str]) -> None:
+    for item in sets:
+        if item.split("=", 1)[0].strip() in SEED_KEYS:
+            raise UserError(f"--set {item}: the study seeds each run itself (seed and data.label_noise.seed follow "
+                            "the run's seed, 0..N-1); use --seeds N")
+
+
+def seed_overrides(seed: int) -> list[str]:
+    """The seed of a run sets the initialization and data order (`seed`) and the label draw."""
+    return [f"seed={seed}", f"data.label_noise.seed={seed}"]
+
+
+def run_name(method: str, labels: str, seed: int) -> str:
+    """`pgd-at-random` for seed 0 (the single-seed study's names, so its runs are reused), then `_seedS`."""
+    base = f"{method.replace('_', '-')}-{labels}"
+    return base if seed == 0 else f"{base}_seed{seed}"
+
+
+def recipe_overrides(scale: str, method: str, labels: str, seed: int, device: str | None,
+                     extra: list[str]) -> list[str]:
+    cfg = SCALES[scale]
+    overrides = list(cfg["overrides"]) + (TRUE_LABEL_OVERRIDES if labels == "true" else [])
+    overrides += list(extra) + ([f"device={device}"] if device else [])
+    return overrides + seed_overrides(seed) + [f"name={run_name(method, labels, seed)}"]
+
+
+def build_recipes(scale: str, device: str | None, extra: list[str],
+                  seeds: list[int] | None = None) -> dict[tuple[str, str, int], Any]:
+    """All recipes, keyed by (method, labels, seed); validated before anything is written."""
     from advmem.recipe import load_recipe
 
-    cfg = SCALES[scale]
+    check_seed_sets(extra)
+    seeds = [0] if seeds is None else seeds
     recipes = {}
-    for method, spec in cfg["recipes"].items():
+    for method, spec in SCALES[scale]["recipes"].items():
         for labels in LABELS:
-            overrides = list(cfg["overrides"]) + (TRUE_LABEL_OVERRIDES if labels == "true" else [])
-            overrides += list(extra) + ([f"device={device}"] if device else [])
-            overrides.append(f"name={method.replace('_', '-')}-{labels}")
-            recipe = load_recipe(spec, overrides)
-            if recipe.method.name != method:
-                raise UserError(f"recipe {spec}: method is {recipe.method.name}, expected {method}")
-            recipes[(method, labels)] = recipe
+            for seed in seeds:
+                recipe = load_recipe(spec, recipe_overrides(scale, method, labels, seed, device, extra))
+                if recipe.method.name != method:
+                    raise UserError(f"recipe {spec}: method is {recipe.method.name}, expected {method}")
+                recipes[(method, labels, seed)] = recipe
     return recipes
 
 
@@ -116,6 +164,30 @@ def run_state(run_path: Path, recipe) -> str:
     if run.finished(recipe.optim.epochs):
         return "complete"
     return "resume" if run.resume_path.exists() else "restart"
+
+
+def train_parallel(recipes: dict[tuple[str, str, int], Any], scale: str, device: str | None, extra: list[str],
+                   runs_dir: Path, parallel: int) -> None:
+    """Train the runs not yet complete as `advmem train` subprocesses, `parallel` at a time (sweep machinery)."""
+    from advmem.errors import RunFailure
+    from advmem.sweep import SweepRun, launch_local, run_status
+
+    todo = []
+    for (method, labels, seed), recipe in recipes.items():
+        overrides = recipe_overrides(scale, method, labels, seed, device, extra) + [f"output_root={runs_dir}"]
+        run = SweepRun(name=recipe.name, point={}, seed=seed, overrides=overrides, recipe_hash=recipe.hash(),
+                       epochs=recipe.optim.epochs, spec=SCALES[scale]["recipes"][method])
+        run.status = run_status(run, runs_dir)
+        if run.status == "complete":
+            log(f"{recipe.name}: complete, skipped")
+        else:
+            todo.append(run)
+    if todo:
+        launch_local(todo, "", runs_dir, parallel, log)
+    bad = [r.name for r in todo if run_status(r, runs_dir) != "complete"]
+    if bad:
+        raise RunFailure(f"{len(bad)} runs did not finish ({', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''}); "
+                         f"see {runs_dir / 'logs'}, then run the same command again to resume them")
 
 
 def ensure_trained(recipe, runs_dir: Path, quiet: bool) -> Path:
@@ -172,6 +244,52 @@ def run_numbers(run_path: Path, last_epochs: int) -> dict[str, Any]:
     return out
 
 
+def stats(values: list[float | None]) -> dict[str, Any]:
+    """Mean, sample standard deviation (n - 1; 0 for one value), min, max and n of the values present."""
+    vals = [float(v) for v in values if v is not None and not math.isnan(float(v))]
+    out: dict[str, Any] = {"mean": None, "std": None, "min": None, "max": None, "n": len(vals),
+                           "values": [None if v is None else float(v) for v in values]}
+    if vals:
+        mean = sum(vals) / len(vals)
+        std = math.sqrt(sum((v - mean) ** 2 for v in vals) / (len(vals) - 1)) if len(vals) > 1 else 0.0
+        out.update(mean=mean, std=std, min=min(vals), max=max(vals))
+    return out
+
+
+def mean_curve(curves: list[list[dict[str, float]]]) -> list[dict[str, float]]:
+    """Per epoch and key: the mean over seeds, with `KEY_std`, `KEY_min`, `KEY_max` and `KEY_n`."""
+    by_epoch: dict[int, list[dict[str, float]]] = {}
+    for curve in curves:
+        for point in curve:
+            by_epoch.setdefault(point["epoch"], []).append(point)
+    out = []
+    for epoch in sorted(by_epoch):
+        point: dict[str, Any] = {"epoch": epoch}
+        for key in CURVE_KEYS:
+            st = stats([p.get(key) for p in by_epoch[epoch]])
+            if st["n"]:
+                point[key] = st["mean"]
+                for part in ("std", "min", "max", "n"):
+                    point[f"{key}_{part}"] = st[part]
+        out.append(point)
+    return out
+
+
+def aggregate(per_seed: list[dict[str, Any]], seeds: list[int]) -> dict[str, Any]:
+    """One run of the study over its seeds: mean +- std of each number, the mean curve, and each seed's numbers."""
+    out: dict[str, Any] = {"seeds": list(seeds), "runs": [r["run"] for r in per_seed],
+                           "epochs": per_seed[0]["epochs"], "grad_epochs": per_seed[0]["grad_epochs"]}
+    for key in AGG_KEYS:
+        out[key] = stats([r.get(key) for r in per_seed])
+    out["curve"] = mean_curve([r["curve"] for r in per_seed])
+    out["per_seed"] = [dict({k: v for k, v in r.items() if k != "curve"}, seed=s) for r, s in zip(per_seed, seeds)]
+    return out
+
+
+def mean_of(st: dict[str, Any] | None) -> float | None:
+    return None if not st else st.get("mean")
+
+
 def verdict(acc: float | None, chance: float) -> str:
     """How far a run fitted its training labels (natural train accuracy)."""
     if acc is None:
@@ -210,17 +328,24 @@ def plot_training_curves(results: dict[str, Any], path: Path) -> None:
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
     colours = {"true": "#1f77b4", "random": "#d62728"}
+    n_seeds = len(results["settings"].get("seeds", [0]))
     for ax, (method, label) in zip(axes, METHODS.items()):
         for labels, colour in colours.items():
             curve = results["runs"][f"{method}/{labels}"]["curve"]
             for kind, style, name in (("nat", "-", "natural"), ("rob", "--", "robust")):
-                pts = [(p["epoch"], 100 * p[f"train_{kind}_acc"]) for p in curve if f"train_{kind}_acc" in p]
+                key = f"train_{kind}_acc"
+                pts = [p for p in curve if key in p]
                 if pts:
-                    xs, ys = zip(*pts)
+                    xs = [p["epoch"] for p in pts]
+                    ys = [100 * p[key] for p in pts]
                     ax.plot(xs, ys, style, color=colour, marker="o" if len(pts) < 30 else None, ms=3,
                             label=f"{LABELS[labels]}, {name}")
+                    if n_seeds > 1:
+                        sd = [100 * p.get(f"{key}_std", 0.0) for p in pts]
+                        ax.fill_between(xs, [y - d for y, d in zip(ys, sd)], [y + d for y, d in zip(ys, sd)],
+                                        color=colour, alpha=0.15 if kind == "nat" else 0.08, lw=0)
         ax.axhline(100 * results["chance"], color="grey", lw=0.8, ls=":", label="chance")
-        ax.set_title(f"{label}: training accuracy")
+        ax.set_title(f"{label}: training accuracy" + (f" (mean ± std, {n_seeds} seeds)" if n_seeds > 1 else ""))
         ax.set_xlabel("epoch")
         ax.set_ylim(-2, 102)
         ax.grid(alpha=0.3)
@@ -235,16 +360,22 @@ def plot_grad_norms(results: dict[str, Any], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(6, 3.8))
     styles = {("pgd_at", "true"): ("#1f77b4", "-"), ("pgd_at", "random"): ("#1f77b4", "--"),
               ("trades", "true"): ("#ff7f0e", "-"), ("trades", "random"): ("#ff7f0e", "--")}
+    n_seeds = len(results["settings"].get("seeds", [0]))
     for (method, labels), (colour, style) in styles.items():
         curve = results["runs"][f"{method}/{labels}"]["curve"]
-        pts = [(p["epoch"], p["grad_norm_sq"]) for p in curve if p.get("grad_norm_sq")]
+        pts = [p for p in curve if p.get("grad_norm_sq")]
         if pts:
-            xs, ys = zip(*pts)
+            xs = [p["epoch"] for p in pts]
+            ys = [p["grad_norm_sq"] for p in pts]
             ax.plot(xs, ys, style, color=colour, label=f"{METHODS[method]}, {LABELS[labels]}")
+            if n_seeds > 1:  # a log axis: the band is clipped at the smallest seed's value
+                lo = [max(y - p.get("grad_norm_sq_std", 0.0), p.get("grad_norm_sq_min", y)) for y, p in zip(ys, pts)]
+                hi = [y + p.get("grad_norm_sq_std", 0.0) for y, p in zip(ys, pts)]
+                ax.fill_between(xs, lo, hi, color=colour, alpha=0.12, lw=0)
     ax.set_yscale("log")
     ax.set_xlabel("epoch")
     ax.set_ylabel("mean squared gradient norm per step")
-    ax.set_title("Gradient norm of the training loss")
+    ax.set_title("Gradient norm of the training loss" + (f" (mean ± std, {n_seeds} seeds)" if n_seeds > 1 else ""))
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=7)
     save_figure(fig, path)
@@ -262,7 +393,31 @@ def sci(value: float | None) -> str:
     return "—" if value is None else f"{value:.3g}"
 
 
-def settings_text(recipe) -> str:
+def pct_pm(st: dict[str, Any] | None) -> str:
+    """'45.3 ± 2.1%' (mean ± sample std over seeds); one seed: '45.3%'."""
+    if not st or st.get("mean") is None:
+        return "—"
+    return f"{100 * st['mean']:.1f} ± {100 * st['std']:.1f}%" if st["n"] > 1 else pct(st["mean"])
+
+
+def sci_pm(st: dict[str, Any] | None) -> str:
+    if not st or st.get("mean") is None:
+        return "—"
+    return f"{st['mean']:.3g} ± {st['std']:.2g}" if st["n"] > 1 else sci(st["mean"])
+
+
+def per_seed_text(st: dict[str, Any] | None, seeds: list[int]) -> str:
+    """'seed 0: 40.1%, seed 1: 38.2%' (empty for one seed)."""
+    if not st or len(seeds) < 2:
+        return ""
+    return "; per seed: " + ", ".join(f"seed {s} {pct(v)}" for s, v in zip(seeds, st["values"]))
+
+
+def seeds_text(seeds: list[int]) -> str:
+    return f"seed {seeds[0]}" if len(seeds) == 1 else f"seeds {', '.join(map(str, seeds))}"
+
+
+def settings_text(recipe, seeds: list[int] | None = None) -> str:
     d, o, a, m = recipe.data, recipe.optim, recipe.attack, recipe.method
     size = f"{d.train_size} training images" if d.train_size else "all training images"
     if d.dataset == "synthetic":
@@ -272,17 +427,30 @@ def settings_text(recipe) -> str:
              else f"lr {o.lr} ({o.schedule.name})")
     tr = recipe.track.per_sample
     return (f"{d.dataset}, {size}, random labels = symmetric noise at rate {recipe.data.label_noise.rate} "
-            f"(seed {d.label_noise.seed}); {recipe.model.name} {recipe.model.kwargs or ''}; {a.norm} eps {a.eps}, "
+            + (f"(seed {d.label_noise.seed}); " if seeds is None else
+               f"({seeds_text(seeds)}: each seed draws the labels, the initialization and the data order); ")
+            + f"{recipe.model.name} {recipe.model.kwargs or ''}; {a.norm} eps {a.eps}, "
             f"{a.steps} steps of {a.step_size}{extra}; {o.epochs} epochs, {sched}, batch {o.batch_size}, "
             f"momentum {o.momentum}, weight decay {o.weight_decay}, augment {d.augment}; training accuracy "
             + (f"on {'all' if tr.subset == 'all' else tr.subset} training images every {tr.every} epoch(s) (eval attack: {recipe.eval.attack.steps} steps)"
                if tr else f"on {recipe.eval.train_subset} training images"))
 
 
+def fit_count(r: dict[str, Any], chance: float, wanted: str) -> str:
+    """'2 of 3 seeds' whose natural train accuracy gives the verdict `wanted` (empty for one seed)."""
+    values = [v for v in r["train_nat_acc"]["values"]]
+    if len(values) < 2:
+        return ""
+    hits = sum(verdict(v, chance) == wanted for v in values)
+    return f"; {wanted} in {hits} of {len(values)} seeds"
+
+
 def markdown(results: dict[str, Any]) -> str:
     s = results["settings"]
     chance = results["chance"]
     runs = results["runs"]
+    seeds = s.get("seeds", [0])
+    n = len(seeds)
     lines = [
         f"## Random labels ({s['scale']} scale)",
         "",
@@ -292,7 +460,10 @@ def markdown(results: dict[str, Any]) -> str:
         "",
         f"Settings (random-label runs; the true-label runs are identical with the noise off): {s['settings']}.",
         "",
-        f"Training accuracy is measured w.r.t. the labels trained on; chance is {pct(chance)}. Mean squared "
+        (f"Every run is trained once per seed ({n} seeds: {', '.join(map(str, seeds))}); each number is the mean "
+         "± the sample standard deviation over the seeds, and each verdict is that of the mean. "
+         if n > 1 else "One seed (seed 0); `--seeds N` trains every run N times and reports mean ± std. ")
+        + f"Training accuracy is measured w.r.t. the labels trained on; chance is {pct(chance)}. Mean squared "
         f"gradient norm: average over the last {s['last_epochs']} epochs of the per-epoch mean of "
         "||grad||^2 per step.",
         "",
@@ -301,48 +472,52 @@ def markdown(results: dict[str, Any]) -> str:
     ]
     for key, r in runs.items():
         method, labels = key.split("/")
-        lines.append(f"| {METHODS[method]}, {LABELS[labels]} | {pct(r['train_nat_acc'])} | {pct(r['train_rob_acc'])} | "
-                     f"{pct(r['test_nat_acc'])} | {pct(r['test_rob_acc'])} | {sci(r['grad_norm_sq_last'])} | "
-                     f"{verdict(r['train_nat_acc'], chance)} |")
+        lines.append(f"| {METHODS[method]}, {LABELS[labels]} | {pct_pm(r['train_nat_acc'])} | "
+                     f"{pct_pm(r['train_rob_acc'])} | {pct_pm(r['test_nat_acc'])} | {pct_pm(r['test_rob_acc'])} | "
+                     f"{sci_pm(r['grad_norm_sq_last'])} | {verdict(mean_of(r['train_nat_acc']), chance)} |")
     lines += ["", "What this shows:", ""]
     pr, tr = runs["pgd_at/random"], runs["trades/random"]
-    pgd_v, trades_v = verdict(pr["train_nat_acc"], chance), verdict(tr["train_nat_acc"], chance)
-    lines.append(f"- PGD-AT on random labels: {pgd_v} (natural train accuracy {pct(pr['train_nat_acc'])}, "
-                 f"robust {pct(pr['train_rob_acc'])}). The paper: PGD-AT fails to converge (near chance). "
+    pgd_v, trades_v = verdict(mean_of(pr["train_nat_acc"]), chance), verdict(mean_of(tr["train_nat_acc"]), chance)
+    lines.append(f"- PGD-AT on random labels: {pgd_v} (natural train accuracy {pct_pm(pr['train_nat_acc'])}"
+                 f"{per_seed_text(pr['train_nat_acc'], seeds)}{fit_count(pr, chance, 'near chance')}; robust "
+                 f"{pct_pm(pr['train_rob_acc'])}). The paper: PGD-AT fails to converge (near chance). "
                  f"Reproduced: **{'yes' if pgd_v == 'near chance' else 'no'}**.")
-    lines.append(f"- TRADES on random labels: {trades_v} (natural train accuracy {pct(tr['train_nat_acc'])}, "
-                 f"robust {pct(tr['train_rob_acc'])}"
-                 + (f"; {pct(tr['memorized_frac'])} of the samples whose label was changed are robustly fitted"
-                    if tr.get("memorized_frac") is not None else "")
+    memorized = mean_of(tr.get("memorized_frac"))
+    lines.append(f"- TRADES on random labels: {trades_v} (natural train accuracy {pct_pm(tr['train_nat_acc'])}"
+                 f"{per_seed_text(tr['train_nat_acc'], seeds)}{fit_count(tr, chance, 'memorized')}; robust "
+                 f"{pct_pm(tr['train_rob_acc'])}"
+                 + (f"; {pct_pm(tr['memorized_frac'])} of the samples whose label was changed are robustly fitted"
+                    if memorized is not None else "")
                  + "). The paper: TRADES memorizes random labels (close to 100% natural train accuracy). "
                  f"Reproduced: **{ {'memorized': 'yes', 'partly fitted': 'partly'}.get(trades_v, 'no') }**.")
-    if pr["grad_norm_sq_last"] is not None and tr["grad_norm_sq_last"] is not None:
+    if mean_of(pr["grad_norm_sq_last"]) is not None and mean_of(tr["grad_norm_sq_last"]) is not None:
         lines.append(f"- Mean squared gradient norm in the last epochs on random labels: PGD-AT "
-                     f"{sci(pr['grad_norm_sq_last'])}, TRADES {sci(tr['grad_norm_sq_last'])}.")
+                     f"{sci_pm(pr['grad_norm_sq_last'])}, TRADES {sci_pm(tr['grad_norm_sq_last'])}.")
     probe = results.get("grad_stability_summary") or {}
     if probe:
         parts = []
         for key in ("pgd_at/random", "trades/random", "pgd_at/true", "trades/true"):
-            name = Path(runs[key]["run"]).name
-            if name in probe:
-                p = probe[name]
-                parts.append(f"{METHODS[key.split('/')[0]]} {LABELS[key.split('/')[1]]}: {p['regenerated']:.3g} "
-                             f"(x_adv fixed: {p['fixed']:.3g})")
+            regen, fixed = runs[key].get("probe_regenerated"), runs[key].get("probe_fixed")
+            if regen and regen["n"]:
+                parts.append(f"{METHODS[key.split('/')[0]]} {LABELS[key.split('/')[1]]}: {sci_pm(regen)} "
+                             f"(x_adv fixed: {sci_pm(fixed)})")
         if parts:
             alpha = next(iter(probe.values()))["alpha"]
             lines.append(f"- Gradient stability (relative gradient change at weight perturbation alpha = {alpha:.2g}, "
-                         "x_adv re-solved at the perturbed weights): " + "; ".join(parts) + ". The paper: PGD-AT's "
-                         "gradient is the unstable one (larger change).")
-            pa, ta = probe.get(Path(pr["run"]).name), probe.get(Path(tr["run"]).name)
-            if pa and ta:
-                lines.append(f"  Reproduced: **{'yes' if pa['regenerated'] > ta['regenerated'] else 'no'}** "
-                             f"(PGD-AT {pa['regenerated']:.3g} vs TRADES {ta['regenerated']:.3g}).")
+                         "x_adv re-solved at the perturbed weights" + (", mean ± std over seeds" if n > 1 else "")
+                         + "): " + "; ".join(parts) + ". The paper: PGD-AT's gradient is the unstable one (larger "
+                         "change).")
+            pa, ta = mean_of(pr.get("probe_regenerated")), mean_of(tr.get("probe_regenerated"))
+            if pa is not None and ta is not None:
+                lines.append(f"  Reproduced: **{'yes' if pa > ta else 'no'}** "
+                             f"(PGD-AT {pa:.3g} vs TRADES {ta:.3g}{', means' if n > 1 else ''}).")
     for note in results.get("notes", []):
         lines.append(f"- Note: {note}")
     if s["scale"] == "small":
         lines.append("- Where the findings hold at other eps and train-set sizes: the section written by "
                      "`advmem study random-labels-boundary` (below).")
-    files = ["`training_curves.png` (the paper's Figure 1 shape)", "`grad_norm.png`"]
+    files = ["`training_curves.png` (the paper's Figure 1 shape" + (", mean ± std over seeds)" if n > 1 else ")"),
+             "`grad_norm.png`"]
     files += ["`grad-stability/`"] if results.get("grad_stability_summary") is not None and probe else []
     files += ["`measures/`"] if results.get("measures") is not None else []
     lines += ["", "Files: " + ", ".join(files + ["`results.json`", "`runs/`"]) + "."]
@@ -393,12 +568,20 @@ def run_measures(run_paths: list[Path], out_dir: Path, opts: dict[str, Any], not
 def add_arguments(parser) -> None:
     parser.add_argument("--scale", choices=list(SCALES), default="small",
                         help="tiny: synthetic smoke test (seconds); small: Fashion-MNIST subset on a CPU "
-                             "(about 45 min on 2 cores); paper: the paper's CIFAR-10 WRN-28-10 recipes (GPU)")
+                             "(about 45 min on 2 cores per seed); paper: the paper's CIFAR-10 WRN-28-10 recipes (GPU)")
     parser.add_argument("--out", default=None, help="output folder (default studies/random-labels-SCALE)")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None,
                         help="device for training and analyses (default: the recipes' 'auto')")
     parser.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE",
-                        help="override a value in all four recipes (repeatable), e.g. --set optim.epochs=50")
+                        help="override a value in every recipe (repeatable), e.g. --set optim.epochs=50 "
+                             "(not seed or data.label_noise.seed: see --seeds)")
+    parser.add_argument("--seeds", type=int, default=None, metavar="N",
+                        help="train every run with seeds 0..N-1 (each seed draws the random labels, the "
+                             "initialization and the data order) and report mean ± std; default 2 at tiny, "
+                             "3 at small, 1 at paper. Seed 0 keeps the single-seed run names, so its runs are reused")
+    parser.add_argument("--parallel", type=int, default=1,
+                        help="runs trained at a time: 1 (default) trains in this process; N > 1 starts N "
+                             "`advmem train` subprocesses with cores/N threads each, logs in OUT/runs/logs")
     parser.add_argument("--reproduction", default=None,
                         help="REPRODUCTION.md to update (default: at scale small or paper, the REPRODUCTION.md "
                              "of the advmem checkout holding the current directory; tiny never by default)")
@@ -409,7 +592,11 @@ def run(args) -> int:
     t0 = time.time()
     scale = args.scale
     cfg = SCALES[scale]
-    recipes = build_recipes(scale, args.device, args.set)  # validates everything before writing
+    parallel = getattr(args, "parallel", 1)
+    if parallel < 1:
+        raise UserError(f"--parallel {parallel}: must be at least 1")
+    seeds = seed_list(scale, getattr(args, "seeds", None))
+    recipes = build_recipes(scale, args.device, args.set, seeds)  # validates everything before writing
     repro_path, repro_why = reproduction_target(scale, explicit=args.reproduction, disabled=args.no_reproduction,
                                                 default_scales=REPRODUCTION_SCALES)
     out = Path(args.out or f"studies/random-labels-{scale}")
@@ -417,11 +604,15 @@ def run(args) -> int:
     for recipe in recipes.values():  # refuse foreign run directories before training anything
         run_state(runs_dir / recipe.name, recipe)
     runs_dir.mkdir(parents=True, exist_ok=True)
-    paths = {key: ensure_trained(recipe, runs_dir, args.quiet) for key, recipe in recipes.items()}
+    if parallel > 1:
+        train_parallel(recipes, scale, args.device, args.set, runs_dir, parallel)
+        paths = {key: runs_dir / recipe.name for key, recipe in recipes.items()}
+    else:
+        paths = {key: ensure_trained(recipe, runs_dir, args.quiet) for key, recipe in recipes.items()}
 
     notes: list[str] = []
     order = [("pgd_at", "true"), ("pgd_at", "random"), ("trades", "true"), ("trades", "random")]
-    run_paths = [paths[k] for k in order]
+    run_paths = [paths[(m, l, seed)] for m, l in order for seed in seeds]
     probe = run_probe(run_paths, out / "grad-stability", cfg["probe"], args.device, notes)
     measures = run_measures(run_paths, out / "measures", cfg["measures"], notes)
     measures_md = None
@@ -431,19 +622,30 @@ def run(args) -> int:
 
     import json
 
-    example = recipes[("pgd_at", "random")]
-    info = json.loads((paths[("pgd_at", "random")] / "data.json").read_text())
+    example = recipes[("pgd_at", "random", seeds[0])]
+    info = json.loads((paths[("pgd_at", "random", seeds[0])] / "data.json").read_text())
     num_classes = int(info["num_classes"])
     extra = " ".join(f"--set {s}" for s in args.set)
-    command = f"advmem study random-labels --scale {scale}" + (f" {extra}" if extra else "")
+    command = (f"advmem study random-labels --scale {scale} --seeds {len(seeds)}" + (f" {extra}" if extra else "")
+               + (f" --parallel {parallel}" if parallel > 1 else ""))
+    summary = probe_summary(probe)
+    runs: dict[str, Any] = {}
+    for m, l in order:
+        entry = aggregate([run_numbers(paths[(m, l, seed)], cfg["last_epochs"]) for seed in seeds], seeds)
+        if summary:
+            names = [paths[(m, l, seed)].name for seed in seeds]
+            entry["probe_regenerated"] = stats([summary.get(nm, {}).get("regenerated") for nm in names])
+            entry["probe_fixed"] = stats([summary.get(nm, {}).get("fixed") for nm in names])
+        runs[f"{m}/{l}"] = entry
     results: dict[str, Any] = {
         "study": SECTION,
         "chance": 1.0 / num_classes,
         "settings": {"scale": scale, "command": command, "date": time.strftime("%Y-%m-%d"),
-                     "wall_min": (time.time() - t0) / 60, "last_epochs": cfg["last_epochs"],
-                     "settings": settings_text(example), "overrides": list(args.set)},
-        "runs": {f"{m}/{l}": run_numbers(paths[(m, l)], cfg["last_epochs"]) for m, l in order},
-        "grad_stability_summary": probe_summary(probe),
+                     "wall_min": (time.time() - t0) / 60, "last_epochs": cfg["last_epochs"], "seeds": seeds,
+                     "std": "sample standard deviation over seeds (n - 1 denominator; 0 for one seed)",
+                     "settings": settings_text(example, seeds), "overrides": list(args.set)},
+        "runs": runs,
+        "grad_stability_summary": summary,
         "measures": measures,
         "measures_markdown": measures_md,
         "notes": notes,

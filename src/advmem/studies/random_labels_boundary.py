@@ -7,7 +7,8 @@ recipes over a grid (by default eps x train-set size; any recipe key with --grid
 final natural/robust train accuracy, the gradient norm, and the gradient-stability probe at one
 weight-perturbation size for every run, and writes:
 
-    runs/          one run directory per method and grid point (complete runs are skipped)
+    runs/          one run directory per method, grid point and seed, NAME_..._seedS (complete runs
+                   are skipped)
     boundary.png   natural train accuracy against the first grid key, both methods
     table.md/.csv, results.json, README.md
 
@@ -15,6 +16,9 @@ The README becomes the `random-labels-boundary` section of REPRODUCTION.md (smal
 the advmem checkout, or --reproduction PATH). The attack step
 follows eps (eps/4, as in the study recipes) unless `--set attack.step_size=...` fixes it.
 Runs go `--parallel` at a time as `advmem train` subprocesses (sweep machinery).
+`--seeds N` (default 1) trains every grid point with seeds 0..N-1, each seed setting the recipe's
+`seed` (initialization, data order) and `data.label_noise.seed` (the label draw); with N > 1 the
+table gives mean ± sample std over the seeds and every verdict is that of the mean.
 """
 
 from __future__ import annotations
@@ -60,14 +64,18 @@ def eps_step(eps: str) -> str:
         raise UserError(f"--grid attack.eps: {err}") from None
 
 
-def plan(scale: str, grid: dict[str, list[str]], sets: list[str], out: Path) -> list:
-    """Every run (both methods x grid points) as a validated sweep run with its own base recipe."""
+def plan(scale: str, grid: dict[str, list[str]], sets: list[str], out: Path, seeds: list[int] | None = None) -> list:
+    """Every run (both methods x grid points x seeds) as a validated sweep run with its own base recipe.
+
+    Names are the sweep's (`BASE_KEY-VALUE_seedS`), so seed 0 keeps the names of the single-seed study."""
     from advmem.sweep import expand
 
     cfg = SCALES[scale]
     for item in sets:
         if item.split("=", 1)[0].strip() in ("name", "output_root"):
             raise UserError(f"--set {item}: the study names its runs and puts them in OUT/runs; use --out instead")
+    rl.check_seed_sets(sets)
+    seeds = [0] if seeds is None else seeds
     base_sets = list(cfg["overrides"]) + list(sets)
     fixed_step = any(s.startswith("attack.step_size=") for s in sets) or "attack.step_size" in grid
     eps_values = grid.get("attack.eps", [None])
@@ -76,15 +84,17 @@ def plan(scale: str, grid: dict[str, list[str]], sets: list[str], out: Path) -> 
         for eps in eps_values:
             sub = {k: (v if k != "attack.eps" else [eps]) for k, v in grid.items()}
             extra = [] if eps is None or fixed_step else [f"attack.step_size={eps_step(eps)}"]
-            point_runs, _, base = expand(spec, dict(sub), None, base_sets + extra, out / "runs")
-            if base.method.name != method:
-                raise UserError(f"recipe {spec}: method is {base.method.name}, expected {method}")
-            if base.data.label_noise.rate < 1.0:
-                raise UserError(f"recipe {spec}: labels are not random (label_noise.rate "
-                                f"{base.data.label_noise.rate}); this study trains on random labels only")
-            for run in point_runs:
-                run.spec, run.extra["method"] = spec, method
-            runs += point_runs
+            for seed in seeds:  # the label draw follows the seed (expand sets only `seed`)
+                point_runs, _, base = expand(spec, dict(sub), [seed],
+                                             base_sets + extra + [f"data.label_noise.seed={seed}"], out / "runs")
+                if base.method.name != method:
+                    raise UserError(f"recipe {spec}: method is {base.method.name}, expected {method}")
+                if base.data.label_noise.rate < 1.0:
+                    raise UserError(f"recipe {spec}: labels are not random (label_noise.rate "
+                                    f"{base.data.label_noise.rate}); this study trains on random labels only")
+                for run in point_runs:
+                    run.spec, run.extra["method"] = spec, method
+                runs += point_runs
     names = [r.name for r in runs]
     if len(set(names)) != len(names):
         raise UserError("two runs of this grid get the same name; use grid values that differ in letters or digits")
@@ -96,13 +106,13 @@ def point_key(point: dict[str, Any], keys: list[str]) -> tuple:
 
 
 def collect(runs: list, runs_dir: Path, keys: list[str], last_epochs: int) -> dict[tuple, dict[str, Any]]:
-    """Numbers per grid point and method, from the run directories."""
+    """Numbers per grid point and method: a list with one entry per seed, from the run directories."""
     table: dict[tuple, dict[str, Any]] = {}
     for run in runs:
         numbers = rl.run_numbers(runs_dir / run.name, last_epochs)
         numbers.pop("curve", None)
-        numbers["name"] = run.name
-        table.setdefault(point_key(run.point, keys), {})[run.extra["method"]] = numbers
+        numbers["name"], numbers["seed"] = run.name, run.seed
+        table.setdefault(point_key(run.point, keys), {}).setdefault(run.extra["method"], []).append(numbers)
     return table
 
 
@@ -114,18 +124,33 @@ def fmt(value: float | None) -> str:
     return "—" if value is None else f"{value:.3g}"
 
 
+def pct_pm(mean: float | None, std: float | None, n: int) -> str:
+    return pct(mean) if mean is None or n < 2 else f"{100 * mean:.1f} ± {100 * std:.1f}"
+
+
+def fmt_pm(mean: float | None, std: float | None, n: int) -> str:
+    return fmt(mean) if mean is None or n < 2 else f"{mean:.3g} ± {std:.2g}"
+
+
+# row column -> per-run key
+ROW_KEYS = {"train_nat": "train_nat_acc", "train_rob": "train_rob_acc", "grad_norm_sq": "grad_norm_sq_last",
+            "probe": "probe_regenerated", "probe_fixed": "probe_fixed"}
+
+
 def rows(table: dict[tuple, dict[str, Any]], keys: list[str], chance: float) -> list[dict[str, Any]]:
+    """One row per grid point: per method the mean over seeds (`{method}_{col}`), its sample std
+    (`_std`), the number of seeds (`{method}_seeds`), and the fit verdict of the mean."""
     out = []
     for point, methods in table.items():
         row: dict[str, Any] = dict(zip(keys, point))
         for method in rl.METHODS:
-            r = methods.get(method, {})
-            row[f"{method}_train_nat"] = r.get("train_nat_acc")
-            row[f"{method}_train_rob"] = r.get("train_rob_acc")
-            row[f"{method}_fit"] = rl.verdict(r.get("train_nat_acc"), chance)
-            row[f"{method}_grad_norm_sq"] = r.get("grad_norm_sq_last")
-            row[f"{method}_probe"] = r.get("probe_regenerated")
-            row[f"{method}_probe_fixed"] = r.get("probe_fixed")
+            per_seed = methods.get(method, [])
+            row[f"{method}_seeds"] = len(per_seed)
+            for col, key in ROW_KEYS.items():
+                st = rl.stats([r.get(key) for r in per_seed])
+                row[f"{method}_{col}"], row[f"{method}_{col}_std"] = st["mean"], st["std"]
+            row[f"{method}_fit"] = rl.verdict(row[f"{method}_train_nat"], chance)
+            row[f"{method}_train_nat_per_seed"] = [r.get("train_nat_acc") for r in per_seed]
         row["paper_pattern"] = row["pgd_at_fit"] == "near chance" and row["trades_fit"] == "memorized"
         p, t = row["pgd_at_probe"], row["trades_probe"]
         row["pgd_at_less_stable"] = None if p is None or t is None else p > t
@@ -139,6 +164,12 @@ def describe(point: dict[str, Any], keys: list[str]) -> str:
 
 def markdown(results: dict[str, Any]) -> str:
     s, keys, table = results["settings"], results["keys"], results["rows"]
+    seeds = s.get("seeds", [0])
+    n = len(seeds)
+
+    def cell(r: dict[str, Any], method: str, col: str, form) -> str:
+        return form(r[f"{method}_{col}"], r.get(f"{method}_{col}_std"), r.get(f"{method}_seeds", 1))
+
     lines = [
         "## Random labels: where the findings hold (small scale)" if s["scale"] == "small"
         else f"## Random labels: where the findings hold ({s['scale']} scale)",
@@ -151,7 +182,11 @@ def markdown(results: dict[str, Any]) -> str:
         f"random): {s['settings']}. Varied: {', '.join(f'`{k}`' for k in keys)}"
         + ("; the attack step is eps/4." if "attack.eps" in keys and not s["fixed_step"] else "."),
         "",
-        f"Final training accuracy (%) w.r.t. the random labels (chance {100 * results['chance']:.1f}%), natural / "
+        (f"Every grid point is trained with {n} seeds ({', '.join(map(str, seeds))}; each seed draws the labels, "
+         "the initialization and the data order): each number is the mean ± the sample standard deviation over "
+         "the seeds, and the fit verdicts and the findings below are those of the means. " if n > 1 else
+         "One seed per grid point (seed 0; `--seeds N` gives mean ± std over N). ")
+        + f"Final training accuracy (%) w.r.t. the random labels (chance {100 * results['chance']:.1f}%), natural / "
         f"robust; fit: memorized >= 90% natural, near chance < chance + 10 points. Gradient: mean squared norm of "
         f"the training-loss gradient over the last {s['last_epochs']} epochs. "
         + (f"Probe: relative gradient change at weight perturbation alpha = {PROBE_ALPHA:g} with x_adv re-solved "
@@ -165,10 +200,12 @@ def markdown(results: dict[str, Any]) -> str:
     ]
     for r in table:
         lines.append("| " + " | ".join(str(r[k]) for k in keys)
-                     + f" | {pct(r['pgd_at_train_nat'])} / {pct(r['pgd_at_train_rob'])} | {r['pgd_at_fit']} "
-                     f"| {pct(r['trades_train_nat'])} / {pct(r['trades_train_rob'])} | {r['trades_fit']} "
-                     f"| {fmt(r['pgd_at_grad_norm_sq'])} / {fmt(r['trades_grad_norm_sq'])} "
-                     f"| {fmt(r['pgd_at_probe'])} / {fmt(r['trades_probe'])} "
+                     + f" | {cell(r, 'pgd_at', 'train_nat', pct_pm)} / {cell(r, 'pgd_at', 'train_rob', pct_pm)} "
+                     f"| {r['pgd_at_fit']} "
+                     f"| {cell(r, 'trades', 'train_nat', pct_pm)} / {cell(r, 'trades', 'train_rob', pct_pm)} "
+                     f"| {r['trades_fit']} "
+                     f"| {cell(r, 'pgd_at', 'grad_norm_sq', fmt_pm)} / {cell(r, 'trades', 'grad_norm_sq', fmt_pm)} "
+                     f"| {cell(r, 'pgd_at', 'probe', fmt_pm)} / {cell(r, 'trades', 'probe', fmt_pm)} "
                      f"| {'yes' if r['paper_pattern'] else 'no'} |")
 
     def where(pred) -> str:
@@ -177,7 +214,7 @@ def markdown(results: dict[str, Any]) -> str:
 
     lines += [
         "",
-        "Where each finding holds:",
+        "Where each finding holds" + (" (judged on the means over seeds):" if n > 1 else ":"),
         "",
         f"- PGD-AT fails to converge (near chance): {where(lambda r: r['pgd_at_fit'] == 'near chance')}.",
         f"- TRADES memorizes (>= 90% natural train accuracy): {where(lambda r: r['trades_fit'] == 'memorized')}.",
@@ -199,7 +236,8 @@ def write_csv(table: list[dict[str, Any]], path: Path) -> None:
     if table:
         writer = csv.DictWriter(buf, fieldnames=list(table[0]))
         writer.writeheader()
-        writer.writerows(table)
+        writer.writerows([{k: (" ".join("" if x is None else repr(x) for x in v) if isinstance(v, list) else v)
+                           for k, v in row.items()} for row in table])
     atomic_write_text(path, buf.getvalue())
 
 
@@ -216,17 +254,20 @@ def plot(table: list[dict[str, Any]], keys: list[str], chance: float, path: Path
     dashes = ["-", "--", ":", "-."]
     for gi, (group, items) in enumerate(groups.items()):
         for method, (colour, marker) in styles.items():
-            pts = [(str(r[first]), 100 * r[f"{method}_train_nat"]) for r in items if r[f"{method}_train_nat"] is not None]
+            pts = [(str(r[first]), 100 * r[f"{method}_train_nat"], 100 * (r.get(f"{method}_train_nat_std") or 0.0))
+                   for r in items if r[f"{method}_train_nat"] is not None]
             if not pts:
                 continue
             label = rl.METHODS[method] + ("" if not rest else " (" + describe(dict(zip(rest, group)), rest) + ")")
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], dashes[gi % len(dashes)], color=colour,
-                    marker=marker, label=label)
+            ax.errorbar([p[0] for p in pts], [p[1] for p in pts],
+                        yerr=[p[2] for p in pts] if any(r.get(f"{method}_seeds", 1) > 1 for r in items) else None,
+                        fmt=dashes[gi % len(dashes)], color=colour, marker=marker, capsize=3, label=label)
     ax.axhline(100 * chance, color="grey", lw=0.8, ls=":", label="chance")
     ax.set_xlabel(first)
     ax.set_ylabel("natural train accuracy on random labels (%)")
     ax.set_ylim(-2, 102)
-    ax.set_title("Random labels: which settings fit them")
+    n = max((r.get("pgd_at_seeds", 1) for r in table), default=1)
+    ax.set_title("Random labels: which settings fit them" + (f" (mean ± std, {n} seeds)" if n > 1 else ""))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     save_figure(fig, path)
@@ -247,6 +288,9 @@ def add_arguments(parser) -> None:
                         help="override a value in every run, e.g. --set optim.epochs=100")
     parser.add_argument("--parallel", type=int, default=2,
                         help="runs at a time (default 2; each gets cores/N threads)")
+    parser.add_argument("--seeds", type=int, default=1, metavar="N",
+                        help="train every grid point with seeds 0..N-1 (each seed draws the random labels, the "
+                             "initialization and the data order); N > 1 reports mean ± std (default 1)")
     parser.add_argument("--no-probe", action="store_true", help="skip the gradient-stability probe")
     parser.add_argument("--out", default=None, help="output folder (default studies/random-labels-boundary-SCALE)")
     parser.add_argument("--reproduction", default=None,
@@ -261,15 +305,22 @@ def run(args) -> int:
     t0 = time.time()
     if args.parallel < 1:
         raise UserError("--parallel must be at least 1")
+    seeds = getattr(args, "seeds", 1)
+    if seeds < 1:
+        raise UserError(f"--seeds {seeds}: must be at least 1")
+    seeds = list(range(seeds))
     cfg = SCALES[args.scale]
     grid = parse_grid(args.grid) if args.grid else {k: list(v) for k, v in cfg["grid"].items()}
-    for key in ("seed", "name", "output_root", "method.name", "data.label_noise.rate"):
+    for key in ("seed", "data.label_noise.seed"):
         if key in grid:
-            raise UserError(f"--grid {key} is not varied by this study (both methods, one seed, random labels); "
+            raise UserError(f"--grid {key}: the study seeds each run itself; use --seeds N")
+    for key in ("name", "output_root", "method.name", "data.label_noise.rate"):
+        if key in grid:
+            raise UserError(f"--grid {key} is not varied by this study (both methods, random labels); "
                             "use `advmem sweep` for that")
     keys = list(grid)
     out = Path(args.out or f"studies/random-labels-boundary-{args.scale}")
-    runs = plan(args.scale, grid, args.set, out)  # validates every recipe before anything is written
+    runs = plan(args.scale, grid, args.set, out, seeds)  # validates every recipe before anything is written
     repro_path, repro_why = reproduction_target(args.scale, explicit=args.reproduction,
                                                 disabled=args.no_reproduction, default_scales=REPRODUCTION_SCALES)
     runs_dir = out / "runs"
@@ -294,7 +345,7 @@ def run(args) -> int:
         for r in runs:
             p = summary.get(r.name)
             if p:
-                entry = table[point_key(r.point, keys)][r.extra["method"]]
+                entry = next(e for e in table[point_key(r.point, keys)][r.extra["method"]] if e["name"] == r.name)
                 entry["probe_regenerated"], entry["probe_fixed"] = p["regenerated"], p["fixed"]
 
     info = json.loads((runs_dir / runs[0].name / "data.json").read_text())
@@ -302,13 +353,16 @@ def run(args) -> int:
     from advmem.engine.rundir import RunDir
 
     example = RunDir(runs_dir / runs[0].name).load_recipe()
-    command = f"advmem study {SECTION} --scale {args.scale}" + "".join(
+    command = f"advmem study {SECTION} --scale {args.scale}" + (
+        f" --seeds {len(seeds)}" if len(seeds) > 1 else "") + "".join(
         f" --grid {g}" for g in args.grid) + "".join(f" --set {s}" for s in args.set)
     results = {
         "study": SECTION, "chance": chance, "keys": keys,
         "settings": {"scale": args.scale, "command": command, "date": time.strftime("%Y-%m-%d"),
                      "wall_min": (time.time() - t0) / 60, "last_epochs": cfg["last_epochs"],
-                     "probe_directions": cfg["probe"]["directions"], "settings": rl.settings_text(example),
+                     "probe_directions": cfg["probe"]["directions"], "seeds": seeds,
+                     "std": "sample standard deviation over seeds (n - 1 denominator; 0 for one seed)",
+                     "settings": rl.settings_text(example, seeds),
                      "fixed_step": any(s.startswith("attack.step_size=") for s in args.set)
                                    or "attack.step_size" in keys,
                      "probe": not args.no_probe},
