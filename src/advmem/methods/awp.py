@@ -28,7 +28,7 @@ import torch
 from pydantic import Field, SerializeAsAny, field_validator
 
 from advmem.attacks.pgd import current_grad_scale
-from advmem.methods.base import Method
+from advmem.methods.base import Method, WrapsBase
 from advmem.methods.registry import method_class, register_method
 from advmem.recipe import MethodConfig
 
@@ -75,7 +75,7 @@ def perturbed_weights(model: torch.nn.Module) -> list[torch.Tensor]:
 
 
 @register_method("awp")
-class AWP(Method):
+class AWP(WrapsBase, Method):
     Config = AWPConfig
 
     def __init__(self, cfg: AWPConfig, attack, *, num_train, num_classes, device="cpu", label_smoothing=0.0):
@@ -118,14 +118,6 @@ class AWP(Method):
                     v = torch.where(torch.isfinite(g_norm), v, torch.zeros_like(v))
                 out.append((p, v))
         return out
-
-    @property
-    def start(self) -> str:
-        return self.base.start
-
-    @property
-    def start_clamp(self) -> bool:
-        return self.base.start_clamp
 
     def before_loss(self, model, batch, ctx, epoch):
         self.base.before_loss(model, batch, ctx, epoch)

@@ -98,6 +98,21 @@ class Method:
         return F.cross_entropy(logits, y, label_smoothing=self.label_smoothing)
 
 
+class WrapsBase:
+    """For a method that runs another (`self.base`): its attacks are the base's, so are the start
+    it reports and the clamp rule (TE and AWP)."""
+
+    base: Method
+
+    @property
+    def start(self) -> str:
+        return self.base.start
+
+    @property
+    def start_clamp(self) -> bool:
+        return self.base.start_clamp
+
+
 def accuracy_log(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Fraction correct, kept on the device (no host sync inside the step)."""
     return (logits.detach().argmax(dim=1) == y).float().mean()

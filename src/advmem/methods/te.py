@@ -51,7 +51,7 @@ from pydantic import Field, model_validator
 
 from advmem.attacks import attack_mode, cross_entropy
 from advmem.attacks.attack_view import attack_model
-from advmem.methods.base import AdvContext, Method, accuracy_log
+from advmem.methods.base import AdvContext, Method, WrapsBase, accuracy_log
 from advmem.methods.registry import method_class, register_method
 from advmem.recipe import MethodConfig
 
@@ -119,7 +119,7 @@ def te_penalty(probs: torch.Tensor, target: torch.Tensor, units: str) -> torch.T
 
 
 @register_method("te")
-class TemporalEnsembling(Method):
+class TemporalEnsembling(WrapsBase, Method):
     Config = TEConfig
 
     def __init__(self, cfg: TEConfig, attack, *, num_train, num_classes, device="cpu", label_smoothing=0.0):
@@ -173,15 +173,6 @@ class TemporalEnsembling(Method):
             return base(logits) + weight * te_penalty(F.softmax(logits.float(), dim=1), target, units)
 
         return objective
-
-    @property
-    def start(self) -> str:
-        """The base's random start (what the attacks of this method actually use)."""
-        return self.base.start
-
-    @property
-    def start_clamp(self) -> bool:
-        return self.base.start_clamp
 
     # -- the step ----------------------------------------------------------------------------------
     def attack(self, model, batch, epoch):
