@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from advmem.analysis.grad_stability import _Evaluator
+from advmem.methods.loss_gradient import LossGradient
 from advmem.analysis.same_weights import expand_checkpoints, loglog_slope, same_weights_change
 from advmem.data import Batch
 from advmem.methods import build_method
@@ -117,7 +117,7 @@ def test_random_start_is_the_same_at_theta_and_perturbed_points():
     ms = methods(AttackConfig(eps="0.1", step_size="0.03", steps=3))
     # the start is really random (uniform for PGD-AT, Gaussian for TRADES): another seed, another x_adv
     for method in ms.values():
-        x = [_Evaluator(net, method, batch, epoch=1, seed=s).attack().x_adv for s in (0, 0, 1)]
+        x = [LossGradient(net, method, batch, epoch=1, seed=s).attack().x_adv for s in (0, 0, 1)]
         assert torch.equal(x[0], x[1]) and not torch.equal(x[0], x[2])
     res = same_weights_change(net, ms, batch, alphas=[0.0, 1e-4], directions=5, seed=0)
     torch.manual_seed(12345)  # the global RNG state does not leak into the result

@@ -24,7 +24,6 @@ changes abruptly even for tiny alpha while TRADES' stays smooth.
 
 from __future__ import annotations
 
-import copy
 import math
 from pathlib import Path
 from typing import Any, Sequence
@@ -37,6 +36,7 @@ from advmem.analysis.common import (CHECKPOINT_HELP, add_device_argument, check_
                                     positive_int, seeded_rows)
 from advmem.engine.io import atomic_write_bytes, atomic_write_json
 from advmem.errors import UserError
+from advmem.methods.loss_gradient import LossGradient
 
 DEFAULT_ALPHAS = tuple(float(a) for a in np.logspace(-4, -1, 7))
 
@@ -60,51 +60,6 @@ def filter_normalized_direction(params: Sequence[torch.Tensor], generator: torch
     return directions
 
 
-class _Evaluator:
-    """Gradient of a method's training loss at theta + alpha*d, leaving the model as it found it."""
-
-    def __init__(self, model: nn.Module, method, batch, *, epoch: int, seed: int) -> None:
-        self.model, self.method, self.batch, self.epoch, self.seed = model, method, batch, epoch, seed
-        self.params = [p for p in model.parameters() if p.requires_grad]
-        self.theta = [p.detach().clone() for p in self.params]
-        self.buffers = {name: b.detach().clone() for name, b in model.named_buffers()}
-        self.method_state = copy.deepcopy(method.state_dict())
-        self.was_training = model.training
-        device = self.theta[0].device if self.theta else torch.device("cpu")
-        self.rng_devices = [device] if device.type == "cuda" else []
-
-    def set_weights(self, alpha: float = 0.0, direction: list[torch.Tensor] | None = None) -> None:
-        """Weights to theta + alpha*direction; buffers (BN running stats) and method state to theta's."""
-        with torch.no_grad():
-            for i, (p, t) in enumerate(zip(self.params, self.theta)):
-                p.copy_(t if direction is None or alpha == 0 else t + alpha * direction[i])
-            for name, b in self.model.named_buffers():
-                b.copy_(self.buffers[name])
-        if self.method_state:
-            self.method.load_state_dict(copy.deepcopy(self.method_state))
-
-    def restore(self) -> None:
-        self.set_weights()
-        self.model.train(self.was_training)
-
-    def attack(self):
-        with torch.random.fork_rng(devices=self.rng_devices):
-            torch.manual_seed(self.seed)
-            return self.method.attack(self.model, self.batch, self.epoch)
-
-    def gradient(self, ctx) -> torch.Tensor:
-        """Flattened gradient of `outer_loss`, computed the way the trainer computes it."""
-        with torch.random.fork_rng(devices=self.rng_devices):
-            torch.manual_seed(self.seed + 1)  # same dropout masks (if any) at every alpha
-            self.method.before_loss(self.model, self.batch, ctx, self.epoch)
-            self.model.train()
-            loss, _ = self.method.outer_loss(self.model, self.batch, ctx, self.epoch)
-            grads = torch.autograd.grad(loss, self.params, allow_unused=True)
-            self.method.after_step(self.model)
-        return torch.cat([(g if g is not None else torch.zeros_like(p)).detach().reshape(-1).double()
-                          for g, p in zip(grads, self.params)])
-
-
 def gradient_change(model: nn.Module, method, batch, *, alphas: Sequence[float] = DEFAULT_ALPHAS, directions: int = 5,
                     seed: int = 0, epoch: int = 1) -> dict[str, Any]:
     """Relative gradient change at theta + alpha*d, with the examples re-solved and held fixed.
@@ -114,7 +69,7 @@ def gradient_change(model: nn.Module, method, batch, *, alphas: Sequence[float] 
     The model's weights, buffers and mode, and the method's state, are restored afterwards.
     """
     alphas = [float(a) for a in alphas]
-    ev = _Evaluator(model, method, batch, epoch=epoch, seed=seed)
+    ev = LossGradient(model, method, batch, epoch=epoch, seed=seed)
     gen = torch.Generator().manual_seed(seed + 7919)
     regenerated = np.zeros((directions, len(alphas)))
     fixed = np.zeros((directions, len(alphas)))

@@ -6,7 +6,8 @@ from typing import Any
 
 
 def recipe_callbacks(trainer) -> list[Any]:
-    """Corruption record (always; a no-op on clean data) and, if `track.per_sample` is set, the tracker."""
+    """Corruption record (always; a no-op on clean data), the per-sample tracker (`track.per_sample`)
+    and the gradient-consistency signal (`track.grad_consistency`) when set."""
     from advmem.data.corruption import CorruptionRecorder
 
     callbacks: list[Any] = [CorruptionRecorder()]
@@ -14,4 +15,8 @@ def recipe_callbacks(trainer) -> list[Any]:
         from advmem.track.per_sample import PerSampleTracker
 
         callbacks.append(PerSampleTracker(trainer))
+    if trainer.recipe.track.grad_consistency is not None:
+        from advmem.track.grad_consistency import GradConsistency
+
+        callbacks.append(GradConsistency(trainer))
     return callbacks

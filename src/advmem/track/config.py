@@ -30,7 +30,19 @@ class PerSampleConfig(StrictNumbers):
         raise ValueError("must be 'all' or a positive number of samples")
 
 
+class GradConsistencyConfig(StrictNumbers):
+    """The per-epoch gradient-consistency signal (track/grad_consistency.py): every `every` epochs
+    (and the last), on `batch_size` training samples chosen with `seed`."""
+
+    model_config = ConfigDict(extra="forbid")
+    every: int = Field(1, ge=1)
+    batch_size: int = Field(64, ge=1)
+    seed: int = 0
+
+
 class TrackConfig(StrictNumbers):
     model_config = ConfigDict(extra="forbid")
     # None = no per-sample tracking.
     per_sample: PerSampleConfig | None = None
+    # None = off; {} = on with the defaults.
+    grad_consistency: GradConsistencyConfig | None = None
