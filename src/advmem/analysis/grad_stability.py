@@ -27,16 +27,18 @@ from __future__ import annotations
 import copy
 import math
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
-import torch
-from torch import nn
 
 from advmem.analysis.common import (CHECKPOINT_HELP, add_device_argument, check_runs, default_out, load_run,
                                     positive_int, seeded_rows)
 from advmem.engine.io import atomic_write_bytes, atomic_write_json
 from advmem.errors import UserError
+
+if TYPE_CHECKING:  # torch is imported where it is used, so building the CLI's parser does not import it
+    import torch
+    from torch import nn
 
 DEFAULT_ALPHAS = tuple(float(a) for a in np.logspace(-4, -1, 7))
 
@@ -48,6 +50,7 @@ def filter_normalized_direction(params: Sequence[torch.Tensor], generator: torch
     output channel of a conv kernel. Draws are made on CPU from `generator`, so the direction
     does not depend on the device.
     """
+    import torch
     directions = []
     for p in params:
         if p.dim() <= 1:
@@ -64,6 +67,7 @@ class _Evaluator:
     """Gradient of a method's training loss at theta + alpha*d, leaving the model as it found it."""
 
     def __init__(self, model: nn.Module, method, batch, *, epoch: int, seed: int) -> None:
+        import torch
         self.model, self.method, self.batch, self.epoch, self.seed = model, method, batch, epoch, seed
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.theta = [p.detach().clone() for p in self.params]
@@ -75,6 +79,7 @@ class _Evaluator:
 
     def set_weights(self, alpha: float = 0.0, direction: list[torch.Tensor] | None = None) -> None:
         """Weights to theta + alpha*direction; buffers (BN running stats) and method state to theta's."""
+        import torch
         with torch.no_grad():
             for i, (p, t) in enumerate(zip(self.params, self.theta)):
                 p.copy_(t if direction is None or alpha == 0 else t + alpha * direction[i])
@@ -88,12 +93,14 @@ class _Evaluator:
         self.model.train(self.was_training)
 
     def attack(self):
+        import torch
         with torch.random.fork_rng(devices=self.rng_devices):
             torch.manual_seed(self.seed)
             return self.method.attack(self.model, self.batch, self.epoch)
 
     def gradient(self, ctx) -> torch.Tensor:
         """Flattened gradient of `outer_loss`, computed the way the trainer computes it."""
+        import torch
         with torch.random.fork_rng(devices=self.rng_devices):
             torch.manual_seed(self.seed + 1)  # same dropout masks (if any) at every alpha
             self.method.before_loss(self.model, self.batch, ctx, self.epoch)
@@ -113,6 +120,7 @@ def gradient_change(model: nn.Module, method, batch, *, alphas: Sequence[float] 
     per-direction values (directions x alphas) with their mean and std over directions.
     The model's weights, buffers and mode, and the method's state, are restored afterwards.
     """
+    import torch
     alphas = [float(a) for a in alphas]
     ev = _Evaluator(model, method, batch, epoch=epoch, seed=seed)
     gen = torch.Generator().manual_seed(seed + 7919)
