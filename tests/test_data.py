@@ -128,7 +128,7 @@ def test_fashion_missing_lists_paths(tmp_path, monkeypatch):
     msg = str(e.value)
     for p in (root, root / "FashionMNIST" / "raw", root / "fashion-mnist", tmp_path / "nodebian"):
         assert str(p) in msg
-    assert "apt-get install dataset-fashion-mnist" in msg and "--data-root" in msg
+    assert "apt-get install dataset-fashion-mnist" in msg and "--set data.data_root=DIR" in msg and "--data-root" not in msg
     assert "train-images-idx3-ubyte" in msg and "\n" not in msg
 
 

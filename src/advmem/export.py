@@ -21,8 +21,6 @@ import re
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from advmem.engine.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from advmem.errors import UserError
 
@@ -159,6 +157,8 @@ def export_robustbench(run: str | Path, *, checkpoint: str = "best", out_dir: st
     text = header + source + footer
     compile(text, str(code), "exec")  # a syntax error here is a bug in the exporter, not the user's
     buffer = io.BytesIO()
+    import torch  # here, so building the CLI's parser does not import torch
+
     torch.save({k: v.contiguous() for k, v in state.items()}, buffer)
     atomic_write_bytes(weights, buffer.getvalue())
     atomic_write_text(code, text)

@@ -6,6 +6,7 @@ an import error inside a present module is a real bug and is raised.
 
 from __future__ import annotations
 
+import argparse
 import importlib
 from types import ModuleType
 from typing import Callable
@@ -28,7 +29,9 @@ def add_group(sub, common: Callable, *, name: str, help: str, dest: str, entries
         module = import_optional(module_name)
         if module is None:
             continue
-        p = group_sub.add_parser(entry, help=module.__doc__.strip().splitlines()[0], description=module.__doc__)
+        # the docstrings are laid out by hand (lists of outputs, indented blocks): keep their lines
+        p = group_sub.add_parser(entry, help=module.__doc__.strip().splitlines()[0], description=module.__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
         module.add_arguments(p)
         common(p)
         p.set_defaults(func=module.run)

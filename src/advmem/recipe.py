@@ -13,7 +13,7 @@ import json
 import math
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import yaml
 from pydantic import (
@@ -103,7 +103,9 @@ class AttackConfig(Section):
 
 class ScheduleConfig(Section):
     """Learning-rate schedule, applied per epoch. Epochs are 1-indexed: with milestones [100]
-    epochs 1..100 use lr and epoch 101 on uses lr*gamma, as in the paper's code."""
+    epochs 1..100 use lr and epoch 101 on uses lr*gamma, as in the paper's code. A milestone
+    may also be a fraction of optim.epochs (a float in (0, 1), e.g. [0.5, 0.75]), resolved when
+    the recipe is validated (`resolve_epoch_fractions`), so the run records whole epochs."""
 
     name: Literal["multistep", "step", "cosine", "constant"] = "multistep"
     milestones: list[int] = Field(default_factory=list)
@@ -232,6 +234,8 @@ class MethodConfig(StrictNumbers):
     """Base of each method's own config; the registry picks the subclass by `name`."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+    # Epoch fields that may be written as a fraction of optim.epochs (resolve_epoch_fractions).
+    EPOCH_FIELDS: ClassVar[tuple[str, ...]] = ()
     name: str
 
     def check_against(self, recipe: "Recipe") -> None:
@@ -287,6 +291,74 @@ class LauncherConfig(Section):
 RESUME_SETTABLE = ("reliability.on_nonfinite", "distributed.backend", "distributed.timeout_s")
 
 
+def _is_fraction(value: Any) -> bool:
+    return isinstance(value, float) and 0 < value < 1
+
+
+def _not_an_epoch(key: str, value: Any) -> str:
+    return (f"{key}: {value!r} is neither an epoch number (an integer >= 1) nor a fraction of optim.epochs "
+            "(a float between 0 and 1, e.g. 0.5)")
+
+
+def resolve_epoch_fractions(data: dict[str, Any]) -> dict[str, Any]:
+    """The recipe mapping with epoch fractions resolved against optim.epochs (a copy if any).
+
+    A fraction f (a float in (0, 1)) of E = optim.epochs becomes round(f * E). For
+    optim.schedule.milestones a resolved fraction is at least 1 and at least one epoch after the
+    milestone before it; one that lands on or after the last epoch is dropped (a milestone there
+    changes no epoch's learning rate), so a short run of a recipe written in fractions keeps every
+    decay that fits. For a method's EPOCH_FIELDS (TE's start_epoch, end_epoch) it is clamped to
+    [1, E]. Integers are left exactly as written (so are the hash and the run of a recipe written
+    in integers); the checks of strictly increasing milestones before the last epoch and TE's
+    start < end <= epochs then apply to the resolved values. Called before validation."""
+    optim = data.get("optim")
+    optim = optim if isinstance(optim, dict) else {}
+    epochs = optim.get("epochs", OptimConfig.model_fields["epochs"].default)
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or not 1 <= epochs <= MAX_EPOCHS:
+        return data  # optim.epochs itself is reported by its own validator
+    schedule = optim.get("schedule")
+    milestones = schedule.get("milestones") if isinstance(schedule, dict) else None
+    method = data.get("method")
+    method_fields: tuple[str, ...] = ()
+    if isinstance(method, dict) and isinstance(method.get("name"), str):
+        from advmem.methods import method_config_class
+
+        try:
+            method_fields = method_config_class(method["name"]).EPOCH_FIELDS
+        except (UserError, ValueError):
+            method_fields = ()  # the unknown method is reported by the method validator
+    has_milestones = isinstance(milestones, list) and any(isinstance(m, float) for m in milestones)
+    has_method = any(isinstance(method.get(f), float) for f in method_fields) if method_fields else False
+    if not (has_milestones or has_method):
+        return data
+    data = dict(data)
+    if has_milestones:
+        resolved: list[Any] = []
+        for m in milestones:
+            if _is_fraction(m):
+                at = max(1, round(m * epochs), (resolved[-1] + 1) if resolved and isinstance(resolved[-1], int) else 1)
+                if at < epochs:
+                    resolved.append(at)
+            elif isinstance(m, float) and not m.is_integer():
+                raise ValueError(_not_an_epoch("optim.schedule.milestones", m))
+            else:
+                resolved.append(m)
+        if any(not (isinstance(a, int) and isinstance(b, int) and b > a) for a, b in zip(resolved, resolved[1:])):
+            raise ValueError(f"optim.schedule.milestones {milestones} resolve to {resolved} with optim.epochs={epochs}; "
+                             "they must be strictly increasing (fractions of optim.epochs and epochs mixed?)")
+        data["optim"] = {**optim, "schedule": {**schedule, "milestones": resolved}}
+    if has_method:
+        method = dict(method)
+        for f in method_fields:
+            v = method.get(f)
+            if _is_fraction(v):
+                method[f] = min(epochs, max(1, round(v * epochs)))
+            elif isinstance(v, float) and not v.is_integer():
+                raise ValueError(_not_an_epoch(f"method.{f}", v))
+        data["method"] = method
+    return data
+
+
 class Recipe(Section):
     name: str = "run"
     description: str = ""
@@ -306,6 +378,11 @@ class Recipe(Section):
     distributed: DistributedConfig = DistributedConfig()
     launcher: LauncherConfig = LauncherConfig()
     perf: PerfConfig = PerfConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _resolve_fractions(cls, data: Any) -> Any:
+        return resolve_epoch_fractions(data) if isinstance(data, dict) else data
 
     @field_validator("method", mode="before")
     @classmethod
@@ -442,16 +519,62 @@ def _section_class_at(loc: tuple[Any, ...], data: dict[str, Any]) -> type[BaseMo
     return cls
 
 
-def format_validation_error(err: ValidationError, data: dict[str, Any], source: str) -> str:
-    first = err.errors()[0]
-    loc = tuple(p for p in first["loc"] if not (isinstance(p, str) and p.startswith("function-")))
-    where = ".".join(str(p) for p in loc) or "(top level)"
-    if first["type"] == "extra_forbidden":
+def _blame(source: str, where: str, msg: str, overrides: list[str]) -> str:
+    """Who an error is about: `--set K=V` when it is that value, `FILE with --set K=V` when a
+    --set changed the section a check failed in (or a key the message names), else the file."""
+    keys = [(text, text.split("=", 1)[0].strip()) for text in reversed(overrides)]  # the last --set of a key wins
+    for text, key in keys:
+        if (where and (where == key or where.startswith(key + "."))) or (not where and msg.startswith(key)):
+            return f"--set {text}"
+    for text, key in keys:
+        if (where and key.startswith(where + ".")) or (not where and key in msg):
+            return f"{source} with --set {text}"
+    return source
+
+
+def _where(error: dict[str, Any]) -> tuple[tuple[Any, ...], str]:
+    loc = tuple(p for p in error["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+    return loc, ".".join(str(p) for p in loc)
+
+
+def _unknown_keys_message(unknown: list[dict[str, Any]], data: dict[str, Any], source: str,
+                          overrides: list[str]) -> str:
+    """Every unknown key at once, each level's valid keys, and difflib's nearest valid key."""
+    import difflib
+
+    names, levels, guesses = [], {}, []
+    for error in unknown:
+        loc, where = _where(error)
+        names.append(f"'{where}'")
         parent = _section_class_at(loc[:-1], data)
-        valid = ", ".join(sorted(parent.model_fields)) if parent else "see the docs"
         level = ".".join(str(p) for p in loc[:-1]) or "the top level"
-        return f"{source}: unknown key '{where}'; valid keys at {level}: {valid}"
+        valid = sorted(parent.model_fields) if parent else []
+        levels.setdefault(level, ", ".join(valid) if valid else "see the docs")
+        close = difflib.get_close_matches(str(loc[-1]), valid, n=1)
+        if close:
+            guesses.append(f"'{'.'.join([*map(str, loc[:-1]), close[0]])}' for {names[-1]}" if len(unknown) > 1
+                           else f"'{'.'.join([*map(str, loc[:-1]), close[0]])}'")
+    first_loc, first_where = _where(unknown[0])
+    source = _blame(source, first_where, "", overrides)
+    what = f"unknown key {names[0]}" if len(names) == 1 else f"unknown keys {', '.join(names)}"
+    valid_text = "; ".join(f"valid keys at {level}: {valid}" for level, valid in levels.items())
+    hint = f"; did you mean {', '.join(guesses)}?" if guesses else ""
+    return f"{source}: {what}; {valid_text}{hint}"
+
+
+def format_validation_error(err: ValidationError, data: dict[str, Any], source: str,
+                            overrides: list[str] | None = None) -> str:
+    overrides = list(overrides or [])
+    errors = err.errors()
+    unknown = [e for e in errors if e["type"] == "extra_forbidden"]
+    if unknown:
+        return _unknown_keys_message(unknown, data, source, overrides)
+    first = errors[0]
+    loc, where = _where(first)
     msg = first["msg"].removeprefix("Value error, ")
+    source = _blame(source, where, msg, overrides)
+    if not loc:  # a whole-recipe check, whose message names its keys
+        return f"{source}: {msg}"
     if first["type"] == "literal_error":
         return f"{source}: {where}: {msg} (got {first.get('input')!r})"
     got = first.get("input")
@@ -459,13 +582,14 @@ def format_validation_error(err: ValidationError, data: dict[str, Any], source: 
     return f"{source}: {where}: {msg}{suffix}"
 
 
-def recipe_from_dict(data: dict[str, Any], source: str = "recipe") -> Recipe:
+def recipe_from_dict(data: dict[str, Any], source: str = "recipe", overrides: list[str] | None = None) -> Recipe:
+    """Validate a recipe mapping; errors name `source`, or the `--set` in `overrides` they are about."""
     if not isinstance(data, dict):
         raise UserError(f"{source}: a recipe must be a mapping of sections (data:, model:, method:, ...)")
     try:
         return Recipe.model_validate(data)
     except ValidationError as err:
-        message = format_validation_error(err, data, source)
+        message = format_validation_error(err, data, source, overrides)
         raise UserError(message.replace("\r", "\\r").replace("\n", "\\n")) from None  # always one line
 
 
@@ -548,4 +672,4 @@ def load_recipe(spec: str | Path, overrides: list[str] | None = None) -> Recipe:
     path = resolve_recipe_path(str(spec))
     data = read_recipe_file(path)
     data = apply_overrides(data, overrides or [])
-    return recipe_from_dict(data, source=str(path))
+    return recipe_from_dict(data, source=str(path), overrides=overrides)

@@ -10,10 +10,11 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from torch import nn
+if TYPE_CHECKING:  # torch is imported where it is used, so building the CLI's parser does not import it
+    import torch
+    from torch import nn
 
 from advmem.engine.rundir import RunDir
 from advmem.errors import UserError
@@ -110,6 +111,8 @@ def load_run(run_dir: str | Path, checkpoint: str = "last", device: torch.device
 
 def seeded_rows(n_total: int, n: int, seed: int) -> torch.Tensor:
     """The first `n` positions of a seeded permutation of 0..n_total-1, sorted."""
+    import torch
+
     g = torch.Generator().manual_seed(seed)
     return torch.randperm(n_total, generator=g)[: min(n, n_total)].sort().values
 
@@ -125,6 +128,8 @@ def default_out(run_dirs: list[Path], out: str | None, what: str) -> Path:
 
 def resolve(device: torch.device | str | None) -> torch.device:
     """None or "auto": the GPU when there is one, else the CPU."""
+    import torch
+
     from advmem.engine.trainer import resolve_device
 
     return resolve_device("auto" if device is None else str(device)) if not isinstance(device, torch.device) else device

@@ -26,17 +26,18 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
-import torch
-from torch import nn
 
 from advmem.analysis.common import (CHECKPOINT_HELP, add_device_argument, check_runs, default_out, load_run,
                                     positive_int, seeded_rows)
 from advmem.engine.io import atomic_write_bytes, atomic_write_json
 from advmem.errors import UserError
-from advmem.methods.loss_gradient import LossGradient
+
+if TYPE_CHECKING:  # torch is imported where it is used, so building the CLI's parser does not import it
+    import torch
+    from torch import nn
 
 DEFAULT_ALPHAS = tuple(float(a) for a in np.logspace(-4, -1, 7))
 
@@ -48,6 +49,7 @@ def filter_normalized_direction(params: Sequence[torch.Tensor], generator: torch
     output channel of a conv kernel. Draws are made on CPU from `generator`, so the direction
     does not depend on the device.
     """
+    import torch
     directions = []
     for p in params:
         if p.dim() <= 1:
@@ -68,6 +70,10 @@ def gradient_change(model: nn.Module, method, batch, *, alphas: Sequence[float] 
     per-direction values (directions x alphas) with their mean and std over directions.
     The model's weights, buffers and mode, and the method's state, are restored afterwards.
     """
+    import torch
+
+    from advmem.methods.loss_gradient import LossGradient
+
     alphas = [float(a) for a in alphas]
     ev = LossGradient(model, method, batch, epoch=epoch, seed=seed)
     gen = torch.Generator().manual_seed(seed + 7919)

@@ -30,11 +30,9 @@ import copy
 import io
 import math
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
-import torch
-from torch import nn
 
 from advmem.analysis.common import (CHECKPOINT_HELP, add_device_argument, check_runs, default_out, load_run,
                                     positive_int, resolve_checkpoint)
@@ -42,11 +40,15 @@ from advmem.analysis.grad_stability import gradient_change, parse_alphas, probe_
 from advmem.engine.io import atomic_write_bytes, atomic_write_json
 from advmem.errors import UserError
 
+if TYPE_CHECKING:  # torch is imported where it is used, so building the CLI's parser does not import it
+    import torch
+    from torch import nn
+
 DEFAULT_ALPHAS = tuple(float(a) for a in np.logspace(-1, -6, 6))  # 1e-1, 1e-2, ..., 1e-6
 DEFAULT_FIT_POINTS = 3
 LOSSES = ("pgd_at", "trades")
 JUMP_RATIO = 10.0
-DTYPES = {"float64": torch.float64, "float32": torch.float32}
+DTYPES = ("float64", "float32")  # names of torch dtypes (torch is imported when a probe runs)
 
 
 def loglog_slope(alphas: Sequence[float], values: Sequence[float],
@@ -96,13 +98,14 @@ def _curve(alphas: list[float], relative: np.ndarray, grad_norm: float, fit_poin
 def same_weights_change(model: nn.Module, methods: Mapping[str, Any], batch, *,
                         alphas: Sequence[float] = DEFAULT_ALPHAS, directions: int = 5, seed: int = 0, epoch: int = 1,
                         fit_points: int = DEFAULT_FIT_POINTS,
-                        dtype: torch.dtype | None = torch.float64) -> dict[str, Any]:
+                        dtype: torch.dtype | str | None = "float64") -> dict[str, Any]:
     """Gradient change of every loss in `methods` at the same weights, batch and directions.
 
     `methods` maps a name to a built method (e.g. {"pgd_at": ..., "trades": ...}); each is
     probed with `gradient_change` under the same `seed`, so the directions, the batch and the
     attack's random start are the same for every loss and every alpha. With `dtype` set, the
     probe runs on a copy of the model and batch cast to it (the model is never modified);
+    `dtype` may be a torch dtype or its name ("float64", the default);
     `dtype=None` keeps the model's own dtype and works on the model itself (restored after).
     Returns `alphas`, `fit_points`, `dtype` and per loss `grad_norm` and `regenerated` /
     `fixed` curves, each with `absolute` and `relative` (mean, std, per_direction), `slope`,
@@ -114,6 +117,10 @@ def same_weights_change(model: nn.Module, methods: Mapping[str, Any], batch, *,
         raise UserError(f"alphas must be a non-empty list of finite numbers >= 0, got {alphas}")
     positive_int("directions", directions)
     positive_int("fit points", fit_points)
+    if isinstance(dtype, str):
+        import torch
+
+        dtype = getattr(torch, dtype)
     if dtype is not None:
         model = copy.deepcopy(model).to(dtype)
         batch = type(batch)(batch.x.to(dtype), *batch[1:])
@@ -270,7 +277,7 @@ def probe_runs(run_dirs: list[Path], out_dir: Path, *, checkpoint: str = "last",
     positive_int("fit points", fit_points)
     if dtype not in DTYPES and dtype != "model":
         raise UserError(f"--dtype {dtype!r}: expected float64, float32 or model")
-    torch_dtype = None if dtype == "model" else DTYPES[dtype]
+    torch_dtype = None if dtype == "model" else dtype
     entries = [probe_checkpoint(r, c, alphas=alphas, directions=directions, batch_size=batch_size, seed=seed,
                                 fit_points=fit_points, dtype=torch_dtype, device=device) for r, c in plan]
     report = {"analysis": "grad-same-weights", "alphas": alphas, "fit_points": fit_points, "entries": entries}

@@ -135,8 +135,8 @@ def _missing_fashion_mnist(dirs: list[Path]) -> UserError:
     names = ", ".join(f"{s}[.gz]" for s in FASHION_MNIST_FILES.values())
     return UserError(
         f"Fashion-MNIST not found: looked for {names} in {', '.join(map(str, dirs))}; "
-        "install it with `apt-get install dataset-fashion-mnist`, point --data-root DIR at a "
-        "folder holding the files, or set data.download: true on a machine with internet "
+        "install it with `apt-get install dataset-fashion-mnist`, point data.data_root at a "
+        "folder holding the files (--set data.data_root=DIR), or set data.download: true on a machine with internet "
         "and torchvision"
     )
 
@@ -244,14 +244,14 @@ def cifar_paths(name: str, data_root: str | None) -> list[Path] | None:
 def _missing_files(what: str, paths: list[Path] | None, data_root: str | None, url: str) -> UserError:
     if paths is None:
         return UserError(
-            f"{what} needs data.data_root (or --data-root DIR) pointing at the folder that holds "
+            f"{what} needs data.data_root (--set data.data_root=DIR) pointing at the folder that holds "
             f"torchvision's layout; set it, and add data.download: true on a machine with internet "
             f"and torchvision, or fetch the files from {url}"
         )
     missing = [str(p) for p in paths if not p.is_file()]
     return UserError(
         f"{what} not found: missing {', '.join(missing)} (searched data_root {data_root}); "
-        f"point --data-root DIR at the folder in torchvision's layout, set data.download: true "
+        f"point data.data_root at the folder in torchvision's layout (--set data.data_root=DIR), set data.download: true "
         f"on a machine with internet and torchvision, or fetch the files from {url}"
     )
 
@@ -371,7 +371,7 @@ def _torchvision_download(cfg: DataConfig) -> None:
             "data.download: false"
         ) from None
     if not cfg.data_root:
-        raise UserError("data.download: true needs data.data_root (or --data-root DIR) to download into; set it")
+        raise UserError("data.download: true needs data.data_root (--set data.data_root=DIR) to download into; set it")
     root = str(Path(cfg.data_root).expanduser())
     try:
         if cfg.dataset == "fashion-mnist":

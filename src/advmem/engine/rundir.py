@@ -157,7 +157,8 @@ class RunDir:
         except FileNotFoundError:
             raise UserError(f"{self.recipe_path}: missing; not a usable run directory") from None
         data = parse_recipe_text(text, str(self.recipe_path))
-        return recipe_from_dict(apply_overrides(data, overrides or []), source=str(self.recipe_path))
+        return recipe_from_dict(apply_overrides(data, overrides or []), source=str(self.recipe_path),
+                                overrides=overrides)
 
     def committed_epoch(self) -> tuple[int, str] | None:
         """The latest epoch whose resume state must have been written, judged from the other files.

@@ -83,6 +83,25 @@ def eval_attack_of(recipe: Recipe) -> EvalAttack:
     )
 
 
+def eval_cost_note(recipe: Recipe, *, n_train: int, n_train_eval: int, n_val: int, n_test: int) -> str | None:
+    """One line when the per-epoch evaluation costs more than the epoch's training, else None.
+
+    A rough count of forward+backward passes, averaged over `eval.every`: training runs the attack's
+    steps plus one update pass on every training image; evaluation runs one clean forward and the
+    evaluation attack's steps x restarts on the train subset, the validation and the test images."""
+    steps = recipe.eval.attack.steps * recipe.eval.attack.restarts
+    n_eval = n_train_eval + n_val + n_test
+    evaluation = n_eval * (1 + steps) / recipe.eval.every
+    training = n_train * (recipe.attack.steps + 1)
+    if training <= 0 or evaluation <= training:
+        return None
+    test = f"{recipe.data.test_size}" if recipe.data.test_size is not None else f"unset: all {n_test}"
+    return (f"note: evaluation costs about {evaluation / training:.1f}x the training of an epoch (PGD-{steps} on "
+            f"{n_eval} images every {recipe.eval.every} epoch(s), vs {recipe.attack.steps + 1} passes over "
+            f"{n_train} training images); for a faster run lower data.test_size (now {test}) or "
+            "eval.train_subset, or raise eval.every")
+
+
 def model_normalization(recipe: Recipe, bundle: DataBundle) -> tuple[list[float], list[float]]:
     """(mean, std) of the model's input layer: the training set's (`model.normalize: dataset`) or
     0 and 1 (`none`: raw [0,1] pixels, as the authors' models take them; x - 0 and x / 1 are exact)."""
@@ -553,6 +572,11 @@ class Trainer:
                     callback.on_fit_start(self)
         if self.start_epoch == 1 and main:
             save_checkpoint(self.run.checkpoints / "init", self.model, self._checkpoint_meta(0, {}))
+            b = self.bundle
+            note = eval_cost_note(r, n_train=len(b.train), n_train_eval=len(self.train_eval_set),
+                                  n_val=len(b.val) if b.val is not None else 0, n_test=len(b.test))
+            if note and not self.quiet:
+                self.log(note)
         if main and self._metrics_mismatch:
             self.log(f"advmem: {self.run.metrics_jsonl} {self._metrics_mismatch}; rewrote metrics.jsonl and "
                      "metrics.csv from resume.pt")

@@ -5,9 +5,19 @@
 - `checks.py`      sanity flags (gradient masking and friends)
 - `loading.py`     safe loading of advmem and external PyTorch checkpoints
 - `runner.py`      per-sample worst case, accumulated results, resume state, eval.json / flags.npz / AA log
-- `cli.py`         the command's arguments and terminal table
+- `cli.py`         the command's arguments and terminal table (imports no torch: the parser builds fast)
+
+The names below come from runner.py, imported on first use.
 """
 
-from advmem.evaluation.runner import ATTACKS, DEFAULT_ATTACKS, checkpoints_of, evaluate_checkpoint, evaluate_model, evaluate_target
-
 __all__ = ["ATTACKS", "DEFAULT_ATTACKS", "checkpoints_of", "evaluate_checkpoint", "evaluate_model", "evaluate_target"]
+
+
+def __getattr__(name: str):
+    if name not in __all__:
+        raise AttributeError(f"module 'advmem.evaluation' has no attribute {name!r}")
+    from advmem.evaluation import runner
+
+    value = getattr(runner, name)
+    globals()[name] = value
+    return value

@@ -35,7 +35,7 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
                         "evaluation of the same points adds its attacks and the worst case covers all of them)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     g = p.add_argument_group("external checkpoints (.pt/.pth)")
-    g.add_argument("--arch", default=None, help="architecture name (see docs/models.md), e.g. resnet18")
+    g.add_argument("--arch", default=None, help="architecture name, as a recipe's model.name (the list is in README.md, Recipes), e.g. resnet18")
     g.add_argument("--dataset", default=None, help="dataset, e.g. cifar10")
     g.add_argument("--num-classes", type=int, default=None, help="default: the dataset's")
     g.add_argument("--model-kwargs", default=None, help="architecture kwargs as JSON, e.g. '{\"width\": 4}'")

@@ -215,8 +215,12 @@ def checkpoints_of(target: str | Path, which: str = "both") -> list[Path]:
         found = [path / "checkpoints" / f"{s}.safetensors" for s in stems]
         found = [p for p in found if p.is_file()]
         if not found:
-            raise UserError(f"{path}: no checkpoints/{' or '.join(s + '.safetensors' for s in stems)}; "
-                            "is this an advmem run directory?")
+            wanted = " or ".join(s + ".safetensors" for s in stems)
+            if RunDir(path).is_run():
+                raise UserError(f"{path}: no checkpoints/{wanted}: the run has not completed an epoch yet (interrupted "
+                                f"or still training?); continue it with 'advmem train --resume {path}', then evaluate")
+            raise UserError(f"{path}: no checkpoints/{wanted} and no recipe.yaml: not an advmem run directory; "
+                            "pass a directory made by 'advmem train' or a checkpoint file")
         return found
     if not path.exists() and not path.with_suffix(".safetensors").exists():
         raise UserError(f"{path}: no such run directory or checkpoint file")
@@ -576,8 +580,10 @@ def evaluate_target(target: str, *, attacks: list[str] | None, split: str = "tes
     unknown = [a for a in attacks if a not in ATTACKS]
     if unknown:
         raise UserError(f"unknown attack '{unknown[0]}'; choose from: {', '.join(ATTACKS)}")
-    if steps < 1 or restarts < 1 or batch_size < 1 or n_check < 1 or (n_examples is not None and n_examples < 1):
-        raise UserError("--steps, --restarts, --batch-size, --n-check and --n-examples must be positive integers")
+    for flag, value in (("--steps", steps), ("--restarts", restarts), ("--batch-size", batch_size),
+                        ("--n-check", n_check), ("--n-examples", n_examples)):
+        if value is not None and value < 1:
+            raise UserError(f"{flag} must be a positive integer, got {value}")
     for flag, text in (("--eps", eps), ("--step-size", step_size)):
         if text is not None:
             try:

@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -67,6 +67,9 @@ class TEConfig(MethodConfig):
     # "auto": adversarial output for PGD-AT, natural output for TRADES (the authors' code).
     outer_target: Literal["auto", "natural", "adversarial"] = "auto"
     beta: float = Field(6.0, ge=0)  # TRADES beta (base trades only)
+    # start_epoch / end_epoch may be written as fractions of optim.epochs (e.g. 0.45, 0.75);
+    # advmem.recipe.resolve_epoch_fractions turns them into epochs before these checks run.
+    EPOCH_FIELDS: ClassVar[tuple[str, ...]] = ("start_epoch", "end_epoch")
 
     @model_validator(mode="after")
     def _check_epochs(self) -> "TEConfig":

@@ -23,12 +23,14 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 
 from advmem.engine.io import atomic_write_json, atomic_write_text
 from advmem.errors import UserError
+
+if TYPE_CHECKING:  # torch is imported where it is used, so building the CLI's parser does not import it
+    import torch
 from advmem.studies.reproduction import reproduction_target, smoke_note, update_reproduction
 
 SECTION = "robust-overfitting"
@@ -139,6 +141,7 @@ class HardestTrainingSamples:
     state_key = "hardest_samples"
 
     def __init__(self, select_epoch: int, fraction: float) -> None:
+        import torch
         self.select_epoch = select_epoch
         self.fraction = fraction
         self.index: torch.Tensor | None = None
@@ -209,6 +212,7 @@ def ensure_trained(recipe, runs_dir: Path, *, hard_fraction: float, quiet: bool)
 
 
 def _train_in_worker(recipe, runs_dir: str, hard_fraction: float, threads: int) -> str:
+    import torch
     torch.set_num_threads(threads)
     return str(ensure_trained(recipe, Path(runs_dir), hard_fraction=hard_fraction, quiet=True).path)
 
@@ -251,6 +255,7 @@ def autoattack_accuracy(model, x: torch.Tensor, y: torch.Tensor, *, norm: str, e
 
 def evaluate_run(run, recipe, test_set, *, aa_n: int, pgd_steps: int, device) -> dict[str, dict[str, Any]]:
     """Natural, PGD-`pgd_steps` and AutoAttack test accuracy of best/last (and EMA) checkpoints, cached."""
+    import torch
     from advmem.engine.checkpoint import build_from_checkpoint, read_sidecar
     from advmem.engine.evaluate import EvalAttack, clean_per_sample, robust_per_sample, summarize
 

@@ -33,7 +33,7 @@ from torch import nn
 from advmem.attacks import cross_entropy, pgd
 from advmem.engine.evaluate import EvalAttack, margins
 
-FAMILIES = ("norms", "bartlett", "path_norm", "distance", "flatness", "sharpness", "input_grad")
+from advmem.analysis.measures.names import FAMILIES  # noqa: E402 (re-exported)
 MARGIN_QUANTILE = 0.1
 
 
