@@ -100,3 +100,19 @@ def test_paper_recipes_match_the_paper_settings():
         assert r.optim.epochs == 300 and r.optim.weight_decay == 0 and r.data.augment == "none"
         assert r.optim.schedule.milestones == [100, 200] and r.optim.lr == 0.1
         assert r.attack.eps == "8/255" and r.attack.step_size == "2/255" and r.attack.steps == 10
+
+
+def test_the_method_name_is_always_hashed():
+    """Each method config's name is its own default, so `exclude_defaults` used to drop it: TE
+    and TRADES at their default settings hashed alike. Old run directories still match."""
+    from advmem.engine.trainer import recipe_hash_matches
+
+    bodies = [{"name": "pgd_at"}, {"name": "trades"}, {"name": "te"}, {"name": "te", "base": "trades"},
+              {"name": "mart"}, {"name": "awp", "base": {"name": "pgd_at"}}, {"name": "awp", "base": {"name": "trades"}}]
+    recipes = [recipe_from_dict({"method": body, "optim": {"epochs": 200}}) for body in bodies]
+    hashes = [r.hash() for r in recipes]
+    assert len(set(hashes)) == len(hashes)
+    legacy = [r.hash(legacy_method_names=True) for r in recipes]
+    assert legacy[1] == legacy[2]  # TRADES and TE alike: the bug, kept only to recognise old runs
+    assert all(recipe_hash_matches(r, h) for r, h in zip(recipes, legacy))
+    assert not recipe_hash_matches(recipes[1], hashes[0])

@@ -407,7 +407,7 @@ class Recipe(Section):
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
-    def hash(self, *, keep_empty: tuple[str, ...] = ()) -> str:
+    def hash(self, *, keep_empty: tuple[str, ...] = (), legacy_method_names: bool = False) -> str:
         """Hash of everything that changes what is computed (not the name or description).
 
         Keys left at their defaults are excluded, so a later advmem version that adds a section
@@ -415,8 +415,15 @@ class Recipe(Section):
         the RESUME_SETTABLE keys, and a section they leave empty, so the hash is the same whether
         or not they are given. `keep_empty` names sections to hash as `{}` when so left, as advmem
         did before that fix for a recipe that set them: only to recognise the resume states of
-        run directories written then (`engine.trainer.recipe_hash_matches`)."""
+        run directories written then (`engine.trainer.recipe_hash_matches`).
+
+        The method section always carries its `name` (and a composite's base its own): each method
+        config's name is its own default, so without it TE with the default settings and TRADES
+        with beta 6 hashed alike. `legacy_method_names` computes the hash as advmem did before
+        (names left out), again only to recognise run directories written then."""
         body = self.model_dump(mode="json", exclude_defaults=True)
+        if not legacy_method_names:
+            body["method"] = _method_body(self.method)
         for key in ("name", "description", "output_root", "launcher"):
             body.pop(key, None)
         for dotted in RESUME_SETTABLE:
@@ -427,6 +434,17 @@ class Recipe(Section):
         for section in keep_empty:
             body.setdefault(section, {})
         return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _method_body(cfg: "MethodConfig") -> dict[str, Any]:
+    """A method config's non-default values with its name, and a nested base method's likewise."""
+    body = cfg.model_dump(mode="json", exclude_defaults=True)
+    body["name"] = cfg.name
+    for field in type(cfg).model_fields:
+        value = getattr(cfg, field)
+        if isinstance(value, MethodConfig):
+            body[field] = _method_body(value)
+    return body
 
 
 # ---------------------------------------------------------------------------------------------

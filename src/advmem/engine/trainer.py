@@ -649,14 +649,16 @@ def check_model_size(name: str, kwargs: dict[str, Any], bundle: DataBundle, devi
 def recipe_hash_matches(recipe: Recipe, stored: Any) -> bool:
     """Whether `stored` (a resume state's recipe_hash) is this recipe's hash, as computed now or as
     advmem computed it before resume-settable keys stopped leaving an empty section in the hashed
-    data (one variant per subset of the sections those keys live in: they may have been set then)."""
+    data (one variant per subset of the sections those keys live in: they may have been set then),
+    and before the method's name was always hashed (`Recipe.hash(legacy_method_names=True)`)."""
     from itertools import combinations
 
     from advmem.recipe import RESUME_SETTABLE
 
     sections = sorted({dotted.split(".")[0] for dotted in RESUME_SETTABLE})
     subsets = [c for n in range(len(sections) + 1) for c in combinations(sections, n)]
-    return isinstance(stored, str) and any(stored == recipe.hash(keep_empty=c) for c in subsets)
+    return isinstance(stored, str) and any(stored == recipe.hash(keep_empty=c, legacy_method_names=legacy)
+                                           for legacy in (False, True) for c in subsets)
 
 
 def callback_key(callback: Any) -> str:

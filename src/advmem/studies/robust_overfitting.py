@@ -186,7 +186,10 @@ def is_complete(run, recipe) -> bool:
     if not run.summary_path.exists():
         return False
     summary = json.loads(run.summary_path.read_text())
-    return summary.get("recipe_hash") == recipe.hash() and (summary.get("last") or {}).get("epoch") == recipe.optim.epochs
+    from advmem.engine.trainer import recipe_hash_matches
+
+    return (recipe_hash_matches(recipe, summary.get("recipe_hash"))
+            and (summary.get("last") or {}).get("epoch") == recipe.optim.epochs)
 
 
 def ensure_trained(recipe, runs_dir: Path, *, hard_fraction: float, quiet: bool):
