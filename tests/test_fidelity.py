@@ -202,7 +202,7 @@ def test_one_step_matches_the_authors_update(tmp_path, monkeypatch, kind):
 
 
 @pytest.mark.parametrize(("kind", "clamp"), [("pgd_at", "false"), ("trades", "true")])
-def test_the_start_clamp_switch_is_what_separates_the_methods(tmp_path, monkeypatch, kind, clamp):
+def test_the_other_start_clamp_departs_from_the_authors_update(tmp_path, monkeypatch, kind, clamp):
     """The other setting of `attack.start_clamp` departs from the authors' update on these inputs,
     so the test above can tell the two apart."""
     trainer = trainer_for(tmp_path, METHODS[kind])
