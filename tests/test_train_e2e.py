@@ -77,3 +77,22 @@ def test_resume_equals_uninterrupted(tmp_path, method):
     assert [r["epoch"] for r in rows] == [1, 2, 3, 4]
     ref = [json.loads(x) for x in (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()]
     assert [r["test_rob_acc"] for r in rows] == [r["test_rob_acc"] for r in ref]
+
+
+def test_checkpoint_epochs_keep_the_weights_of_those_epochs(tmp_path):
+    """log.checkpoint_epochs: checkpoints/epoch-N for the probes along training; too late an epoch is refused."""
+    from advmem.analysis.common import resolve_checkpoint
+    from advmem.engine.checkpoint import read_sidecar
+    from advmem.errors import UserError
+
+    body = tiny_recipe()
+    body["log"] = {"checkpoint_epochs": [1]}
+    run, _ = train(recipe_from_dict(body), run_root=tmp_path, quiet=True)
+    path = resolve_checkpoint(run.path, "epoch-1")
+    assert path.name == "epoch-1.safetensors" and read_sidecar(path)["epoch"] == 1
+    epoch1, last = load_file(str(path)), load_file(str(run.checkpoints / "last.safetensors"))
+    assert any(not torch.equal(epoch1[k], last[k]) for k in last)  # epoch 2 moved on from it
+    assert not (run.checkpoints / "epoch-2.safetensors").exists()
+    body["log"] = {"checkpoint_epochs": [3]}
+    with pytest.raises((UserError, ValueError), match="after the last epoch"):
+        recipe_from_dict(body)

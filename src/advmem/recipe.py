@@ -197,6 +197,9 @@ class LogConfig(Section):
     """Extra logging sinks; metrics.jsonl/.csv in the run directory stay the source of truth."""
 
     tensorboard: bool = False  # scalars per epoch into runs/<name>/tb/ (needs the tensorboard package)
+    # epochs whose weights are also kept as checkpoints/epoch-N (the gradient probes along training
+    # read them: `advmem analyze grad-same-weights RUN --checkpoint init,epoch-1,epoch-5,last`)
+    checkpoint_epochs: list[Annotated[int, Field(ge=1)]] = Field(default_factory=list)
 
 
 class ModelConfig(Section):
@@ -392,6 +395,10 @@ class Recipe(Section):
     @model_validator(mode="after")
     def _check_method_against_recipe(self) -> "Recipe":
         self.method.check_against(self)
+        late = [e for e in self.log.checkpoint_epochs if e > self.optim.epochs]
+        if late:
+            raise ValueError(f"log.checkpoint_epochs {late} are after the last epoch {self.optim.epochs}; "
+                             "drop them or raise optim.epochs")
         return self
 
     @field_validator("name")

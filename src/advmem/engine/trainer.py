@@ -607,6 +607,8 @@ class Trainer:
             state = self._resume_state(epoch)  # collective under DDP: every rank builds it
             if main:
                 save_checkpoint(self.run.checkpoints / "last", self.model, self._checkpoint_meta(epoch, row))
+                if epoch in r.log.checkpoint_epochs:
+                    save_checkpoint(self.run.checkpoints / f"epoch-{epoch}", self.model, self._checkpoint_meta(epoch, row))
                 self.run.write_metrics(self.rows)
                 save_resume_state(self.run.resume_path, state)
                 self.committed_epoch = epoch  # the commit point: named if a later write fails (disk full)
