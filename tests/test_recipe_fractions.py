@@ -83,8 +83,10 @@ def test_shipped_recipes_scale_down(name, epochs):
     r = load_recipe(name, [f"optim.epochs={epochs}"])
     m = r.optim.schedule.milestones
     assert all(1 <= a < b < epochs for a, b in zip(m, m[1:])) and all(1 <= x < epochs for x in m), m
-    if r.method.name == "te":
-        assert 1 <= r.method.start_epoch < r.method.end_epoch <= epochs
+    raw = yaml.safe_load(shipped_recipes()[name].read_text())
+    if r.method.name == "te":  # each fraction resolved to round(f x epochs), within 1..epochs
+        for key in ("start_epoch", "end_epoch"):
+            assert getattr(r.method, key) == min(epochs, max(1, round(raw["method"][key] * epochs))), key
 
 
 def test_shipped_recipes_use_fractions():

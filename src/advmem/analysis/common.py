@@ -140,6 +140,14 @@ def add_device_argument(parser) -> None:
                         help="where to compute (default: cuda when available)")
 
 
+def add_probe_batch_arguments(parser) -> None:
+    """--batch-size, --seed, --out and --device, shared by the gradient probes."""
+    parser.add_argument("--batch-size", type=int, default=128, help="size of the fixed training batch (default 128)")
+    parser.add_argument("--seed", type=int, default=0, help="seeds the batch, the directions and the attack start")
+    parser.add_argument("--out", default=None, help="output folder (default: the run directory when one run is given)")
+    add_device_argument(parser)
+
+
 def positive_int(name: str, value: int) -> int:
     if value < 1:
         raise UserError(f"{name} must be >= 1, got {value}")

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
-from advmem.analysis.common import (CHECKPOINT_HELP, add_device_argument, check_runs, default_out, load_run,
+from advmem.analysis.common import (CHECKPOINT_HELP, add_probe_batch_arguments, check_runs, default_out, load_run,
                                     positive_int, seeded_rows)
 from advmem.engine.io import atomic_write_bytes, atomic_write_json
 from advmem.errors import UserError
@@ -218,10 +218,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--alphas", default=None,
                         help="comma-separated relative perturbation sizes (default 7 log-spaced from 1e-4 to 1e-1)")
     parser.add_argument("--directions", type=int, default=5, help="random directions per alpha (default 5)")
-    parser.add_argument("--batch-size", type=int, default=128, help="size of the fixed training batch (default 128)")
-    parser.add_argument("--seed", type=int, default=0, help="seeds the batch, the directions and the attack start")
-    parser.add_argument("--out", default=None, help="output folder (default: the run directory when one run is given)")
-    add_device_argument(parser)
+    add_probe_batch_arguments(parser)
 
 
 def run(args) -> int:

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 
-from advmem.analysis.common import (CHECKPOINT_HELP, add_device_argument, check_runs, default_out, load_run,
+from advmem.analysis.common import (CHECKPOINT_HELP, add_probe_batch_arguments, check_runs, default_out, load_run,
                                     positive_int, resolve_checkpoint)
 from advmem.analysis.grad_stability import gradient_change, parse_alphas, probe_batch
 from advmem.engine.io import atomic_write_bytes, atomic_write_json
@@ -297,14 +297,11 @@ def add_arguments(parser) -> None:
     parser.add_argument("--alphas", default=None,
                         help="comma-separated relative perturbation sizes (default 1e-1,1e-2,...,1e-6)")
     parser.add_argument("--directions", type=int, default=5, help="random directions (default 5)")
-    parser.add_argument("--batch-size", type=int, default=128, help="size of the fixed training batch (default 128)")
     parser.add_argument("--fit-points", type=int, default=DEFAULT_FIT_POINTS,
                         help=f"smallest alphas the log-log slope is fitted on (default {DEFAULT_FIT_POINTS})")
     parser.add_argument("--dtype", choices=["float64", "float32", "model"], default="float64",
                         help="precision of the probe (default float64: float32 rounding is a floor at alpha ~1e-6)")
-    parser.add_argument("--seed", type=int, default=0, help="seeds the batch, the directions and the attack start")
-    parser.add_argument("--out", default=None, help="output folder (default: the run directory when one run is given)")
-    add_device_argument(parser)
+    add_probe_batch_arguments(parser)
 
 
 def run(args) -> int:
