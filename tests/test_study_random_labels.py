@@ -78,9 +78,18 @@ def test_tiny_study_writes_everything(tiny_study):
         assert any((out / "measures").iterdir())
     results = json.loads((out / "results.json").read_text())
     assert results["chance"] == pytest.approx(0.25)
+    # the along-training protocol: both losses at init, the replayed epoch 1 and the run's last weights
+    along = results["along"]
+    assert along["epochs"] == ["init", "epoch-1", "last"] and (out / "grad_along.png").stat().st_size > 0
+    for key in KEYS:
+        entry = along["runs"][key]
+        assert [r["epoch"] for r in entry["checkpoints"]] == [[0, 0], [1, 1], [3, 3]]
+        assert all(set(r["losses"]) == {"pgd_at", "trades"} for r in entry["checkpoints"])
+        assert [[p["epoch"] for p in c] for c in entry["consistency"]] == [[1], [1]]
     assert results["settings"]["seeds"] == SEEDS and "--seeds 2" in results["settings"]["command"]
     readme = (out / "README.md").read_text()
     assert "2 seeds: 0, 1" in readme
+    assert "Verdict (same weights)" in readme and "Verdict (training-time signal, random labels)" in readme
     # README and results.json numbers are mean ± sample std over the seeds' run directories
     for key, base in zip(KEYS, BASES):
         entry = results["runs"][key]
@@ -169,7 +178,7 @@ def test_more_seeds_reuse_the_completed_ones_and_train_in_parallel(tiny_study, t
     shutil.copytree(out / "runs", copy / "runs")
     before = {run: (copy / "runs" / run / "metrics.jsonl").read_bytes() for run in RUNS}
     res = run_cli(["study", "random-labels", "--scale", "tiny", "--seeds", "3", "--parallel", "2", "--out", str(copy),
-                   "--no-reproduction", "--quiet"], tmp_path)
+                   "--no-reproduction", "--no-along", "--quiet"], tmp_path)
     assert res.returncode == 0, res.stderr[-2000:]
     assert res.stderr.count("complete, skipped") == 8
     assert before == {run: (copy / "runs" / run / "metrics.jsonl").read_bytes() for run in RUNS}
@@ -219,7 +228,8 @@ def test_rerun_skips_complete_runs_and_calls_analyses(tiny_study, monkeypatch, c
                      no_reproduction=False, quiet=True, seeds=None, parallel=1)
     assert random_labels.run(args) == 0
     err = capsys.readouterr().err
-    assert err.count("complete, skipped") == 8
+    assert err.count("complete, skipped") == 16  # the 8 runs and their 8 along-training replays
+    assert "same-weights probe along training" not in err  # every probed checkpoint is cached
     assert mtimes == {run: (out / "runs" / run / "metrics.jsonl").stat().st_mtime_ns for run in RUNS}
     assert calls == {"probe": RUNS, "measures": 8}
     readme = (out / "README.md").read_text()

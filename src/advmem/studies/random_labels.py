@@ -14,7 +14,10 @@ skipped with a note if this advmem lacks them) and writes one folder:
     training_curves.png       natural and robust train accuracy vs epoch (the paper's Figure 1
                               shape): mean over seeds, with a +- std band
     grad_norm.png             mean squared gradient norm of the training loss vs epoch (mean, +- std)
-    grad-stability/           the probe's JSON and log-log plot
+    grad-stability/           the probe's JSON and log-log plot (each run's own loss at its last weights)
+    along/, grad-along/       F2 along training (studies/grad_along.py): replays of every run to its
+                              early epochs, and the same-weights probe of both losses at init, those
+                              epochs and the last checkpoint; grad_along.png (--no-along skips them)
     measures/                 the complexity-measure table
     results.json, README.md   the numbers (mean +- std over seeds per run), and what they show
 
@@ -35,6 +38,7 @@ from typing import Any
 
 from advmem.engine.io import atomic_write_json, atomic_write_text
 from advmem.errors import UserError
+from advmem.studies import grad_along
 from advmem.studies.reproduction import reproduction_target, smoke_note, update_reproduction
 
 SECTION = "random-labels"
@@ -46,7 +50,8 @@ TRUE_LABEL_OVERRIDES = ["data.label_noise.kind=none", "data.label_noise.rate=0"]
 # `data.label_noise.seed` the random labels); a --set of either is refused.
 SEED_KEYS = ("seed", "data.label_noise.seed")
 # Per-run numbers aggregated over seeds (mean +- sample std) in results.json and the README.
-AGG_KEYS = ("train_nat_acc", "train_rob_acc", "test_nat_acc", "test_rob_acc", "grad_norm_sq_last", "memorized_frac")
+AGG_KEYS = ("train_nat_acc", "train_rob_acc", "test_nat_acc", "test_rob_acc", "grad_norm_sq_last", "memorized_frac",
+            "run_minutes")
 CURVE_KEYS = ("train_nat_acc", "train_rob_acc", "test_nat_acc", "test_rob_acc", "grad_norm_sq")
 
 # Base recipes have random labels; the true-label runs are the same recipes with the noise off.
@@ -239,8 +244,10 @@ def run_numbers(run_path: Path, last_epochs: int) -> dict[str, Any]:
         out[key] = last_value(curve, key)
     from advmem.engine.rundir import RunDir
 
-    last = RunDir(run_path).read_metrics()[-1]
-    out["memorized_frac"] = last.get("track_memorized_frac")
+    rows = RunDir(run_path).read_metrics()
+    out["memorized_frac"] = rows[-1].get("track_memorized_frac")
+    # what the run cost, whatever invocations trained it (epoch_time includes evaluation and tracking)
+    out["run_minutes"] = sum(float(r.get("epoch_time") or 0.0) for r in rows) / 60
     return out
 
 
@@ -511,13 +518,24 @@ def markdown(results: dict[str, Any]) -> str:
             if pa is not None and ta is not None:
                 lines.append(f"  Reproduced: **{'yes' if pa > ta else 'no'}** "
                              f"(PGD-AT {pa:.3g} vs TRADES {ta:.3g}{', means' if n > 1 else ''}).")
+    cost = [mean_of(r.get("run_minutes")) for r in runs.values()]
+    if all(c is not None for c in cost):
+        lines.append("- Compute: minutes per run (the sum of its epoch times, evaluation and tracking included, "
+                     "over every invocation that trained it; mean ± std over seeds): "
+                     + "; ".join(f"{METHODS[k.split('/')[0]]} {LABELS[k.split('/')[1]]} {sci_pm(r['run_minutes'])}"
+                                 for k, r in runs.items())
+                     + f"; {sum(c * n for c in cost):.0f} run-minutes in all.")
     for note in results.get("notes", []):
         lines.append(f"- Note: {note}")
     if s["scale"] == "small":
-        lines.append("- Where the findings hold at other eps and train-set sizes: the section written by "
-                     "`advmem study random-labels-boundary` (below).")
+        lines.append("- How this setting was found, and where the findings stop holding at other eps, "
+                     "train-set sizes and epochs: docs/memorization.md (the search, seed 0) and "
+                     "`advmem study random-labels-boundary --seeds N` to map it with error bars.")
+    if results.get("along"):
+        lines += grad_along.markdown_lines(results["along"], METHODS, LABELS, grad_along.PROBES[s["scale"]])
     files = ["`training_curves.png` (the paper's Figure 1 shape" + (", mean ± std over seeds)" if n > 1 else ")"),
              "`grad_norm.png`"]
+    files += ["`grad_along.png`", "`along/` (the replays)"] if results.get("along") else []
     files += ["`grad-stability/`"] if results.get("grad_stability_summary") is not None and probe else []
     files += ["`measures/`"] if results.get("measures") is not None else []
     lines += ["", "Files: " + ", ".join(files + ["`results.json`", "`runs/`"]) + "."]
@@ -561,6 +579,34 @@ def run_measures(run_paths: list[Path], out_dir: Path, opts: dict[str, Any], not
     return measure_runs(run_paths, out_dir, **opts)
 
 
+def along_replay_sets(recipes: dict[tuple[str, str, int], Any], scale: str) -> list[str]:
+    """The replays' --set overrides (the same for every run: checked against each recipe)."""
+    sets = [grad_along.replay_sets(recipe, grad_along.ALONG_EPOCHS[scale], grad_along.PROBES[scale]["batch_size"])
+            for recipe in recipes.values()]
+    return sets[0]
+
+
+def train_and_probe_along(scale: str, args, recipes, replays, paths, order, seeds: list[int], out: Path,
+                          parallel: int) -> dict[str, Any]:
+    """Replay every run up to the last early epoch (out/along/), then the same-weights probe at
+    init, the early epochs and the run's last checkpoint (grad_along's docstring says why)."""
+    along_dir = out / "along"
+    along_dir.mkdir(parents=True, exist_ok=True)
+    along_sets = list(args.set) + along_replay_sets(recipes, scale)
+    log("replays for the along-training probe")
+    if parallel > 1:
+        train_parallel(replays, scale, args.device, along_sets, along_dir, parallel)
+        replay_paths = {key: along_dir / recipe.name for key, recipe in replays.items()}
+    else:
+        replay_paths = {key: ensure_trained(recipe, along_dir, True) for key, recipe in replays.items()}
+    epochs = grad_along.ALONG_EPOCHS[scale]
+    plans = {(m, l, seed): grad_along.probe_plan(paths[(m, l, seed)], replay_paths[(m, l, seed)], epochs)
+             for m, l in order for seed in seeds}
+    flat = [item for key in plans for item in plans[key]]
+    probes = grad_along.run_probes(flat, out / "grad-along", grad_along.PROBES[scale], args.device, parallel, log)
+    return grad_along.along_results(order, seeds, plans, probes, replay_paths, epochs)
+
+
 # -------------------------------------------------------------------------------------------------
 # CLI
 
@@ -582,6 +628,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--parallel", type=int, default=1,
                         help="runs trained at a time: 1 (default) trains in this process; N > 1 starts N "
                              "`advmem train` subprocesses with cores/N threads each, logs in OUT/runs/logs")
+    parser.add_argument("--no-along", action="store_true",
+                        help="skip the along-training protocol (replays of every run to its early epochs, the "
+                             "same-weights probe there and the training-time signal)")
     parser.add_argument("--reproduction", default=None,
                         help="REPRODUCTION.md to update (default: at scale small or paper, the REPRODUCTION.md "
                              "of the advmem checkout holding the current directory; tiny never by default)")
@@ -601,8 +650,13 @@ def run(args) -> int:
                                                 default_scales=REPRODUCTION_SCALES)
     out = Path(args.out or f"studies/random-labels-{scale}")
     runs_dir = out / "runs"
+    with_along = not getattr(args, "no_along", False)
+    replays = build_recipes(scale, args.device, list(args.set) + along_replay_sets(recipes, scale), seeds) \
+        if with_along else {}
     for recipe in recipes.values():  # refuse foreign run directories before training anything
         run_state(runs_dir / recipe.name, recipe)
+    for recipe in replays.values():
+        run_state(out / "along" / recipe.name, recipe)
     runs_dir.mkdir(parents=True, exist_ok=True)
     if parallel > 1:
         train_parallel(recipes, scale, args.device, args.set, runs_dir, parallel)
@@ -613,6 +667,8 @@ def run(args) -> int:
     notes: list[str] = []
     order = [("pgd_at", "true"), ("pgd_at", "random"), ("trades", "true"), ("trades", "random")]
     run_paths = [paths[(m, l, seed)] for m, l in order for seed in seeds]
+    along = train_and_probe_along(scale, args, recipes, replays, paths, order, seeds, out, parallel) \
+        if with_along else None
     probe = run_probe(run_paths, out / "grad-stability", cfg["probe"], args.device, notes)
     measures = run_measures(run_paths, out / "measures", cfg["measures"], notes)
     measures_md = None
@@ -650,7 +706,10 @@ def run(args) -> int:
         "measures_markdown": measures_md,
         "notes": notes,
     }
+    results["along"] = along
     plot_training_curves(results, out / "training_curves.png")
+    if along:
+        grad_along.plot_along(along, out / "grad_along.png", METHODS, LABELS)
     plot_grad_norms(results, out / "grad_norm.png")
     atomic_write_json(out / "results.json", results)
     text = markdown(results)
