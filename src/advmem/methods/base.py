@@ -18,7 +18,7 @@ from torch import nn
 
 from advmem.attacks import pgd
 from advmem.attacks.objectives import Objective
-from advmem.recipe import AttackConfig, MethodConfig
+from advmem.methods.config import AttackConfig, MethodConfig
 
 
 @dataclass

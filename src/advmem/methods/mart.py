@@ -20,8 +20,8 @@ from pydantic import Field
 
 from advmem.attacks import cross_entropy
 from advmem.methods.base import AdvContext, Method, accuracy_log
+from advmem.methods.config import MethodConfig
 from advmem.methods.registry import register_method
-from advmem.recipe import MethodConfig
 
 
 class MARTConfig(MethodConfig):

@@ -6,8 +6,8 @@ from typing import Literal
 
 from advmem.attacks import cross_entropy
 from advmem.methods.base import AdvContext, Method, accuracy_log
+from advmem.methods.config import MethodConfig
 from advmem.methods.registry import register_method
-from advmem.recipe import MethodConfig
 
 
 class PGDATConfig(MethodConfig):

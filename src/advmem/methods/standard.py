@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Literal
 
 from advmem.methods.base import AdvContext, Method, accuracy_log
+from advmem.methods.config import MethodConfig
 from advmem.methods.registry import register_method
-from advmem.recipe import MethodConfig
 
 
 class StandardConfig(MethodConfig):

@@ -52,8 +52,8 @@ from pydantic import Field, model_validator
 from advmem.attacks import attack_mode, cross_entropy
 from advmem.attacks.attack_view import attack_model
 from advmem.methods.base import AdvContext, Method, WrapsBase, accuracy_log
+from advmem.methods.config import MethodConfig
 from advmem.methods.registry import method_class, register_method
-from advmem.recipe import MethodConfig
 
 
 class TEConfig(MethodConfig):

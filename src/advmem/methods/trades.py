@@ -19,8 +19,8 @@ from pydantic import Field
 from advmem.attacks import attack_mode, kl_to_clean
 from advmem.attacks.attack_view import attack_model
 from advmem.methods.base import AdvContext, Method, accuracy_log
+from advmem.methods.config import MethodConfig
 from advmem.methods.registry import register_method
-from advmem.recipe import MethodConfig
 
 
 class TRADESConfig(MethodConfig):
