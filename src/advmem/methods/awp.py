@@ -157,11 +157,4 @@ class AWP(WrapsBase, Method):
         self.base.save_artifacts(directory)
 
     def sync_state(self, batch, comm) -> None:
-        if hasattr(self.base, "sync_state"):
-            self.base.sync_state(batch, comm)
-
-    def __getattr__(self, name: str):
-        # export_rows, buffer, ... of a TE base
-        if name in ("export_rows", "buffer", "visits") and "base" in self.__dict__:
-            return getattr(self.__dict__["base"], name)
-        raise AttributeError(name)
+        self.base.sync_state(batch, comm)
