@@ -15,7 +15,7 @@ EPOCHS = 5
 K = 60
 
 
-def tiny_recipe(name: str, **track) -> dict:
+def tracked_recipe(name: str, **track) -> dict:
     return {
         "name": name, "device": "cpu", "seed": 1,
         "data": {"dataset": "synthetic", "synthetic": {"n_train": 120, "n_test": 40, "num_classes": 4},
@@ -47,7 +47,7 @@ class InterruptAt:
 @pytest.fixture(scope="module")
 def full_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("runs")
-    run, _ = train(recipe_from_dict(tiny_recipe("full")), run_root=root, quiet=True)
+    run, _ = train(recipe_from_dict(tracked_recipe("full")), run_root=root, quiet=True)
     return run
 
 
@@ -99,7 +99,7 @@ def test_parquet_layout_and_summaries(full_run):
 
 
 def test_resume_keeps_each_epoch_once(tmp_path, full_run):
-    recipe = recipe_from_dict(tiny_recipe("full"))
+    recipe = recipe_from_dict(tracked_recipe("full"))
     with pytest.raises(Interrupt):
         train(recipe, run_root=tmp_path, quiet=True, callbacks=[InterruptAt(4)])
     partial = pq.read_table(tmp_path / "full" / PER_SAMPLE_FILE)
@@ -117,5 +117,5 @@ def test_resume_keeps_each_epoch_once(tmp_path, full_run):
 
 def test_subset_too_large_is_user_error(tmp_path):
     with pytest.raises(UserError, match="track.per_sample.subset 500 exceeds"):
-        train(recipe_from_dict(tiny_recipe("big", subset=500)), run_root=tmp_path, quiet=True)
+        train(recipe_from_dict(tracked_recipe("big", subset=500)), run_root=tmp_path, quiet=True)
     assert not (tmp_path / "big").exists()
