@@ -66,6 +66,22 @@ def tiny_run(root: Path, name: str, method: str, seed: int = 0) -> Path:
     return train(recipe, run_root=root, quiet=True)[0].path
 
 
+class Interrupt(Exception):
+    """The crash a test simulates (a kill the trainer must survive on resume)."""
+
+
+class CrashAt:
+    """A callback that raises `error` in epoch `epoch`: after training it (and after the callbacks
+    before this one wrote it, e.g. the per-sample tracker), before its resume state is saved."""
+
+    def __init__(self, epoch: int, error: type[BaseException] = Interrupt):
+        self.epoch, self.error = epoch, error
+
+    def on_epoch_end(self, trainer, epoch, row):
+        if epoch == self.epoch:
+            raise self.error
+
+
 @contextlib.contextmanager
 def torch_threads(n: int):
     """torch's intra-op threads set to `n`, restored afterwards."""

@@ -8,6 +8,7 @@ import math
 
 import pytest
 import torch
+from conftest import CrashAt, Interrupt
 from safetensors.torch import load_file
 from torch import nn
 
@@ -224,21 +225,6 @@ def test_invalid_epochs_are_clear_errors():
         recipe_from_dict({"method": {"name": "awp", "base": {"name": "te"}}, "optim": {"epochs": 100}})
 
 
-class Interrupt(Exception):
-    pass
-
-
-class InterruptAt:
-    """Kill the run during epoch `epoch` (after training it, before its state is saved)."""
-
-    def __init__(self, epoch):
-        self.epoch = epoch
-
-    def on_epoch_end(self, trainer, epoch, row):
-        if epoch == self.epoch:
-            raise Interrupt
-
-
 @pytest.mark.slow
 def test_te_buffer_and_ema_survive_resume_bitwise(tmp_path):
     recipe = recipe_from_dict({
@@ -253,7 +239,7 @@ def test_te_buffer_and_ema_survive_resume_bitwise(tmp_path):
     })
     train(recipe, run_root=tmp_path / "straight", quiet=True)
     with pytest.raises(Interrupt):
-        train(recipe, run_root=tmp_path / "resumed", quiet=True, callbacks=[InterruptAt(3)])
+        train(recipe, run_root=tmp_path / "resumed", quiet=True, callbacks=[CrashAt(3)])
     train(recipe, run_root=tmp_path / "resumed", resume=True, quiet=True)
     for name in ("checkpoints/last.safetensors", "checkpoints/ema_last.safetensors", "te_buffer.safetensors"):
         a = load_file(str(tmp_path / "straight" / "te-resume" / name))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from conftest import CrashAt, Interrupt
 
 from advmem.engine.trainer import train
 from advmem.errors import UserError
@@ -27,21 +28,6 @@ def tracked_recipe(name: str, **track) -> dict:
         "eval": {"train_subset": 40, "attack": {"steps": 2}},
         "track": {"per_sample": {"every": 2, "subset": K, **track}},
     }
-
-
-class Interrupt(Exception):
-    pass
-
-
-class InterruptAt:
-    """Raises after the tracker wrote epoch `epoch` but before its resume state is saved."""
-
-    def __init__(self, epoch: int):
-        self.epoch = epoch
-
-    def on_epoch_end(self, trainer, epoch, row):
-        if epoch == self.epoch:
-            raise Interrupt
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +87,7 @@ def test_parquet_layout_and_summaries(full_run):
 def test_resume_keeps_each_epoch_once(tmp_path, full_run):
     recipe = recipe_from_dict(tracked_recipe("full"))
     with pytest.raises(Interrupt):
-        train(recipe, run_root=tmp_path, quiet=True, callbacks=[InterruptAt(4)])
+        train(recipe, run_root=tmp_path, quiet=True, callbacks=[CrashAt(4)])
     partial = pq.read_table(tmp_path / "full" / PER_SAMPLE_FILE)
     assert sorted(set(partial["epoch"].to_pylist())) == [2, 4]  # epoch 4 written, its resume state not
     run, _ = train(recipe, run_root=tmp_path, resume=True, quiet=True)
