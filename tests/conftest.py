@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -47,6 +48,66 @@ def tiny_recipe(**overrides) -> dict:
             node = node.setdefault(part, {})
         node[parts[-1]] = value
     return recipe
+
+
+def tiny_run(root: Path, name: str, method: str, seed: int = 0) -> Path:
+    """A one-epoch run of `method` on 48 synthetic samples with a tiny MLP, trained into `root`; its path."""
+    from advmem.engine.trainer import train
+    from advmem.recipe import recipe_from_dict
+
+    recipe = recipe_from_dict({
+        "name": name, "device": "cpu", "seed": seed,
+        "data": {"dataset": "synthetic", "synthetic": {"n_train": 48, "n_test": 32}},
+        "model": {"name": "mlp", "kwargs": {"hidden": [8]}}, "method": {"name": method},
+        "attack": {"eps": "0.1", "step_size": "0.05", "steps": 2},
+        "optim": {"epochs": 1, "batch_size": 16, "lr": 0.05},
+        "eval": {"train_subset": 16, "attack": {"steps": 2}},
+    })
+    return train(recipe, run_root=root, quiet=True)[0].path
+
+
+class Interrupt(Exception):
+    """The crash a test simulates (a kill the trainer must survive on resume)."""
+
+
+class CrashAt:
+    """A callback that raises `error` in epoch `epoch`: after training it (and after the callbacks
+    before this one wrote it, e.g. the per-sample tracker), before its resume state is saved."""
+
+    def __init__(self, epoch: int, error: type[BaseException] = Interrupt):
+        self.epoch, self.error = epoch, error
+
+    def on_epoch_end(self, trainer, epoch, row):
+        if epoch == self.epoch:
+            raise self.error
+
+
+@contextlib.contextmanager
+def torch_threads(n: int):
+    """torch's intra-op threads set to `n`, restored afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op thread: tiny tensors gain nothing from more, and on a loaded 2-core machine two
+    OpenMP threads spin against each other (measured 10-50x slower); subprocesses that run with
+    OMP_NUM_THREADS=1 and an in-process reference then use the same kernels. Files use it with
+    `pytestmark = pytest.mark.usefixtures("one_thread")`, or one_thread_module for module fixtures."""
+    with torch_threads(1):
+        yield
+
+
+@pytest.fixture(scope="module")
+def one_thread_module():
+    """one_thread for a whole module, so module-scoped fixtures (trained runs) get it too."""
+    with torch_threads(1):
+        yield
 
 
 def run_cli(args: list[str], cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:

@@ -19,14 +19,7 @@ from advmem.methods.base import AdvContext
 from advmem.methods.mart import mart_loss
 from advmem.recipe import AttackConfig, recipe_from_dict
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors gain nothing from intra-op threads; on a loaded 2-core machine they only wait."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def softmax(z):

@@ -42,15 +42,6 @@ def recipe_dict(root: Path, name: str = "crash", epochs: int = 6) -> dict:
     }
 
 
-@pytest.fixture
-def one_thread():
-    """Subprocesses run with OMP_NUM_THREADS=1; the in-process reference must use the same kernels."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def env() -> dict:
     e = dict(os.environ)
     e["PYTHONPATH"] = str(SRC) + os.pathsep + e.get("PYTHONPATH", "")

@@ -63,14 +63,6 @@ def rows(run: Path) -> list[dict]:
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
-@pytest.fixture
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def test_torchrun_two_processes_match_one_process(tmp_path, one_thread):
     single, _ = train(recipe_from_dict(recipe_dict(tmp_path / "single")), quiet=True)
     recipe = tmp_path / "ddp.yaml"

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_run
 
 from advmem.analysis.grad_stability import filter_normalized_direction, gradient_change, probe_runs
 from advmem.data import Batch
@@ -20,15 +21,7 @@ from advmem.recipe import AttackConfig, recipe_from_dict
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from intra-op threads, and on a shared, loaded CPU two OpenMP
-    threads spin against each other (measured 10-50x slower); restored after this module."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread_module")
 
 
 def toy(hidden=(16,), model="mlp", method="pgd_at", n=32, seed=0, **kw):
@@ -88,25 +81,10 @@ def test_standard_training_curves_coincide():
     assert res["regenerated"]["per_direction"] == res["fixed"]["per_direction"]
 
 
-def tiny_run(root: Path, method: str, name: str) -> Path:
-    recipe = recipe_from_dict({
-        "name": name, "device": "cpu",
-        "data": {"dataset": "synthetic", "synthetic": {"n_train": 48, "n_test": 32}},
-        "model": {"name": "mlp", "kwargs": {"hidden": [8]}}, "method": {"name": method},
-        "attack": {"eps": "0.1", "step_size": "0.05", "steps": 2},
-        "optim": {"epochs": 1, "batch_size": 16, "lr": 0.05},
-        "eval": {"train_subset": 16, "attack": {"steps": 2}},
-    })
-    from advmem.engine.trainer import train
-
-    run, _ = train(recipe, run_root=root, quiet=True)
-    return run.path
-
-
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("gs_runs")
-    return [tiny_run(root, "pgd_at", "pgd"), tiny_run(root, "trades", "trades")]
+    return [tiny_run(root, "pgd", "pgd_at"), tiny_run(root, "trades", "trades")]
 
 
 def test_probe_runs_api_and_seed_reproducibility(runs, tmp_path):

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import csv
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
 import scipy.stats
 import torch
+from conftest import tiny_run
 from torch import nn
 
 from advmem.analysis.measures import MeasureSettings, measure_model, measure_runs
@@ -20,7 +20,6 @@ from advmem.analysis.measures.layers import fold_batchnorm
 from advmem.analysis.measures.sharpness import robust_sharpness
 from advmem.engine.evaluate import EvalAttack
 from advmem.models import build_model
-from advmem.recipe import recipe_from_dict
 
 ATTACK = EvalAttack(eps=0.05, step_size=0.02, steps=3)
 
@@ -30,15 +29,7 @@ B1 = [1.0, -1.0, 0.5]
 W2 = [[1.0, 2.0, 0], [0, 0, 2.0]]
 B2 = [0.5, -2.0]
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from intra-op threads, and on a shared, loaded CPU two OpenMP
-    threads spin against each other (measured 10-50x slower); restored after this module."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread_module")
 
 
 def two_layer(w1=W1, b1=B1, w2=W2, b2=B2):
@@ -185,20 +176,6 @@ def test_kendall_tau_edge_cases():
     assert math.isnan(scipy.stats.kendalltau([1, 1, 1], [1, 2, 3]).statistic)
     tau, used = kendall_tau([1, float("nan"), 3, 2], [1, 5, 2, 3])  # NaN runs left out
     assert used == 3 and tau == pytest.approx(scipy.stats.kendalltau([1, 3, 2], [1, 2, 3]).statistic)
-
-
-def tiny_run(root: Path, name: str, method: str, labels_seed: int = 0) -> Path:
-    from advmem.engine.trainer import train
-
-    recipe = recipe_from_dict({
-        "name": name, "device": "cpu", "seed": labels_seed,
-        "data": {"dataset": "synthetic", "synthetic": {"n_train": 48, "n_test": 32}},
-        "model": {"name": "mlp", "kwargs": {"hidden": [8]}}, "method": {"name": method},
-        "attack": {"eps": "0.1", "step_size": "0.05", "steps": 2},
-        "optim": {"epochs": 1, "batch_size": 16, "lr": 0.05},
-        "eval": {"train_subset": 16, "attack": {"steps": 2}},
-    })
-    return train(recipe, run_root=root, quiet=True)[0].path
 
 
 @pytest.fixture(scope="module")

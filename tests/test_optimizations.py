@@ -37,7 +37,7 @@ def tiny_model(channels=1, size=8, seed=0):
                        mean=[0.5] * channels, std=[0.25] * channels, width=4, hidden=16)
 
 
-def tiny_recipe(**sections):
+def perf_recipe(**sections):
     body = {
         "device": "cpu",
         "data": {"dataset": "synthetic", "synthetic": {"n_train": 96, "n_test": 64}},
@@ -52,7 +52,7 @@ def tiny_recipe(**sections):
 
 
 def make_trainer(tmp_path, **sections):
-    trainer = Trainer(tiny_recipe(**sections), RunDir(tmp_path / "run"), quiet=True, log=lambda m: None)
+    trainer = Trainer(perf_recipe(**sections), RunDir(tmp_path / "run"), quiet=True, log=lambda m: None)
     trainer.setup(resume=False)
     return trainer
 

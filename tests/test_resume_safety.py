@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 from advmem.cli import main
 from advmem.engine.trainer import train
 from advmem.recipe import recipe_from_dict
-from conftest import tree_snapshot
+from conftest import CrashAt, tree_snapshot
 
 
 def recipe_dict(root: Path, name: str = "inc", epochs: int = 3, **extra) -> dict:
@@ -70,21 +70,10 @@ def test_files_of_an_uncommitted_first_epoch_do_not_block_a_restart(tmp_path, ca
     assert epochs_of(run) == [1] and (run / "resume.pt").is_file()
 
 
-class StopAfter:
-    """A crash in the middle of epoch `epoch` (after the previous one was committed)."""
-
-    def __init__(self, epoch):
-        self.epoch = epoch
-
-    def on_epoch_end(self, trainer, epoch, row):
-        if epoch == self.epoch:
-            raise KeyboardInterrupt
-
-
 def interrupted_run(tmp_path, **extra) -> Path:
     """A 3-epoch run killed during epoch 2: epoch 1 committed."""
     with pytest.raises(KeyboardInterrupt):
-        train(recipe_from_dict(recipe_dict(tmp_path, **extra)), quiet=True, callbacks=[StopAfter(2)])
+        train(recipe_from_dict(recipe_dict(tmp_path, **extra)), quiet=True, callbacks=[CrashAt(2, KeyboardInterrupt)])
     return tmp_path / "inc"
 
 

@@ -23,13 +23,7 @@ from advmem.recipe import AttackConfig, recipe_from_dict
 SRC = Path(__file__).resolve().parents[1] / "src"
 ALPHAS = [1e-1, 1e-2, 1e-3, 1e-4, 1e-5, 1e-6]
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread_module")
 
 
 def methods(attack, names=("pgd_at", "trades"), n=32):

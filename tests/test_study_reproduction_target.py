@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import torch
 
 from advmem.cli import main
 from advmem.errors import UserError
@@ -22,14 +21,6 @@ def make_checkout(root: Path, name: str = "advmem") -> Path:
     (root / "pyproject.toml").write_text(f'[build-system]\nrequires = ["setuptools"]\n\n[project]\nname = "{name}"\n')
     (root / "REPRODUCTION.md").write_text(COMMITTED)
     return root
-
-
-@pytest.fixture
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_checkout_is_found_from_the_working_directory_not_the_package(tmp_path, monkeypatch):

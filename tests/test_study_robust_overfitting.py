@@ -9,20 +9,12 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 from advmem.cli import main
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors gain nothing from intra-op threads; on a loaded 2-core machine they only wait."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.slow

@@ -3,10 +3,12 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
 import torch
+from conftest import CrashAt, Interrupt
 from safetensors.torch import load_file
 from torch import nn
 
@@ -17,13 +19,7 @@ from advmem.methods import build_method
 from advmem.methods.te import te_ramp
 from advmem.recipe import AttackConfig, recipe_from_dict
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors gain nothing from intra-op threads; on a loaded 2-core machine they only wait."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # Three samples' logits over C = 3 classes; the model maps one-hot inputs to these rows.
@@ -131,6 +127,62 @@ def test_trades_te_loss_and_objective_equal_hand_computation():
         assert value.item() == pytest.approx(expected, abs=1e-6, rel=1e-6)
 
 
+def test_mart_te_adds_the_te_term_to_the_mart_attack_and_loss():
+    """MART+TE, from TE's equations (paper.md 8.2) on MART: p_i <- m p_i + (1-m) softmax(f(x_i)),
+    target p_i / sum_c p_i,c; the attack maximizes CE(f(x'_i), y_i) + (w/C) sum_c (softmax(f(x'_i)) - target_i)^2
+    (MART's attack is PGD on CE); the loss is MART's + w * mean over B x C of the same squared error
+    on the adversarial output (where MART fits the labels: outer_target auto)."""
+    beta, m, w = 6.0, 0.9, 300 * math.exp(-1.25)
+    method = te_method(base="mart", beta=beta)
+    assert method.base.cfg.beta == beta and method.cfg.resolved_outer_target == "adversarial"
+    model = Lookup()
+    batch = Batch(onehots([0, 1]), torch.tensor([1, 2]), torch.tensor([4, 1]))
+    method.buffer[4] = torch.tensor([0.2, 0.5, 0.1])
+    nat, adv, y = [TABLE[0], TABLE[1]], [TABLE[2], TABLE[0]], [1, 2]
+    p_old = [[0.2, 0.5, 0.1], [0.0, 0.0, 0.0]]
+    rows = [[m * a + (1 - m) * b for a, b in zip(p_old[i], softmax(nat[i]))] for i in range(2)]
+    tgt = [[v / sum(r) for v in r] for r in rows]
+    target = method.update(batch.index, method.natural_logits(model, batch.x))
+    assert torch.allclose(target, torch.tensor(tgt), atol=1e-6)
+
+    sq = [sum((a - b) ** 2 for a, b in zip(softmax(adv[i]), tgt[i])) for i in range(2)]
+    ce = [-math.log(softmax(adv[i])[y[i]]) for i in range(2)]
+    obj = method.attack_objective(batch, target, w, None)
+    assert torch.allclose(obj(model(onehots([2, 0]))), torch.tensor([ce[i] + w / 3 * sq[i] for i in range(2)]),
+                          atol=1e-5, rtol=1e-6)
+
+    from advmem.methods.base import AdvContext
+    from advmem.methods.mart import mart_loss
+
+    ctx = AdvContext(x_adv=onehots([2, 0]), extras={"te_target": target, "te_weight": w})
+    value, logs = method.outer_loss(model, batch, ctx, 120)
+    te_term = w * sum(sq) / (2 * 3)  # w * mean over the B x C entries
+    mart = mart_loss(model(batch.x), model(ctx.x_adv), batch.y, beta).item()
+    assert logs["te_penalty"].item() == pytest.approx(sum(sq) / 6, abs=1e-7, rel=1e-6)
+    assert value.item() - mart == pytest.approx(te_term, abs=1e-5, rel=1e-6)
+
+
+def test_mart_te_trains(tmp_path):
+    recipe = recipe_from_dict({
+        "name": "mart-te", "device": "cpu",
+        "data": {"dataset": "synthetic", "synthetic": {"n_train": 32, "n_test": 16, "image_size": 6}},
+        "model": {"name": "mlp", "kwargs": {"hidden": [12]}},
+        "method": {"name": "te", "base": "mart", "start_epoch": 2, "end_epoch": 3},
+        "attack": {"eps": "0.1", "step_size": "0.05", "steps": 2},
+        "optim": {"epochs": 3, "batch_size": 16, "lr": 0.05},
+        "eval": {"train_subset": 8, "attack": {"steps": 1}},
+    })
+    method = build_method(recipe.method, recipe.attack, num_train=32, num_classes=10, device="cpu")
+    assert type(method.base).__name__ == "MART" and method.start == "gaussian" and not method.start_clamp
+    train(recipe, run_root=tmp_path, quiet=True)
+    run = tmp_path / "mart-te"
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2, 3] and all(math.isfinite(r["train_loss"]) for r in rows)
+    buffer = load_file(str(run / "te_buffer.safetensors"))
+    assert buffer["visits"].tolist() == [2] * 32  # epochs 2 and 3
+    assert torch.allclose(buffer["buffer"].sum(dim=1), torch.full((32,), 1 - 0.9 ** 2))
+
+
 def test_only_the_batch_rows_change_and_none_before_start():
     method = te_method()
     model = Lookup()
@@ -173,21 +225,6 @@ def test_invalid_epochs_are_clear_errors():
         recipe_from_dict({"method": {"name": "awp", "base": {"name": "te"}}, "optim": {"epochs": 100}})
 
 
-class Interrupt(Exception):
-    pass
-
-
-class InterruptAt:
-    """Kill the run during epoch `epoch` (after training it, before its state is saved)."""
-
-    def __init__(self, epoch):
-        self.epoch = epoch
-
-    def on_epoch_end(self, trainer, epoch, row):
-        if epoch == self.epoch:
-            raise Interrupt
-
-
 @pytest.mark.slow
 def test_te_buffer_and_ema_survive_resume_bitwise(tmp_path):
     recipe = recipe_from_dict({
@@ -202,7 +239,7 @@ def test_te_buffer_and_ema_survive_resume_bitwise(tmp_path):
     })
     train(recipe, run_root=tmp_path / "straight", quiet=True)
     with pytest.raises(Interrupt):
-        train(recipe, run_root=tmp_path / "resumed", quiet=True, callbacks=[InterruptAt(3)])
+        train(recipe, run_root=tmp_path / "resumed", quiet=True, callbacks=[CrashAt(3)])
     train(recipe, run_root=tmp_path / "resumed", resume=True, quiet=True)
     for name in ("checkpoints/last.safetensors", "checkpoints/ema_last.safetensors", "te_buffer.safetensors"):
         a = load_file(str(tmp_path / "straight" / "te-resume" / name))

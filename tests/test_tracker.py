@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from conftest import CrashAt, Interrupt
 
 from advmem.engine.trainer import train
 from advmem.errors import UserError
@@ -15,7 +16,7 @@ EPOCHS = 5
 K = 60
 
 
-def tiny_recipe(name: str, **track) -> dict:
+def tracked_recipe(name: str, **track) -> dict:
     return {
         "name": name, "device": "cpu", "seed": 1,
         "data": {"dataset": "synthetic", "synthetic": {"n_train": 120, "n_test": 40, "num_classes": 4},
@@ -29,25 +30,10 @@ def tiny_recipe(name: str, **track) -> dict:
     }
 
 
-class Interrupt(Exception):
-    pass
-
-
-class InterruptAt:
-    """Raises after the tracker wrote epoch `epoch` but before its resume state is saved."""
-
-    def __init__(self, epoch: int):
-        self.epoch = epoch
-
-    def on_epoch_end(self, trainer, epoch, row):
-        if epoch == self.epoch:
-            raise Interrupt
-
-
 @pytest.fixture(scope="module")
 def full_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("runs")
-    run, _ = train(recipe_from_dict(tiny_recipe("full")), run_root=root, quiet=True)
+    run, _ = train(recipe_from_dict(tracked_recipe("full")), run_root=root, quiet=True)
     return run
 
 
@@ -99,9 +85,9 @@ def test_parquet_layout_and_summaries(full_run):
 
 
 def test_resume_keeps_each_epoch_once(tmp_path, full_run):
-    recipe = recipe_from_dict(tiny_recipe("full"))
+    recipe = recipe_from_dict(tracked_recipe("full"))
     with pytest.raises(Interrupt):
-        train(recipe, run_root=tmp_path, quiet=True, callbacks=[InterruptAt(4)])
+        train(recipe, run_root=tmp_path, quiet=True, callbacks=[CrashAt(4)])
     partial = pq.read_table(tmp_path / "full" / PER_SAMPLE_FILE)
     assert sorted(set(partial["epoch"].to_pylist())) == [2, 4]  # epoch 4 written, its resume state not
     run, _ = train(recipe, run_root=tmp_path, resume=True, quiet=True)
@@ -117,5 +103,5 @@ def test_resume_keeps_each_epoch_once(tmp_path, full_run):
 
 def test_subset_too_large_is_user_error(tmp_path):
     with pytest.raises(UserError, match="track.per_sample.subset 500 exceeds"):
-        train(recipe_from_dict(tiny_recipe("big", subset=500)), run_root=tmp_path, quiet=True)
+        train(recipe_from_dict(tracked_recipe("big", subset=500)), run_root=tmp_path, quiet=True)
     assert not (tmp_path / "big").exists()

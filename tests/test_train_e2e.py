@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 
 from advmem.engine.trainer import train
 from advmem.recipe import recipe_from_dict
-from conftest import run_cli, tiny_recipe
+from conftest import CrashAt, run_cli, tiny_recipe
 
 
 def test_train_writes_every_file(tmp_path, write_recipe):
@@ -47,24 +47,13 @@ def test_train_writes_every_file(tmp_path, write_recipe):
     assert result["n_examples"] == 32 and 0 <= result["robust_acc"] <= result["clean_acc"] <= 1
 
 
-class StopAfter:
-    """Simulates a crash: raises in the middle of the given epoch (after the previous one was saved)."""
-
-    def __init__(self, epoch):
-        self.epoch = epoch
-
-    def on_epoch_end(self, trainer, epoch, row):
-        if epoch == self.epoch:
-            raise KeyboardInterrupt
-
-
 @pytest.mark.parametrize("method", ["pgd_at", "trades"])
 def test_resume_equals_uninterrupted(tmp_path, method):
     base = tiny_recipe(**{"optim.epochs": 4, "optim.schedule.milestones": [2], "method.name": method})
     straight, _ = train(recipe_from_dict({**base, "name": "straight"}), run_root=tmp_path, quiet=True)
     broken = recipe_from_dict({**base, "name": "broken"})
     with pytest.raises(KeyboardInterrupt):
-        train(broken, run_root=tmp_path, quiet=True, callbacks=[StopAfter(3)])
+        train(broken, run_root=tmp_path, quiet=True, callbacks=[CrashAt(3, KeyboardInterrupt)])
     rows = [json.loads(x) for x in (tmp_path / "broken" / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2]
     resumed, _ = train(broken, run_root=tmp_path, resume=True, quiet=True)

@@ -10,16 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import re
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import (
     BaseModel,
-    BeforeValidator,
-    ConfigDict,
     Field,
     SerializeAsAny,
     ValidationError,
@@ -29,77 +26,11 @@ from pydantic import (
 from typing_extensions import Annotated
 
 from advmem.data.config import DataConfig
-from advmem.track.config import TrackConfig
 from advmem.errors import UserError
-from advmem.strict import StrictNumbers
-
-_BUDGET_RE = re.compile(r"^\s*(-?[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*(?:/\s*([0-9]*\.?[0-9]+))?\s*$")
-
-
-def budget_value(text: str | float | int) -> float:
-    """The float value of a budget written as a number or a fraction such as "8/255"."""
-    if isinstance(text, (int, float)) and not isinstance(text, bool):
-        return float(text)
-    match = _BUDGET_RE.match(str(text))
-    if not match:
-        raise ValueError(f"'{text}' is not a number or a fraction like 8/255")
-    num = float(match.group(1))
-    den = float(match.group(2)) if match.group(2) is not None else 1.0
-    if den == 0:
-        raise ValueError(f"'{text}' divides by zero")
-    return num / den
-
-
-def _budget_as_written(value: Any) -> str:
-    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        raise ValueError(f"expected a number or a fraction like 8/255, got {value!r}")
-    if not math.isfinite(budget_value(value)):  # raises ValueError with a readable message
-        raise ValueError(f"{value!r} is not a finite number; write a fraction like 8/255")
-    return value.strip() if isinstance(value, str) else repr(value)
-
-
-Budget = Annotated[str, BeforeValidator(_budget_as_written)]
-
-
-class Section(StrictNumbers):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
-
-
-class AttackConfig(Section):
-    """The training attack (and, unless eval.attack overrides it, the evaluation attack)."""
-
-    norm: Literal["Linf", "L2"] = "Linf"
-    eps: Budget = "8/255"
-    step_size: Budget = "2/255"
-    steps: int = Field(10, ge=1)
-    start: Literal["auto", "uniform", "gaussian", "none"] = "auto"
-    # Clamp x + start into [0,1] before the first attack gradient? "auto" follows the authors'
-    # code per method: clamped for PGD-AT (their pgd_loss), unclamped for TRADES and TE (their
-    # trades_loss, PGD_TE and TRADES_TE take the first gradient at x + noise, outside the box
-    # where pixels are saturated; the first clamp comes after the first step). Every iterate
-    # after the first step is in [0,1] either way.
-    start_clamp: Literal["auto", True, False] = "auto"
-    bn_mode: Literal["eval", "train"] = "eval"
-
-    @model_validator(mode="after")
-    def _check_budgets(self) -> "AttackConfig":
-        eps = budget_value(self.eps)
-        if eps < 0:
-            raise ValueError(f"attack.eps must be >= 0, got {self.eps}")
-        if self.norm == "Linf" and eps > 1:
-            raise ValueError(f"attack.eps {self.eps} is > 1 for inputs in [0,1]; write it as a fraction, e.g. 8/255")
-        if budget_value(self.step_size) <= 0:
-            raise ValueError(f"attack.step_size must be > 0, got {self.step_size}")
-        return self
-
-    @property
-    def eps_value(self) -> float:
-        return budget_value(self.eps)
-
-    @property
-    def step_value(self) -> float:
-        return budget_value(self.step_size)
-
+from advmem.methods.config import AttackConfig, MethodConfig, method_config
+from advmem.methods.registry import method_config_class
+from advmem.strict import Budget, Section, budget_value
+from advmem.track.config import TrackConfig
 
 class ScheduleConfig(Section):
     """Learning-rate schedule, applied per epoch. Epochs are 1-indexed: with milestones [100]
@@ -233,32 +164,6 @@ class PerfConfig(Section):
     fast_pool: Literal["auto", True, False] = "auto"  # eval-mode attacks max-pool in NHWC on CPU (auto: unless compiled)
 
 
-class MethodConfig(StrictNumbers):
-    """Base of each method's own config; the registry picks the subclass by `name`."""
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
-    # Epoch fields that may be written as a fraction of optim.epochs (resolve_epoch_fractions).
-    EPOCH_FIELDS: ClassVar[tuple[str, ...]] = ()
-    name: str
-
-    def check_against(self, recipe: "Recipe") -> None:
-        """Checks that need the whole recipe (e.g. epochs); raise ValueError with the fix."""
-
-
-def _method_config(value: Any) -> MethodConfig:
-    from advmem.methods import method_config_class
-
-    if isinstance(value, MethodConfig):
-        return value
-    if isinstance(value, str):
-        value = {"name": value}
-    if not isinstance(value, dict) or "name" not in value:
-        raise ValueError("method must be a mapping with a 'name', e.g. method: {name: pgd_at}")
-    if not isinstance(value["name"], str):
-        raise ValueError(f"method.name must be a method name such as pgd_at, got {value['name']!r}")
-    return method_config_class(value["name"]).model_validate(value)
-
-
 class ReliabilityConfig(Section):
     """What the trainer does when a step's loss or gradient is not finite (docs/reliability.md)."""
 
@@ -324,8 +229,6 @@ def resolve_epoch_fractions(data: dict[str, Any]) -> dict[str, Any]:
     method = data.get("method")
     method_fields: tuple[str, ...] = ()
     if isinstance(method, dict) and isinstance(method.get("name"), str):
-        from advmem.methods import method_config_class
-
         try:
             method_fields = method_config_class(method["name"]).EPOCH_FIELDS
         except (UserError, ValueError):
@@ -371,7 +274,7 @@ class Recipe(Section):
     output_root: str = "runs"
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
-    method: SerializeAsAny[MethodConfig] = Field(default_factory=lambda: _method_config({"name": "pgd_at"}))
+    method: SerializeAsAny[MethodConfig] = Field(default_factory=lambda: method_config({"name": "pgd_at"}))
     attack: AttackConfig = AttackConfig()
     optim: OptimConfig = OptimConfig()
     eval: EvalConfig = EvalConfig()
@@ -390,7 +293,7 @@ class Recipe(Section):
     @field_validator("method", mode="before")
     @classmethod
     def _resolve_method(cls, value: Any) -> MethodConfig:
-        return _method_config(value)
+        return method_config(value)
 
     @model_validator(mode="after")
     def _check_method_against_recipe(self) -> "Recipe":
@@ -522,8 +425,6 @@ def _section_class_at(loc: tuple[Any, ...], data: dict[str, Any]) -> type[BaseMo
     node: Any = data
     for part in loc:
         if cls is Recipe and part == "method":
-            from advmem.methods import method_config_class
-
             name = node.get("method", {}).get("name") if isinstance(node.get("method"), dict) else None
             try:
                 cls = method_config_class(name) if name else MethodConfig

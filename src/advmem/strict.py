@@ -1,4 +1,6 @@
-"""Numbers in recipes are numbers: `epochs: true` is an error, not 1.
+"""The recipe's value rules: numbers are numbers, budgets are fractions, sections forbid unknown keys.
+
+Numbers in recipes are numbers: `epochs: true` is an error, not 1.
 
 pydantic's lax mode turns a YAML boolean into 1 / 1.0 for an int or float field. Every recipe
 section derives from `StrictNumbers`, whose before-validator refuses a bool wherever the field
@@ -8,11 +10,20 @@ they did (pydantic still parses them), and budgets ("8/255") have their own vali
 
 from __future__ import annotations
 
+import math
+import re
 import types
 import typing
 from typing import Any
 
-from pydantic import BaseModel, ValidationInfo, field_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    ValidationInfo,
+    field_validator,
+)
+from typing_extensions import Annotated
 
 
 def _kinds(annotation: Any) -> tuple[bool, bool]:
@@ -50,3 +61,37 @@ class StrictNumbers(BaseModel):
             raise ValueError(f"expected a list of {_what(field.annotation).removeprefix('an ').removeprefix('a ')}s, "
                              "not booleans")
         return value
+
+
+_BUDGET_RE = re.compile(r"^\s*(-?[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*(?:/\s*([0-9]*\.?[0-9]+))?\s*$")
+
+
+def budget_value(text: str | float | int) -> float:
+    """The float value of a budget written as a number or a fraction such as "8/255"."""
+    if isinstance(text, (int, float)) and not isinstance(text, bool):
+        return float(text)
+    match = _BUDGET_RE.match(str(text))
+    if not match:
+        raise ValueError(f"'{text}' is not a number or a fraction like 8/255")
+    num = float(match.group(1))
+    den = float(match.group(2)) if match.group(2) is not None else 1.0
+    if den == 0:
+        raise ValueError(f"'{text}' divides by zero")
+    return num / den
+
+
+def _budget_as_written(value: Any) -> str:
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ValueError(f"expected a number or a fraction like 8/255, got {value!r}")
+    if not math.isfinite(budget_value(value)):  # raises ValueError with a readable message
+        raise ValueError(f"{value!r} is not a finite number; write a fraction like 8/255")
+    return value.strip() if isinstance(value, str) else repr(value)
+
+
+Budget = Annotated[str, BeforeValidator(_budget_as_written)]
+
+
+class Section(StrictNumbers):
+    """A recipe section: strict numbers, unknown keys refused (a typo is an error, not a default)."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)

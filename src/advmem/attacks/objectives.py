@@ -2,6 +2,8 @@
 
 An objective is any callable `logits -> (N,) tensor`; PGD ascends its sum. Methods compose
 their own (TRADES' KL to the clean prediction, TE's squared error to the ensemble target).
+Objectives of the labels, which evaluation attacks name (`pgd-cw`, `EvalAttack.objective`), are
+registered in OBJECTIVES: `OBJECTIVES.get(name)(y)` is the objective for labels y.
 """
 
 from __future__ import annotations
@@ -11,9 +13,14 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from advmem.registry import Registry
+
+OBJECTIVES = Registry("attack objective")
+
 Objective = Callable[[torch.Tensor], torch.Tensor]
 
 
+@OBJECTIVES.register("ce")
 def cross_entropy(y: torch.Tensor) -> Objective:
     return lambda logits: F.cross_entropy(logits.float(), y, reduction="none")
 
@@ -29,6 +36,7 @@ def kl_to_clean(clean_logits: torch.Tensor) -> Objective:
     return objective
 
 
+@OBJECTIVES.register("cw")
 def cw_margin(y: torch.Tensor, kappa: float = float("inf")) -> Objective:
     """Carlini-Wagner margin max_{j != y} z_j - z_y (positive once misclassified)."""
 
@@ -41,5 +49,3 @@ def cw_margin(y: torch.Tensor, kappa: float = float("inf")) -> Objective:
 
     return objective
 
-
-OBJECTIVES = {"ce": cross_entropy, "cw": cw_margin}

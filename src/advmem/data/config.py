@@ -9,11 +9,10 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from advmem.strict import StrictNumbers
 
-DATASET_NAMES = ("fashion-mnist", "cifar10", "cifar100", "svhn", "digits", "synthetic")
 AUGMENT_KINDS = ("default", "none", "crop_flip", "crop", "flip")
 
 
@@ -33,9 +32,7 @@ class DataConfig(StrictNumbers):
     """Which dataset, where it lives, and how it is split, subset and augmented."""
 
     model_config = ConfigDict(extra="forbid")
-    dataset: Literal["fashion-mnist", "cifar10", "cifar100", "svhn", "digits", "synthetic"] = (
-        "fashion-mnist"
-    )
+    dataset: str = "fashion-mnist"  # a name registered in advmem.data.sources.DATASETS
     # Searched first, in torchvision's on-disk layout.
     data_root: str | None = None
     # Opt-in; needs torchvision (used only to fetch the files, which our readers then parse).
@@ -57,6 +54,16 @@ class DataConfig(StrictNumbers):
     # clean). See data/corruption.py.
     label_noise: "LabelNoiseConfig" = Field(default_factory=lambda: LabelNoiseConfig())
     input_corruption: "InputCorruptionConfig" = Field(default_factory=lambda: InputCorruptionConfig())
+
+    @field_validator("dataset")
+    @classmethod
+    def _known_dataset(cls, value: str) -> str:
+        # on first use: the readers' module imports numpy, which reading a recipe does not need
+        from advmem.data.sources import DATASETS
+
+        if value not in DATASETS:
+            raise ValueError(f"unknown dataset '{value}'; choose one of: {', '.join(DATASETS)}")
+        return value
 
 
 class LabelNoiseConfig(StrictNumbers):

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from advmem.data.config import DataConfig
 from advmem.data.corruption import Corruption, corrupt_training_set
-from advmem.data.sources import NUM_CLASSES, RawSplit, read_raw
+from advmem.data.sources import DATASETS, RawSplit, dataset_num_classes, read_raw
 from advmem.errors import UserError
 
 
@@ -204,10 +204,10 @@ class DataBundle:
 
 
 def resolve_augment(cfg: DataConfig) -> str:
-    """"default" means crop_flip for CIFAR (the standard recipe) and none elsewhere."""
+    """"default" means the dataset's default_augment: crop_flip for CIFAR (the standard recipe), none elsewhere."""
     if cfg.augment != "default":
         return cfg.augment
-    return "crop_flip" if cfg.dataset in ("cifar10", "cifar100") else "none"
+    return DATASETS.get(cfg.dataset).default_augment
 
 
 def channel_stats(images: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -284,10 +284,7 @@ def build_data(cfg: DataConfig, device: torch.device | str = "cpu", seed: int | 
     train_raw, test_raw, source = read_raw(cfg)
     tr, va, te = split_indices(len(train_raw.labels), len(test_raw.labels), cfg)
     mean, std = channel_stats(train_raw.images[tr])
-    if cfg.dataset == "synthetic":
-        num_classes = cfg.synthetic.num_classes
-    else:
-        num_classes = NUM_CLASSES[cfg.dataset]
+    num_classes = dataset_num_classes(cfg)
     # Corruption touches the training set as used only; mean/std stay those of the clean images.
     images, corruption = corrupt_training_set(train_raw.images[tr], train_raw.labels[tr], num_classes,
                                               cfg.label_noise, cfg.input_corruption, mean, std)

@@ -1,6 +1,8 @@
 """Readers for the on-disk dataset formats, returning plain numpy arrays.
 
-Every reader returns `(train, test, source)` where `train`/`test` are `RawSplit`s with
+Each dataset is one `DatasetReader` subclass registered with `@DATASETS.register(name)`: its
+class count, how it reads its files, whether they are present, how torchvision fetches them, and
+what `advmem info` reports. Every reader returns `(train, test, source)` where `train`/`test` are `RawSplit`s with
 `images` uint8 (N, H, W, C) and `labels` int64 (N,), and `source` is a string saying where the
 data came from (recorded in the run directory). Formats are parsed here rather than through
 torchvision so the toolkit works without it; torchvision is only used, when importable, to
@@ -18,12 +20,17 @@ import os
 import pickle
 import zlib
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 
 import numpy as np
 
-from advmem.data.config import DataConfig, SyntheticConfig
 from advmem.errors import UserError
+from advmem.registry import Registry
+
+if TYPE_CHECKING:
+    from advmem.data.config import DataConfig, SyntheticConfig
+
+DATASETS = Registry("dataset")
 
 DEBIAN_FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
 FASHION_MNIST_FILES = {
@@ -39,14 +46,40 @@ CIFAR100_DIR = "cifar-100-python"
 SVHN_FILES = ("train_32x32.mat", "test_32x32.mat")
 DIGITS_TRAIN = 1500  # first 1500 of scikit-learn's 1797 digits train, the remaining 297 test
 
-NUM_CLASSES = {"fashion-mnist": 10, "cifar10": 10, "cifar100": 100, "svhn": 10, "digits": 10}
-
 
 class RawSplit(NamedTuple):
     """One split in memory: images uint8 (N, H, W, C), labels int64 (N,)."""
 
     images: np.ndarray
     labels: np.ndarray
+
+
+class DatasetReader:
+    """One dataset: its class count, its reader, and where its files are (registered in DATASETS)."""
+
+    num_classes: ClassVar[int | None] = None  # None: the config gives it (synthetic)
+    default_augment: ClassVar[str] = "none"  # what `data.augment: default` means for it
+
+    def read(self, cfg: DataConfig) -> tuple[RawSplit, RawSplit, str]:
+        raise NotImplementedError
+
+    def files_present(self, cfg: DataConfig) -> bool:
+        """Whether `data.download: true` can skip the download (always, for data made in memory)."""
+        return True
+
+    def download(self, tvd: Any, root: str) -> None:
+        """Fetch the files into `root` with torchvision's dataset module `tvd`."""
+
+    def find(self, data_root: str | None) -> dict:
+        """Where the files are, for `advmem info`: found, path, searched (may raise; the caller reports it)."""
+        raise NotImplementedError
+
+
+def _found_at(paths: list[Path] | None) -> dict:
+    if paths is None:
+        return {"found": False, "path": None, "searched": [], "note": "set data_root"}
+    ok = all(p.is_file() for p in paths)
+    return {"found": ok, "path": str(paths[0].parent) if ok else None, "searched": [str(paths[0].parent)]}
 
 
 # --------------------------------------------------------------------------- fashion-mnist
@@ -157,6 +190,26 @@ def read_fashion_mnist(data_root: str | None) -> tuple[RawSplit, RawSplit, str]:
             )
         splits.append(RawSplit(imgs[..., None].copy(), labels.astype(np.int64)))
     return splits[0], splits[1], str(files["train_images"].parent)
+
+
+@DATASETS.register("fashion-mnist")
+class FashionMNIST(DatasetReader):
+    num_classes = 10
+
+    def read(self, cfg):
+        return read_fashion_mnist(cfg.data_root)
+
+    def files_present(self, cfg):
+        return locate_fashion_mnist(cfg.data_root)[0] is not None
+
+    def download(self, tvd, root):
+        for train in (True, False):
+            tvd.FashionMNIST(root, train=train, download=True)
+
+    def find(self, data_root):
+        files, dirs = locate_fashion_mnist(data_root)
+        return {"found": files is not None, "path": str(files["train_images"].parent) if files else None,
+                "searched": [str(d) for d in dirs]}
 
 
 # --------------------------------------------------------------------------- cifar
@@ -270,6 +323,35 @@ def read_cifar(name: str, data_root: str | None) -> tuple[RawSplit, RawSplit, st
     return train, test, str(paths[0].parent)
 
 
+class _CIFAR(DatasetReader):
+    default_augment = "crop_flip"
+    name: ClassVar[str]
+    torchvision_class: ClassVar[str]
+
+    def read(self, cfg):
+        return read_cifar(self.name, cfg.data_root)
+
+    def files_present(self, cfg):
+        paths = cifar_paths(self.name, cfg.data_root)
+        return paths is not None and all(p.is_file() for p in paths)
+
+    def download(self, tvd, root):
+        getattr(tvd, self.torchvision_class)(root, train=True, download=True)
+
+    def find(self, data_root):
+        return _found_at(cifar_paths(self.name, data_root))
+
+
+@DATASETS.register("cifar10")
+class CIFAR10(_CIFAR):
+    name, torchvision_class, num_classes = "cifar10", "CIFAR10", 10
+
+
+@DATASETS.register("cifar100")
+class CIFAR100(_CIFAR):
+    name, torchvision_class, num_classes = "cifar100", "CIFAR100", 100
+
+
 # --------------------------------------------------------------------------- svhn
 
 
@@ -310,6 +392,25 @@ def read_svhn(data_root: str | None) -> tuple[RawSplit, RawSplit, str]:
     return _read_svhn_mat(paths[0]), _read_svhn_mat(paths[1]), str(paths[0].parent)
 
 
+@DATASETS.register("svhn")
+class SVHN(DatasetReader):
+    num_classes = 10
+
+    def read(self, cfg):
+        return read_svhn(cfg.data_root)
+
+    def files_present(self, cfg):
+        paths = svhn_paths(cfg.data_root)
+        return paths is not None and all(p.is_file() for p in paths)
+
+    def download(self, tvd, root):
+        for split in ("train", "test"):
+            tvd.SVHN(root, split=split, download=True)
+
+    def find(self, data_root):
+        return _found_at(svhn_paths(data_root))
+
+
 # --------------------------------------------------------------------------- digits / synthetic
 
 
@@ -329,6 +430,19 @@ def read_digits() -> tuple[RawSplit, RawSplit, str]:
         RawSplit(images[n:].copy(), labels[n:].copy()),
         "sklearn.datasets.load_digits",
     )
+
+
+@DATASETS.register("digits")
+class Digits(DatasetReader):
+    num_classes = 10
+
+    def read(self, cfg):
+        return read_digits()
+
+    def find(self, data_root):
+        import sklearn  # noqa: F401  (found if scikit-learn imports)
+
+        return {"found": True, "path": "sklearn.datasets.load_digits", "searched": []}
 
 
 def make_synthetic(cfg: SyntheticConfig) -> tuple[RawSplit, RawSplit, str]:
@@ -357,6 +471,21 @@ def make_synthetic(cfg: SyntheticConfig) -> tuple[RawSplit, RawSplit, str]:
     return train, test, f"synthetic(seed={cfg.seed})"
 
 
+@DATASETS.register("synthetic")
+class Synthetic(DatasetReader):
+    def read(self, cfg):
+        return make_synthetic(cfg.synthetic)
+
+    def find(self, data_root):
+        return {"found": True, "path": "generated", "searched": []}
+
+
+def dataset_num_classes(cfg: DataConfig) -> int:
+    """The class count of the configured dataset (synthetic: its own setting)."""
+    n = DATASETS.get(cfg.dataset).num_classes
+    return cfg.synthetic.num_classes if n is None else n
+
+
 # --------------------------------------------------------------------------- download / dispatch
 
 
@@ -374,16 +503,7 @@ def _torchvision_download(cfg: DataConfig) -> None:
         raise UserError("data.download: true needs data.data_root (--set data.data_root=DIR) to download into; set it")
     root = str(Path(cfg.data_root).expanduser())
     try:
-        if cfg.dataset == "fashion-mnist":
-            for train in (True, False):
-                tvd.FashionMNIST(root, train=train, download=True)
-        elif cfg.dataset == "cifar10":
-            tvd.CIFAR10(root, train=True, download=True)
-        elif cfg.dataset == "cifar100":
-            tvd.CIFAR100(root, train=True, download=True)
-        elif cfg.dataset == "svhn":
-            for split in ("train", "test"):
-                tvd.SVHN(root, split=split, download=True)
+        DATASETS.get(cfg.dataset)().download(tvd, root)
     except UserError:
         raise
     except Exception as e:
@@ -393,81 +513,25 @@ def _torchvision_download(cfg: DataConfig) -> None:
         ) from None
 
 
-def _read(cfg: DataConfig) -> tuple[RawSplit, RawSplit, str]:
-    if cfg.dataset == "fashion-mnist":
-        return read_fashion_mnist(cfg.data_root)
-    if cfg.dataset in ("cifar10", "cifar100"):
-        return read_cifar(cfg.dataset, cfg.data_root)
-    if cfg.dataset == "svhn":
-        return read_svhn(cfg.data_root)
-    if cfg.dataset == "digits":
-        return read_digits()
-    if cfg.dataset == "synthetic":
-        return make_synthetic(cfg.synthetic)
-    raise UserError(f"unknown dataset {cfg.dataset!r}; choose one of {', '.join(NUM_CLASSES)}, synthetic")
-
-
-def _files_present(cfg: DataConfig) -> bool:
-    if cfg.dataset == "fashion-mnist":
-        return locate_fashion_mnist(cfg.data_root)[0] is not None
-    if cfg.dataset in ("cifar10", "cifar100"):
-        paths = cifar_paths(cfg.dataset, cfg.data_root)
-    elif cfg.dataset == "svhn":
-        paths = svhn_paths(cfg.data_root)
-    else:
-        return True
-    return paths is not None and all(p.is_file() for p in paths)
-
-
 def read_raw(cfg: DataConfig) -> tuple[RawSplit, RawSplit, str]:
     """Read (train, test, source) for `cfg.dataset`.
 
     With `download: true`, torchvision fetches the files only when they are not already
     found, so a machine that has them never needs torchvision or the network.
     """
-    if cfg.download and not _files_present(cfg):
+    reader = DATASETS.get(cfg.dataset)()
+    if cfg.download and not reader.files_present(cfg):
         _torchvision_download(cfg)
-    return _read(cfg)
+    return reader.read(cfg)
 
 
 def find_dataset_files(cfg: DataConfig | None = None) -> dict[str, dict]:
     """Which datasets are available, and where (for `advmem info`). Never raises."""
     data_root = getattr(cfg, "data_root", None)
     out: dict[str, dict] = {}
-
-    def entry(name: str, fn) -> None:
+    for name in DATASETS:
         try:
-            out[name] = fn()
+            out[name] = DATASETS.get(name)().find(data_root)
         except Exception as e:  # an info command must not crash on an odd file system
             out[name] = {"found": False, "path": None, "error": f"{type(e).__name__}: {e}"}
-
-    def fmnist() -> dict:
-        files, dirs = locate_fashion_mnist(data_root)
-        return {
-            "found": files is not None,
-            "path": str(files["train_images"].parent) if files else None,
-            "searched": [str(d) for d in dirs],
-        }
-
-    def by_paths(paths: list[Path] | None) -> dict:
-        if paths is None:
-            return {"found": False, "path": None, "searched": [], "note": "set data_root"}
-        ok = all(p.is_file() for p in paths)
-        return {
-            "found": ok,
-            "path": str(paths[0].parent) if ok else None,
-            "searched": [str(paths[0].parent)],
-        }
-
-    def digits() -> dict:
-        import sklearn  # noqa: F401
-
-        return {"found": True, "path": "sklearn.datasets.load_digits", "searched": []}
-
-    entry("fashion-mnist", fmnist)
-    entry("cifar10", lambda: by_paths(cifar_paths("cifar10", data_root)))
-    entry("cifar100", lambda: by_paths(cifar_paths("cifar100", data_root)))
-    entry("svhn", lambda: by_paths(svhn_paths(data_root)))
-    entry("digits", digits)
-    out["synthetic"] = {"found": True, "path": "generated", "searched": []}
     return out

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from advmem.attacks import cross_entropy, cw_margin, pgd
+from advmem.attacks import OBJECTIVES, pgd
 
 
 @dataclass(frozen=True)
@@ -75,7 +75,7 @@ def robust_per_sample(model: nn.Module, dataset, attack: EvalAttack, batch_size:
         correct = torch.ones_like(batch.y, dtype=torch.bool)
         worst_loss = torch.full(batch.y.shape, float("-inf"), device=batch.y.device)
         worst_margin = torch.full(batch.y.shape, float("inf"), device=batch.y.device)
-        objective = cw_margin(batch.y) if attack.objective == "cw" else cross_entropy(batch.y)
+        objective = OBJECTIVES.get(attack.objective)(batch.y)
         for _ in range(attack.restarts):
             x_adv = pgd(model, batch.x, objective, eps=attack.eps, step_size=attack.step_size,
                         steps=attack.steps, norm=attack.norm, start=attack.start, generator=generator)

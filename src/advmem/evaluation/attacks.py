@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from advmem.attacks import attack_mode, cross_entropy, cw_margin, pgd
+from advmem.attacks import OBJECTIVES, attack_mode, pgd
 
 WHITE_BOX = ("clean", "fgsm", "pgd", "pgd-cw")
 
@@ -70,10 +70,11 @@ def pgd_correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor, s: AttackSet
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     generator = torch.Generator().manual_seed(s.seed)
     correct = torch.ones(len(x), dtype=torch.bool)
+    make_objective = OBJECTIVES.get(objective)
     for _ in range(restarts):
         for i in range(0, len(x), s.batch_size):
             xb, yb = x[i:i + s.batch_size].to(device), y[i:i + s.batch_size].to(device)
-            obj = cw_margin(yb) if objective == "cw" else cross_entropy(yb)
+            obj = make_objective(yb)
             ok = _pgd_batch(model, xb, yb, obj, eps=eps, step_size=step_size, steps=steps, norm=s.norm, start=start,
                             generator=generator, count=count)
             correct[i:i + s.batch_size] &= ok.cpu()

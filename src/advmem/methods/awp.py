@@ -29,8 +29,8 @@ from pydantic import Field, SerializeAsAny, field_validator
 
 from advmem.attacks.pgd import current_grad_scale
 from advmem.methods.base import Method, WrapsBase
+from advmem.methods.config import MethodConfig, method_config
 from advmem.methods.registry import method_class, register_method
-from advmem.recipe import MethodConfig
 
 AWP_BASES = ("pgd_at", "trades", "mart", "te")
 
@@ -44,14 +44,12 @@ class AWPConfig(MethodConfig):
     @field_validator("base", mode="before")
     @classmethod
     def _resolve_base(cls, value: Any) -> MethodConfig:
-        from advmem.recipe import _method_config
-
         name = value.name if isinstance(value, MethodConfig) else (
             value if isinstance(value, str) else value.get("name") if isinstance(value, dict) else None)
         if name not in AWP_BASES:
             raise ValueError(f"method.base must be one of {', '.join(AWP_BASES)} (a name or a mapping "
                              f"such as {{name: te, base: trades}}), got {name!r}")
-        return _method_config(value)
+        return method_config(value)
 
     def check_against(self, recipe) -> None:
         self.base.check_against(recipe)
@@ -159,11 +157,4 @@ class AWP(WrapsBase, Method):
         self.base.save_artifacts(directory)
 
     def sync_state(self, batch, comm) -> None:
-        if hasattr(self.base, "sync_state"):
-            self.base.sync_state(batch, comm)
-
-    def __getattr__(self, name: str):
-        # export_rows, buffer, ... of a TE base
-        if name in ("export_rows", "buffer", "visits") and "base" in self.__dict__:
-            return getattr(self.__dict__["base"], name)
-        raise AttributeError(name)
+        self.base.sync_state(batch, comm)

@@ -5,12 +5,17 @@ A method builds its own adversarial examples (`attack`) and its own training los
 examples at perturbed weights, or hold them fixed, and take the gradient of the same loss the
 trainer used. Hooks around the loss (`before_loss`, `after_step`) let weight-perturbation
 methods such as AWP wrap any base method without touching the trainer.
+
+A method that wraps another (TE adds a term to the base's attack objective and to its loss)
+uses only what every method declares here: the attack's reference prediction (`clean_logits`),
+the part of the loss the attack maximizes (`loss_objective`), the loss with the outputs it was
+taken on (`loss_and_logits`) and which of those fits the labels (`fits_labels_on`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -18,7 +23,7 @@ from torch import nn
 
 from advmem.attacks import pgd
 from advmem.attacks.objectives import Objective
-from advmem.recipe import AttackConfig, MethodConfig
+from advmem.methods.config import AttackConfig, MethodConfig
 
 
 @dataclass
@@ -31,11 +36,15 @@ class AdvContext:
 
 
 class Method:
-    """Base class. Subclasses set `Config` and implement `attack` and `outer_loss`."""
+    """Base class. Subclasses set `Config` and implement `attack_objective` (or `attack`) and
+    `loss_and_logits`."""
 
     Config: ClassVar[type[MethodConfig]]
     default_start: ClassVar[str] = "uniform"
     default_start_clamp: ClassVar[bool] = True  # what `attack.start_clamp: auto` means for this method
+    # The output the loss fits the labels on ("adversarial": PGD-AT, MART; "natural": TRADES); a
+    # wrapper that adds a term to the loss (TE) puts it there by default.
+    fits_labels_on: ClassVar[Literal["adversarial", "natural"]] = "adversarial"
 
     def __init__(self, cfg: MethodConfig, attack: AttackConfig, *, num_train: int, num_classes: int,
                  device: torch.device | str = "cpu", label_smoothing: float = 0.0) -> None:
@@ -46,15 +55,37 @@ class Method:
         self.device = torch.device(device)
         self.label_smoothing = label_smoothing
 
-    # -- the step ------------------------------------------------------------------------
-    def attack(self, model: nn.Module, batch, epoch: int) -> AdvContext:
+    # -- the attack ----------------------------------------------------------------------
+    def clean_logits(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor | None:
+        """The attack's reference prediction on the natural input (no graph), or None if it needs none."""
+        return None
+
+    def attack_objective(self, batch, clean_logits: torch.Tensor | None) -> Objective:
+        """The per-sample objective the attack maximizes."""
         raise NotImplementedError
 
+    def loss_objective(self, batch, clean_logits: torch.Tensor | None) -> Objective:
+        """The per-sample part of the training loss the attack maximizes, in the loss's units: what a
+        wrapper adds its own attack term to. The attack objective itself unless the loss weights it."""
+        return self.attack_objective(batch, clean_logits)
+
+    def attack(self, model: nn.Module, batch, epoch: int) -> AdvContext:
+        clean = self.clean_logits(model, batch.x)
+        return AdvContext(x_adv=self.run_pgd(model, batch.x, self.attack_objective(batch, clean)), clean_logits=clean)
+
+    # -- the step ------------------------------------------------------------------------
     def before_loss(self, model: nn.Module, batch, ctx: AdvContext, epoch: int) -> None:
         """Hook before the training forward pass (AWP perturbs the weights here)."""
 
-    def outer_loss(self, model: nn.Module, batch, ctx: AdvContext, epoch: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def loss_and_logits(self, model: nn.Module, batch, ctx: AdvContext,
+                        epoch: int) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """(loss, logs, logits): the training loss (model in train mode), its logs, and the outputs it
+        was taken on by name ("natural", "adversarial"), in the order they were computed."""
         raise NotImplementedError
+
+    def outer_loss(self, model: nn.Module, batch, ctx: AdvContext, epoch: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        loss, logs, _ = self.loss_and_logits(model, batch, ctx, epoch)
+        return loss, logs
 
     def before_step(self, model: nn.Module) -> None:
         """Hook after backward, before the optimizer step (AWP restores the unperturbed
@@ -65,6 +96,10 @@ class Method:
 
     def on_epoch_start(self, epoch: int) -> None:
         """Hook at the start of each (1-indexed) epoch."""
+
+    def sync_state(self, batch, comm) -> None:
+        """DDP (called only when WORLD_SIZE > 1): make per-sample state (TE's buffer) identical on
+        every rank after a step in which each rank saw its own shard of the batch."""
 
     # -- state ---------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

@@ -19,9 +19,9 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from advmem.attacks import cross_entropy
-from advmem.methods.base import AdvContext, Method, accuracy_log
+from advmem.methods.base import Method, accuracy_log
+from advmem.methods.config import MethodConfig
 from advmem.methods.registry import register_method
-from advmem.recipe import MethodConfig
 
 
 class MARTConfig(MethodConfig):
@@ -49,11 +49,12 @@ class MART(Method):
     Config = MARTConfig
     default_start = "gaussian"
 
-    def attack(self, model, batch, epoch):
-        return AdvContext(x_adv=self.run_pgd(model, batch.x, cross_entropy(batch.y)))
+    def attack_objective(self, batch, clean_logits):
+        return cross_entropy(batch.y)
 
-    def outer_loss(self, model, batch, ctx, epoch):
+    def loss_and_logits(self, model, batch, ctx, epoch):
         nat = model(batch.x)
         adv = model(ctx.x_adv)
         loss = mart_loss(nat, adv, batch.y, self.cfg.beta, self.label_smoothing)
-        return loss, {"acc": accuracy_log(adv, batch.y), "nat_acc": accuracy_log(nat, batch.y)}
+        logs = {"acc": accuracy_log(adv, batch.y), "nat_acc": accuracy_log(nat, batch.y)}
+        return loss, logs, {"natural": nat, "adversarial": adv}

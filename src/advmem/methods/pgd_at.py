@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Literal
 
 from advmem.attacks import cross_entropy
-from advmem.methods.base import AdvContext, Method, accuracy_log
+from advmem.methods.base import Method, accuracy_log
+from advmem.methods.config import MethodConfig
 from advmem.methods.registry import register_method
-from advmem.recipe import MethodConfig
 
 
 class PGDATConfig(MethodConfig):
@@ -19,9 +19,9 @@ class PGDAT(Method):
     Config = PGDATConfig
     default_start = "uniform"
 
-    def attack(self, model, batch, epoch):
-        return AdvContext(x_adv=self.run_pgd(model, batch.x, cross_entropy(batch.y)))
+    def attack_objective(self, batch, clean_logits):
+        return cross_entropy(batch.y)
 
-    def outer_loss(self, model, batch, ctx, epoch):
+    def loss_and_logits(self, model, batch, ctx, epoch):
         logits = model(ctx.x_adv)
-        return self.ce(logits, batch.y), {"acc": accuracy_log(logits, batch.y)}
+        return self.ce(logits, batch.y), {"acc": accuracy_log(logits, batch.y)}, {"adversarial": logits}

@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Literal
 
 from advmem.methods.base import AdvContext, Method, accuracy_log
+from advmem.methods.config import MethodConfig
 from advmem.methods.registry import register_method
-from advmem.recipe import MethodConfig
 
 
 class StandardConfig(MethodConfig):
@@ -16,10 +16,11 @@ class StandardConfig(MethodConfig):
 @register_method("standard")
 class Standard(Method):
     Config = StandardConfig
+    fits_labels_on = "natural"
 
     def attack(self, model, batch, epoch):
         return AdvContext(x_adv=None)
 
-    def outer_loss(self, model, batch, ctx, epoch):
+    def loss_and_logits(self, model, batch, ctx, epoch):
         logits = model(batch.x)
-        return self.ce(logits, batch.y), {"acc": accuracy_log(logits, batch.y)}
+        return self.ce(logits, batch.y), {"acc": accuracy_log(logits, batch.y)}, {"natural": logits}

@@ -37,6 +37,11 @@ model's input normalization is the recipe's (`model.normalize: none` is the auth
 Cost: PGD-AT+TE adds one no-grad eval-mode forward of the natural batch per step (from
 start_epoch on); TRADES+TE reuses the clean logits the TRADES attack already computes (eval
 mode, no graph), so it adds no forward pass.
+
+TE wraps its base through the `Method` interface only (base.py): the base's attack reference
+prediction, the part of its loss its attack maximizes, and its loss with the outputs that loss
+was taken on; so MART+TE (no authors' code) is built the same way: CE + TE penalty in the
+attack, the MART loss + TE penalty on the adversarial output (where MART fits the labels).
 """
 
 from __future__ import annotations
@@ -49,24 +54,25 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field, model_validator
 
-from advmem.attacks import attack_mode, cross_entropy
+from advmem.attacks import attack_mode
 from advmem.attacks.attack_view import attack_model
-from advmem.methods.base import AdvContext, Method, WrapsBase, accuracy_log
+from advmem.methods.base import AdvContext, Method, WrapsBase
+from advmem.methods.config import MethodConfig
 from advmem.methods.registry import method_class, register_method
-from advmem.recipe import MethodConfig
 
 
 class TEConfig(MethodConfig):
     name: Literal["te"] = "te"
-    base: Literal["pgd_at", "trades"] = "pgd_at"
+    base: Literal["pgd_at", "trades", "mart"] = "pgd_at"
     momentum: float = Field(0.9, ge=0, lt=1)
     start_epoch: int = Field(90, ge=1)
     end_epoch: int = Field(150, ge=1)
     weight: float = Field(300.0, ge=0)
     weight_units: Literal["code", "per_sample"] = "code"
-    # "auto": adversarial output for PGD-AT, natural output for TRADES (the authors' code).
+    # "auto": the output the base fits the labels on: adversarial for PGD-AT and MART, natural
+    # for TRADES (the authors' code for PGD-AT and TRADES).
     outer_target: Literal["auto", "natural", "adversarial"] = "auto"
-    beta: float = Field(6.0, ge=0)  # TRADES beta (base trades only)
+    beta: float = Field(6.0, ge=0)  # the base's beta (bases with one: trades, mart)
     # start_epoch / end_epoch may be written as fractions of optim.epochs (e.g. 0.45, 0.75);
     # advmem.recipe.resolve_epoch_fractions turns them into epochs before these checks run.
     EPOCH_FIELDS: ClassVar[tuple[str, ...]] = ("start_epoch", "end_epoch")
@@ -87,18 +93,19 @@ class TEConfig(MethodConfig):
     def resolved_outer_target(self) -> str:
         if self.outer_target != "auto":
             return self.outer_target
-        return "adversarial" if self.base == "pgd_at" else "natural"
+        return method_class(self.base).fits_labels_on
 
 
-def te_attack(attack, base: str):
+def te_attack(attack):
     """The attack settings TE's base method runs with: "auto" resolved as in PGD_TE / TRADES_TE.
 
     Both take the first attack gradient at the unclamped start (before start_epoch too, where
-    they run the plain attack), and PGD_TE starts an L2 attack at x + 0.001 N(0, I)."""
+    they run the plain attack), and both start an L2 attack at x + 0.001 N(0, I) (TRADES' own
+    start, PGD_TE's L2 start)."""
     update = {}
     if attack.start_clamp == "auto":
         update["start_clamp"] = False
-    if attack.start == "auto" and base == "pgd_at" and attack.norm == "L2":
+    if attack.start == "auto" and attack.norm == "L2":
         update["start"] = "gaussian"
     return attack.model_copy(update=update) if update else attack
 
@@ -128,9 +135,9 @@ class TemporalEnsembling(WrapsBase, Method):
     def __init__(self, cfg: TEConfig, attack, *, num_train, num_classes, device="cpu", label_smoothing=0.0):
         super().__init__(cfg, attack, num_train=num_train, num_classes=num_classes, device=device,
                          label_smoothing=label_smoothing)
-        base_cfg = {"name": cfg.base, **({"beta": cfg.beta} if cfg.base == "trades" else {})}
         base_cls = method_class(cfg.base)
-        self.base = base_cls(base_cls.Config.model_validate(base_cfg), te_attack(attack, cfg.base),
+        base_cfg = {"name": cfg.base, **({"beta": cfg.beta} if "beta" in base_cls.Config.model_fields else {})}
+        self.base = base_cls(base_cls.Config.model_validate(base_cfg), te_attack(attack),
                              num_train=num_train, num_classes=num_classes, device=device,
                              label_smoothing=label_smoothing)
         self.buffer = torch.zeros(num_train, num_classes, dtype=torch.float32, device=self.device)
@@ -160,17 +167,9 @@ class TemporalEnsembling(WrapsBase, Method):
             return attack_model(model, "eval")(x)
 
     def attack_objective(self, batch, target: torch.Tensor, weight: float, clean_logits: torch.Tensor | None):
-        """Per-sample inner objective: base objective + weight * TE penalty on the adversarial output."""
+        """Per-sample inner objective: the base's (in its loss units) + weight * TE penalty on the adversarial output."""
         units = self.cfg.weight_units
-        if self.cfg.base == "pgd_at":
-            base = cross_entropy(batch.y)
-        else:
-            clean_log_probs = F.log_softmax(clean_logits.detach().float(), dim=1)
-            clean_probs = clean_log_probs.exp()
-            beta = self.cfg.beta
-
-            def base(logits):
-                return beta * (clean_probs * (clean_log_probs - F.log_softmax(logits.float(), dim=1))).sum(dim=1)
+        base = self.base.loss_objective(batch, clean_logits)
 
         def objective(logits: torch.Tensor) -> torch.Tensor:
             return base(logits) + weight * te_penalty(F.softmax(logits.float(), dim=1), target, units)
@@ -182,14 +181,14 @@ class TemporalEnsembling(WrapsBase, Method):
         if epoch < self.cfg.start_epoch:
             return self.base.attack(model, batch, epoch)
         weight = self.weight_at(epoch)
-        clean = None
-        if self.cfg.base == "trades":
+        clean = self.base.clean_logits(model, batch.x)
+        if clean is not None:
             # a copy: with perf.cuda_graphs a later compiled call (the natural forward below in
             # train-mode attacks, then PGD's) reuses the memory of an earlier call's output
-            clean = self.base.clean_logits(model, batch.x).clone()
-            natural = clean if self.attack_cfg.bn_mode == "eval" else self.natural_logits(model, batch.x)
-        else:
-            natural = self.natural_logits(model, batch.x)
+            clean = clean.clone()
+        # an eval-mode reference prediction (TRADES) is the natural forward the ensemble needs
+        reuse = clean is not None and self.attack_cfg.bn_mode == "eval"
+        natural = clean if reuse else self.natural_logits(model, batch.x)
         target = self.update(batch.index, natural)
         x_adv = self.base.run_pgd(model, batch.x, self.attack_objective(batch, target, weight, clean))
         return AdvContext(x_adv=x_adv, clean_logits=clean, extras={"te_target": target, "te_weight": weight})
@@ -198,21 +197,13 @@ class TemporalEnsembling(WrapsBase, Method):
         if "te_target" not in ctx.extras:
             return self.base.outer_loss(model, batch, ctx, epoch)
         target, weight = ctx.extras["te_target"], ctx.extras["te_weight"]
-        on_natural = self.cfg.resolved_outer_target == "natural"
-        # TRADES: natural forward first, as in TRADES_TE and trades.py; train-mode BatchNorm
-        # updates its running statistics in call order, so the order changes every eval pass
-        nat = model(batch.x) if self.cfg.base == "trades" else None
-        adv = model(ctx.x_adv)
-        if self.cfg.base == "pgd_at":
-            loss = self.base.ce(adv, batch.y)
-            logs = {"acc": accuracy_log(adv, batch.y)}
-            te_logits = model(batch.x) if on_natural else adv
-        else:
-            from advmem.methods.trades import trades_kl
-
-            loss = self.base.ce(nat, batch.y) + self.cfg.beta * trades_kl(nat, adv)
-            logs = {"acc": accuracy_log(adv, batch.y), "nat_acc": accuracy_log(nat, batch.y)}
-            te_logits = nat if on_natural else adv
+        # the base's forwards in its own order (TRADES: natural first, as in TRADES_TE; train-mode
+        # BatchNorm updates its running statistics in call order)
+        loss, logs, logits = self.base.loss_and_logits(model, batch, ctx, epoch)
+        on = self.cfg.resolved_outer_target
+        te_logits = logits.get(on)
+        if te_logits is None:  # an output the base's loss does not take (PGD-AT's natural one)
+            te_logits = model(batch.x if on == "natural" else ctx.x_adv)
         penalty = te_penalty(F.softmax(te_logits.float(), dim=1), target, self.cfg.weight_units).mean()
         logs["te_penalty"] = penalty.detach()
         return loss + weight * penalty, logs

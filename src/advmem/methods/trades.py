@@ -18,9 +18,9 @@ from pydantic import Field
 
 from advmem.attacks import attack_mode, kl_to_clean
 from advmem.attacks.attack_view import attack_model
-from advmem.methods.base import AdvContext, Method, accuracy_log
+from advmem.methods.base import Method, accuracy_log
+from advmem.methods.config import MethodConfig
 from advmem.methods.registry import register_method
-from advmem.recipe import MethodConfig
 
 
 class TRADESConfig(MethodConfig):
@@ -38,17 +38,23 @@ class TRADES(Method):
     Config = TRADESConfig
     default_start = "gaussian"
     default_start_clamp = False  # the authors' trades_loss and TRADES_TE (attack.start_clamp)
+    fits_labels_on = "natural"
 
     def clean_logits(self, model, x):
         with attack_mode(model, self.attack_cfg.bn_mode), torch.no_grad():
             return attack_model(model, self.attack_cfg.bn_mode)(x)
 
-    def attack(self, model, batch, epoch):
-        clean = self.clean_logits(model, batch.x)
-        return AdvContext(x_adv=self.run_pgd(model, batch.x, kl_to_clean(clean)), clean_logits=clean)
+    def attack_objective(self, batch, clean_logits):
+        return kl_to_clean(clean_logits)
 
-    def outer_loss(self, model, batch, ctx, epoch):
-        nat = model(batch.x)
+    def loss_objective(self, batch, clean_logits):
+        """beta * KL: the loss weights the KL the attack maximizes (TRADES_TE's attack term)."""
+        kl, beta = kl_to_clean(clean_logits), self.cfg.beta
+        return lambda logits: beta * kl(logits)
+
+    def loss_and_logits(self, model, batch, ctx, epoch):
+        nat = model(batch.x)  # the natural forward first, as in the TRADES code (BatchNorm statistics)
         adv = model(ctx.x_adv)
         loss = self.ce(nat, batch.y) + self.cfg.beta * trades_kl(nat, adv)
-        return loss, {"acc": accuracy_log(adv, batch.y), "nat_acc": accuracy_log(nat, batch.y)}
+        logs = {"acc": accuracy_log(adv, batch.y), "nat_acc": accuracy_log(nat, batch.y)}
+        return loss, logs, {"natural": nat, "adversarial": adv}

@@ -1,0 +1,75 @@
+"""The configs a method is built from: its own `method:` section and the training `attack:`.
+
+Both live here, below recipe.py and every method file, so methods import them without importing
+the recipe (which looks methods up by name when it validates `method:`).
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Literal
+
+from pydantic import ConfigDict, Field, model_validator
+
+from advmem.methods.registry import method_config_class
+from advmem.strict import Budget, Section, StrictNumbers, budget_value
+
+
+class AttackConfig(Section):
+    """The training attack (and, unless eval.attack overrides it, the evaluation attack)."""
+
+    norm: Literal["Linf", "L2"] = "Linf"
+    eps: Budget = "8/255"
+    step_size: Budget = "2/255"
+    steps: int = Field(10, ge=1)
+    start: Literal["auto", "uniform", "gaussian", "none"] = "auto"
+    # Clamp x + start into [0,1] before the first attack gradient? "auto" follows the authors'
+    # code per method: clamped for PGD-AT (their pgd_loss), unclamped for TRADES and TE (their
+    # trades_loss, PGD_TE and TRADES_TE take the first gradient at x + noise, outside the box
+    # where pixels are saturated; the first clamp comes after the first step). Every iterate
+    # after the first step is in [0,1] either way.
+    start_clamp: Literal["auto", True, False] = "auto"
+    bn_mode: Literal["eval", "train"] = "eval"
+
+    @model_validator(mode="after")
+    def _check_budgets(self) -> "AttackConfig":
+        eps = budget_value(self.eps)
+        if eps < 0:
+            raise ValueError(f"attack.eps must be >= 0, got {self.eps}")
+        if self.norm == "Linf" and eps > 1:
+            raise ValueError(f"attack.eps {self.eps} is > 1 for inputs in [0,1]; write it as a fraction, e.g. 8/255")
+        if budget_value(self.step_size) <= 0:
+            raise ValueError(f"attack.step_size must be > 0, got {self.step_size}")
+        return self
+
+    @property
+    def eps_value(self) -> float:
+        return budget_value(self.eps)
+
+    @property
+    def step_value(self) -> float:
+        return budget_value(self.step_size)
+
+
+class MethodConfig(StrictNumbers):
+    """Base of each method's own config; the registry picks the subclass by `name`."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+    # Epoch fields that may be written as a fraction of optim.epochs (resolve_epoch_fractions).
+    EPOCH_FIELDS: ClassVar[tuple[str, ...]] = ()
+    name: str
+
+    def check_against(self, recipe) -> None:
+        """Checks that need the whole recipe (e.g. epochs); raise ValueError with the fix."""
+
+
+def method_config(value: Any) -> MethodConfig:
+    """A `method:` value (a name, a mapping with a name, or a config) as its method's validated config."""
+    if isinstance(value, MethodConfig):
+        return value
+    if isinstance(value, str):
+        value = {"name": value}
+    if not isinstance(value, dict) or "name" not in value:
+        raise ValueError("method must be a mapping with a 'name', e.g. method: {name: pgd_at}")
+    if not isinstance(value["name"], str):
+        raise ValueError(f"method.name must be a method name such as pgd_at, got {value['name']!r}")
+    return method_config_class(value["name"]).model_validate(value)
