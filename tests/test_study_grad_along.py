@@ -13,14 +13,6 @@ from advmem.recipe import apply_overrides, recipe_from_dict
 from advmem.studies import grad_along, random_labels
 
 
-@pytest.fixture
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def tiny(method: str, extra: list[str]):
     return random_labels.build_recipes("tiny", "cpu", extra, [1])[(method, "random", 1)]
 
