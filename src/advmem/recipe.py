@@ -683,8 +683,8 @@ def parse_recipe_text(text: str, source: str) -> dict[str, Any]:
 
 
 def read_recipe_file(path: Path) -> dict[str, Any]:
-    """Read and parse a recipe file: at most 1 MB of UTF-8 YAML (engine.io.read_input_text)."""
-    from advmem.engine.io import read_input_text
+    """Read and parse a recipe file: at most 1 MB of UTF-8 YAML (advmem.io.read_input_text)."""
+    from advmem.io import read_input_text
 
     try:
         text = read_input_text(path, "recipe")

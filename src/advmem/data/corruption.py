@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from advmem.data.config import InputCorruptionConfig, LabelNoiseConfig
-from advmem.engine.io import atomic_write
+from advmem.io import atomic_write
 
 CORRUPTION_FILE = "corruption.npz"
 

@@ -23,7 +23,7 @@ from typing import Any
 
 
 from advmem import __version__
-from advmem.engine.io import atomic_write_json, atomic_write_text
+from advmem.io import atomic_write_json, atomic_write_text
 from advmem.engine.safety import LOCK_NAME, check_unlocked
 from advmem.errors import UserError
 
@@ -149,7 +149,7 @@ class RunDir:
             atomic_write_json(self.path / "data.json", data_info)
 
     def load_recipe(self, overrides: list[str] | None = None):
-        from advmem.engine.io import read_input_text
+        from advmem.io import read_input_text
         from advmem.recipe import apply_overrides, parse_recipe_text, recipe_from_dict
 
         try:

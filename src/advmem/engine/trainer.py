@@ -13,7 +13,6 @@ from __future__ import annotations
 import errno
 import json
 import math
-import os
 import re
 import sys
 import time
@@ -25,10 +24,11 @@ import torch
 
 from advmem import __version__
 from advmem.data import DataBundle, build_data
+from advmem.device import resolve_device, use_deterministic
 from advmem.engine import distributed
 from advmem.engine.checkpoint import load_resume_state, save_checkpoint, save_resume_state
 from advmem.engine.evaluate import EvalAttack, clean_per_sample, robust_per_sample, summarize
-from advmem.engine.io import atomic_write_json
+from advmem.io import atomic_write_json
 from advmem.engine.perf import resolve_perf
 from advmem.engine.rundir import RunDir
 from advmem.engine.safety import GracefulStop, RunLock
@@ -39,32 +39,12 @@ from advmem.models import build_model
 from advmem.recipe import Recipe, budget_value
 
 
-def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UserError("device 'cuda' requested but no CUDA GPU is available; use --set device=cpu or device=auto")
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device("cuda", local_rank) if name == "cuda" and local_rank else torch.device(name)
-
-
 class NonFinite(RunFailure):
     """A step produced a non-finite loss or gradient and reliability.on_nonfinite is 'stop'."""
 
     def __init__(self, epoch: int, step: int, quantity: str) -> None:
         super().__init__(f"epoch {epoch} step {step}: non-finite {quantity}")
         self.epoch, self.step, self.quantity = epoch, step, quantity
-
-
-def _deterministic(device: torch.device) -> None:
-    """`deterministic: true`. On CPU every kernel used here is deterministic. On CUDA cuBLAS needs a
-    fixed workspace (read at its first call in the process), and some backward kernels (e.g. the
-    adaptive average pool of small_cnn) have no deterministic version: those warn instead of
-    failing, so a run is as deterministic as its kernels are."""
-    if device.type == "cuda":
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True, warn_only=True)
-    else:
-        torch.use_deterministic_algorithms(True)
 
 
 def epoch_generator(seed: int, epoch: int, stream: int) -> torch.Generator:
@@ -139,7 +119,7 @@ class Trainer:
         r = self.recipe
         self.device = resolve_device(r.device, self.comm.local_rank if self.comm.enabled else 0)
         if r.deterministic:
-            _deterministic(self.device)
+            use_deterministic(self.device)
         self.bundle = build_data(r.data, self.device)
         if r.data.val_size == 0:
             self.log("note: data.val_size is 0, so the 'best' checkpoint is selected on the test set "

@@ -41,7 +41,7 @@ import numpy as np
 import torch
 
 from advmem import __version__
-from advmem.engine.io import atomic_write_bytes, atomic_write_json
+from advmem.io import atomic_write_bytes, atomic_write_json
 from advmem.errors import UserError
 from advmem.evaluation.attacks import WHITE_BOX, AttackSettings, run_white_box
 from advmem.recipe import budget_value
@@ -574,7 +574,7 @@ def evaluate_target(target: str, *, attacks: list[str] | None, split: str = "tes
                     external: dict[str, Any] | None = None, overwrite: bool = False) -> list[dict[str, Any]]:
     """Validate the options and every checkpoint of `target` (a run or a file), then evaluate each:
     a bad checkpoint is refused before any result is written."""
-    from advmem.engine.trainer import resolve_device
+    from advmem.device import resolve_device
 
     attacks = list(dict.fromkeys(attacks or DEFAULT_ATTACKS))
     unknown = [a for a in attacks if a not in ATTACKS]

@@ -11,7 +11,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from advmem.engine.io import atomic_write_bytes  # noqa: E402
+from advmem.io import atomic_write_bytes  # noqa: E402
 
 SPLIT_COLOURS = {"train": "#1f77b4", "val": "#ff7f0e", "test": "#2ca02c"}
 

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 
-from advmem.engine.io import atomic_write_json, atomic_write_text
+from advmem.io import atomic_write_json, atomic_write_text
 from advmem.errors import UserError
 
 if TYPE_CHECKING:  # torch is imported where it is used, so building the CLI's parser does not import it
@@ -522,7 +522,7 @@ def run(args) -> int:
     runs_dir.mkdir(parents=True, exist_ok=True)
 
     from advmem.data import build_data
-    from advmem.engine.trainer import resolve_device
+    from advmem.device import resolve_device
 
     first = recipes[0][1]
     device = resolve_device(first.device)

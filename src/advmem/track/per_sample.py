@@ -30,7 +30,7 @@ import pyarrow.parquet as pq
 import torch
 
 from advmem.engine.evaluate import clean_per_sample, robust_per_sample
-from advmem.engine.io import atomic_write
+from advmem.io import atomic_write
 from advmem.errors import UserError
 
 PER_SAMPLE_FILE = "per_sample.parquet"
