@@ -20,6 +20,7 @@ import torch
 
 from advmem.engine.checkpoint import save_checkpoint
 from advmem.engine.evaluate import clean_per_sample, robust_per_sample, summarize
+from advmem.engine.seeding import EVAL_STREAMS, epoch_generator
 
 
 class WeightEMA:
@@ -58,17 +59,15 @@ class WeightEMA:
     def on_epoch_end(self, trainer, epoch: int, row: dict[str, Any]) -> None:
         if not self.started or "test_nat_acc" not in row:
             return
-        from advmem.engine.trainer import epoch_generator
-
         r = trainer.recipe
         bs = r.eval.batch_size
-        # streams 2 and 3: the raw model's val and test streams, so both see the same random starts
-        for stream, name, data in ((2, "val", trainer.bundle.val), (3, "test", trainer.bundle.test)):
+        # the raw model's val and test streams, so both see the same random starts
+        for name, data in (("val", trainer.bundle.val), ("test", trainer.bundle.test)):
             if data is None or len(data) == 0:
                 continue
             clean = summarize(clean_per_sample(self.model, data, bs))
             rob = summarize(robust_per_sample(self.model, data, trainer.eval_attack, bs,
-                                              generator=epoch_generator(r.seed, epoch, stream=stream)))
+                                              generator=epoch_generator(r.seed, epoch, stream=EVAL_STREAMS[name])))
             row[f"ema_{name}_nat_acc"], row[f"ema_{name}_nat_loss"] = clean["acc"], clean["loss"]
             row[f"ema_{name}_rob_acc"], row[f"ema_{name}_rob_loss"] = rob["acc"], rob["loss"]
         split = "val" if "ema_val_rob_acc" in row else "test"

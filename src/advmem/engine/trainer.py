@@ -33,6 +33,8 @@ from advmem.engine.perf import resolve_perf
 from advmem.engine.rundir import RunDir
 from advmem.engine.safety import GracefulStop, RunLock
 from advmem.engine.schedules import lr_at
+from advmem.engine.seeding import (EVAL_STREAMS, TRAIN_EVAL_SUBSET, TRAIN_ORDER, epoch_generator, rank_seed,
+                                    seed_model_init, subset_generator)
 from advmem.errors import Interrupted, RunFailure, UserError
 from advmem.methods import build_method
 from advmem.models import build_model
@@ -45,13 +47,6 @@ class NonFinite(RunFailure):
     def __init__(self, epoch: int, step: int, quantity: str) -> None:
         super().__init__(f"epoch {epoch} step {step}: non-finite {quantity}")
         self.epoch, self.step, self.quantity = epoch, step, quantity
-
-
-def epoch_generator(seed: int, epoch: int, stream: int) -> torch.Generator:
-    """A fresh CPU generator per (seed, epoch, stream): data order and eval noise carry no state."""
-    g = torch.Generator()
-    g.manual_seed((seed * 1_000_003 + epoch * 7919 + stream * 104_729) % (2**63 - 1))
-    return g
 
 
 def eval_attack_of(recipe: Recipe) -> EvalAttack:
@@ -127,15 +122,13 @@ class Trainer:
         b = self.bundle
         kwargs = dict(r.model.kwargs)
         check_model_size(r.model.name, kwargs, b, self.device)  # before seeding: draws nothing that counts
-        torch.manual_seed(r.seed)
-        if self.device.type == "cuda":
-            torch.cuda.manual_seed_all(r.seed)
+        seed_model_init(r.seed, self.device)
         mean, std = model_normalization(r, b)
         self.model = build_model(r.model.name, in_channels=b.in_channels, num_classes=b.num_classes,
                                  image_size=b.image_size, mean=mean, std=std, **kwargs).to(self.device)
         self.model = self.comm.convert_sync_bn(self.model, r.distributed.sync_bn)
         if self.comm.rank > 0:  # same init on every rank, but each rank draws its own attack noise
-            torch.manual_seed(r.seed * 1_000_003 + self.comm.rank)
+            torch.manual_seed(rank_seed(r.seed, self.comm.rank))
         # perf: `self.model` (eager) is saved and evaluated; `self.step_model` (maybe compiled,
         # same parameters) runs the training step under autocast; `self.train_model` is the
         # step model wrapped for DDP (the outer loss only: attacks use the unwrapped module).
@@ -172,7 +165,7 @@ class Trainer:
     def _train_eval_subset(self):
         n = len(self.bundle.train)
         k = min(self.recipe.eval.train_subset, n)
-        g = torch.Generator().manual_seed(self.recipe.seed + 17)
+        g = subset_generator(self.recipe.seed, TRAIN_EVAL_SUBSET)
         idx = torch.randperm(n, generator=g)[:k].sort().values
         return self.bundle.train.subset(idx.to(self.bundle.train.y.device))
 
@@ -205,7 +198,7 @@ class Trainer:
         if self.comm.enabled and len(ranks) == self.comm.world_size:
             torch.cuda.set_rng_state(ranks[self.comm.rank], self.device)
         elif self.comm.enabled and self.comm.rank > 0:
-            torch.cuda.manual_seed(self.recipe.seed * 1_000_003 + self.comm.rank + 7919 * int(state["epoch"]))
+            torch.cuda.manual_seed(rank_seed(self.recipe.seed, self.comm.rank, int(state["epoch"])))
         elif isinstance(state.get("rng_cuda"), torch.Tensor):
             torch.cuda.set_rng_state(state["rng_cuda"], self.device)
 
@@ -235,7 +228,7 @@ class Trainer:
             if self.comm.enabled and len(rng_ranks) == self.comm.world_size:
                 torch.set_rng_state(rng_ranks[self.comm.rank])
             elif self.comm.enabled and self.comm.rank > 0:
-                torch.manual_seed(self.recipe.seed * 1_000_003 + self.comm.rank + 7919 * int(state["epoch"]))
+                torch.manual_seed(rank_seed(self.recipe.seed, self.comm.rank, int(state["epoch"])))
             else:
                 torch.set_rng_state(state["rng_cpu"])
             if self.device.type == "cuda":
@@ -286,7 +279,7 @@ class Trainer:
         for group in opt.param_groups:
             group["lr"] = lr
         method.on_epoch_start(epoch)
-        gen = epoch_generator(r.seed, epoch, stream=0)
+        gen = epoch_generator(r.seed, epoch, stream=TRAIN_ORDER)
         dev = self.device
         sums = {"loss": torch.zeros((), device=dev), "acc": torch.zeros((), device=dev),
                 "grad_norm_sq": torch.zeros((), device=dev)}
@@ -443,7 +436,7 @@ class Trainer:
         r = self.recipe
         full = self._stoppable(build_data(r.data.model_copy(update={"test_size": None}), self.device).test, epoch)
         clean = summarize(clean_per_sample(self.model, full, r.eval.batch_size))
-        gen = epoch_generator(r.seed, epoch, stream=3)
+        gen = epoch_generator(r.seed, epoch, stream=EVAL_STREAMS["test"])
         rob = summarize(robust_per_sample(self.model, full, self.eval_attack, r.eval.batch_size, generator=gen))
         return {"test_full_nat_acc": clean["acc"], "test_full_nat_loss": clean["loss"],
                 "test_full_rob_acc": rob["acc"], "test_full_rob_loss": rob["loss"]}
@@ -454,7 +447,7 @@ class Trainer:
         row: dict[str, float] = {}
         splits = [("train", self.bundle.train, self.train_eval_set), ("val", self.bundle.val, self.bundle.val),
                   ("test", self.bundle.test, self.bundle.test)]
-        for stream, (name, clean_set, robust_set) in enumerate(splits, start=1):
+        for name, clean_set, robust_set in splits:
             if clean_set is None or len(clean_set) == 0:
                 continue
             clean_set, robust_set = self._stoppable(clean_set, epoch), self._stoppable(robust_set, epoch)
@@ -462,7 +455,7 @@ class Trainer:
             row[f"{name}_nat_acc"], row[f"{name}_nat_loss"] = clean["acc"], clean["loss"]
             if len(robust_set) == 0:
                 continue
-            gen = epoch_generator(r.seed, epoch, stream=stream)
+            gen = epoch_generator(r.seed, epoch, stream=EVAL_STREAMS[name])
             rob = summarize(robust_per_sample(model, robust_set, self.eval_attack, bs, generator=gen))
             row[f"{name}_rob_acc"], row[f"{name}_rob_loss"] = rob["acc"], rob["loss"]
         return row

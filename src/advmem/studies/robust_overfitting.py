@@ -148,12 +148,12 @@ class HardestTrainingSamples:
 
     def on_epoch_end(self, trainer, epoch: int, row: dict[str, Any]) -> None:
         from advmem.engine.evaluate import clean_per_sample, robust_per_sample, summarize
-        from advmem.engine.trainer import epoch_generator
+        from advmem.engine.seeding import HARDEST_EVAL, HARDEST_SELECT, epoch_generator
 
         train_set, bs, seed = trainer.bundle.train, trainer.recipe.eval.batch_size, trainer.recipe.seed
         if epoch == self.select_epoch and self.index is None:
             per = robust_per_sample(trainer.model, train_set, trainer.eval_attack, bs,
-                                    generator=epoch_generator(seed, epoch, stream=11))
+                                    generator=epoch_generator(seed, epoch, stream=HARDEST_SELECT))
             k = max(1, round(self.fraction * len(train_set)))
             order = per["loss"].argsort(descending=True)[:k]
             self.index = per["index"][order].cpu()
@@ -165,7 +165,7 @@ class HardestTrainingSamples:
         hard = train_set.subset(self.index)  # train index values are positions 0..N-1
         row["hard_train_nat_acc"] = summarize(clean_per_sample(trainer.model, hard, bs))["acc"]
         row["hard_train_rob_acc"] = summarize(robust_per_sample(
-            trainer.model, hard, trainer.eval_attack, bs, generator=epoch_generator(seed, epoch, stream=12)))["acc"]
+            trainer.model, hard, trainer.eval_attack, bs, generator=epoch_generator(seed, epoch, stream=HARDEST_EVAL)))["acc"]
 
     def state_dict(self) -> dict[str, Any]:
         return {"index": self.index}

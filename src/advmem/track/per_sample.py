@@ -30,11 +30,11 @@ import pyarrow.parquet as pq
 import torch
 
 from advmem.engine.evaluate import clean_per_sample, robust_per_sample
+from advmem.engine.seeding import PER_SAMPLE_TRACKER, TRACKED_SUBSET, epoch_generator, subset_generator
 from advmem.io import atomic_write
 from advmem.errors import UserError
 
 PER_SAMPLE_FILE = "per_sample.parquet"
-TRACKER_STREAM = 11  # generator stream of the tracker's PGD (the trainer's eval uses 1..3)
 
 SCHEMA = pa.schema([
     ("epoch", pa.int32()),
@@ -59,7 +59,7 @@ def tracked_indices(n: int, subset: str | int, seed: int) -> np.ndarray:
     if subset > n:
         raise UserError(f"track.per_sample.subset {subset} exceeds the {n} training samples; "
                         f"set it to at most {n} or to 'all'")
-    g = torch.Generator().manual_seed(seed + 29)
+    g = subset_generator(seed, TRACKED_SUBSET)
     return np.sort(torch.randperm(n, generator=g)[:subset].numpy())
 
 
@@ -132,11 +132,9 @@ class PerSampleTracker:
     def on_epoch_end(self, trainer, epoch: int, row: dict[str, Any]) -> None:
         if not self.is_tracked(epoch):
             return
-        from advmem.engine.trainer import epoch_generator
-
         model = trainer.model
         clean = clean_per_sample(model, self.dataset, self.batch_size)
-        gen = epoch_generator(self.seed, epoch, stream=TRACKER_STREAM)
+        gen = epoch_generator(self.seed, epoch, stream=PER_SAMPLE_TRACKER)
         rob = robust_per_sample(model, self.dataset, trainer.eval_attack, self.batch_size, generator=gen)
         values = {f"{kind}_{key}": res[key].float().cpu().numpy() if key != "correct" else res[key].cpu().numpy()
                   for kind, res in (("nat", clean), ("rob", rob)) for key in ("correct", "loss", "margin")}
