@@ -20,7 +20,7 @@ TRAIN_ORDER = 0          # a training epoch's permutation and augmentation
 EVAL_STREAMS = {"train": 1, "val": 2, "test": 3}  # the evaluation attack per split (EMA and full test reuse them)
 HARDEST_SELECT = 11      # robust-overfitting study: picking the hardest training samples
 HARDEST_EVAL = 12        # robust-overfitting study: evaluating them
-PER_SAMPLE_TRACKER = 11  # track.per_sample's attack
+PER_SAMPLE_TRACKER = 13  # track.per_sample's attack (11 until issue 17: shared with HARDEST_SELECT)
 
 # Offsets of `subset_generator`: fixed subsets drawn once per run.
 TRAIN_EVAL_SUBSET = 17   # eval.train_subset: the training images evaluated every epoch
