@@ -129,7 +129,7 @@ def test_bad_fraction_from_cli_exit_2(tmp_path, monkeypatch, capsys):
 
 
 def test_eval_cost_note_triggers_and_names_the_knobs():
-    from advmem.engine.trainer import eval_cost_note
+    from advmem.engine.evaluate import eval_cost_note
 
     # a paper recipe downscaled to 1000 training images, test set left at all 10,000
     r = load_recipe("paper/cifar10-pgd-at", ["data.train_size=1000"])

@@ -18,8 +18,8 @@ from typing import Any
 
 import torch
 
-from advmem.engine.checkpoint import save_checkpoint
-from advmem.engine.evaluate import clean_per_sample, robust_per_sample, summarize
+from advmem.engine.checkpoint import best_split, checkpoint_meta, improved_best, save_checkpoint
+from advmem.engine.evaluate import evaluate_split
 from advmem.engine.seeding import EVAL_STREAMS, epoch_generator
 
 
@@ -60,23 +60,18 @@ class WeightEMA:
         if not self.started or "test_nat_acc" not in row:
             return
         r = trainer.recipe
-        bs = r.eval.batch_size
         # the raw model's val and test streams, so both see the same random starts
         for name, data in (("val", trainer.bundle.val), ("test", trainer.bundle.test)):
             if data is None or len(data) == 0:
                 continue
-            clean = summarize(clean_per_sample(self.model, data, bs))
-            rob = summarize(robust_per_sample(self.model, data, trainer.eval_attack, bs,
-                                              generator=epoch_generator(r.seed, epoch, stream=EVAL_STREAMS[name])))
-            row[f"ema_{name}_nat_acc"], row[f"ema_{name}_nat_loss"] = clean["acc"], clean["loss"]
-            row[f"ema_{name}_rob_acc"], row[f"ema_{name}_rob_loss"] = rob["acc"], rob["loss"]
-        split = "val" if "ema_val_rob_acc" in row else "test"
-        key = (row[f"ema_{split}_rob_acc"], row[f"ema_{split}_nat_acc"])
+            row.update(evaluate_split(self.model, f"ema_{name}", data, trainer.eval_attack, r.eval.batch_size,
+                                      epoch_generator(r.seed, epoch, stream=EVAL_STREAMS[name])))
         ckpt = trainer.run.checkpoints
-        meta = trainer._checkpoint_meta(epoch, row)
+        meta = checkpoint_meta(r, trainer.bundle, trainer.model, epoch, row)
         meta["weights"] = f"ema(decay={self.decay}, start_epoch={self.start_epoch})"
-        if self.best is None or key > (self.best["rob_acc"], self.best["nat_acc"]):
-            self.best = {"epoch": epoch, "split": split, "rob_acc": key[0], "nat_acc": key[1]}
+        better = improved_best(self.best, row, epoch=epoch, split=best_split(trainer.bundle), prefix="ema_")
+        if better is not None:
+            self.best = better
             save_checkpoint(ckpt / "ema_best", self.model, meta)
         save_checkpoint(ckpt / "ema_last", self.model, meta)
         row["ema_best_epoch"] = self.best["epoch"]

@@ -26,8 +26,9 @@ from advmem import __version__
 from advmem.data import DataBundle, build_data
 from advmem.device import resolve_device, use_deterministic
 from advmem.engine import distributed
-from advmem.engine.checkpoint import load_resume_state, save_checkpoint, save_resume_state
-from advmem.engine.evaluate import EvalAttack, clean_per_sample, robust_per_sample, summarize
+from advmem.engine.checkpoint import (best_split, checkpoint_meta, improved_best, load_resume_state,
+                                     model_normalization, save_checkpoint, save_resume_state)
+from advmem.engine.evaluate import eval_attack_of, eval_cost_note, evaluate_split
 from advmem.io import atomic_write_json
 from advmem.engine.perf import resolve_perf
 from advmem.engine.rundir import RunDir
@@ -38,7 +39,7 @@ from advmem.engine.seeding import (EVAL_STREAMS, TRAIN_EVAL_SUBSET, TRAIN_ORDER,
 from advmem.errors import Interrupted, RunFailure, UserError
 from advmem.methods import build_method
 from advmem.models import build_model
-from advmem.recipe import Recipe, budget_value
+from advmem.recipe import Recipe
 
 
 class NonFinite(RunFailure):
@@ -47,56 +48,6 @@ class NonFinite(RunFailure):
     def __init__(self, epoch: int, step: int, quantity: str) -> None:
         super().__init__(f"epoch {epoch} step {step}: non-finite {quantity}")
         self.epoch, self.step, self.quantity = epoch, step, quantity
-
-
-def eval_attack_of(recipe: Recipe) -> EvalAttack:
-    e = recipe.eval.attack
-    return EvalAttack(
-        eps=budget_value(e.eps) if e.eps is not None else recipe.attack.eps_value,
-        step_size=budget_value(e.step_size) if e.step_size is not None else recipe.attack.step_value,
-        steps=e.steps, norm=recipe.attack.norm, restarts=e.restarts,
-    )
-
-
-def eval_cost_note(recipe: Recipe, *, n_train: int, n_train_eval: int, n_val: int, n_test: int) -> str | None:
-    """One line when the per-epoch evaluation costs more than the epoch's training, else None.
-
-    A rough count of forward+backward passes, averaged over `eval.every`: training runs the attack's
-    steps plus one update pass on every training image; evaluation runs one clean forward and the
-    evaluation attack's steps x restarts on the train subset, the validation and the test images."""
-    steps = recipe.eval.attack.steps * recipe.eval.attack.restarts
-    n_eval = n_train_eval + n_val + n_test
-    evaluation = n_eval * (1 + steps) / recipe.eval.every
-    training = n_train * (recipe.attack.steps + 1)
-    if training <= 0 or evaluation <= training:
-        return None
-    test = f"{recipe.data.test_size}" if recipe.data.test_size is not None else f"unset: all {n_test}"
-    return (f"note: evaluation costs about {evaluation / training:.1f}x the training of an epoch (PGD-{steps} on "
-            f"{n_eval} images every {recipe.eval.every} epoch(s), vs {recipe.attack.steps + 1} passes over "
-            f"{n_train} training images); for a faster run lower data.test_size (now {test}) or "
-            "eval.train_subset, or raise eval.every")
-
-
-def model_normalization(recipe: Recipe, bundle: DataBundle) -> tuple[list[float], list[float]]:
-    """(mean, std) of the model's input layer: the training set's (`model.normalize: dataset`) or
-    0 and 1 (`none`: raw [0,1] pixels, as the authors' models take them; x - 0 and x / 1 are exact)."""
-    if recipe.model.normalize == "none":
-        return [0.0] * bundle.in_channels, [1.0] * bundle.in_channels
-    return list(bundle.mean), list(bundle.std)
-
-
-def architecture_meta(recipe: Recipe, bundle: DataBundle, model: torch.nn.Module) -> dict[str, Any]:
-    mean, std = model_normalization(recipe, bundle)
-    return {
-        "name": recipe.model.name,
-        "kwargs": getattr(model, "arch_kwargs", recipe.model.kwargs),
-        "in_channels": bundle.in_channels,
-        "num_classes": bundle.num_classes,
-        "image_size": list(bundle.image_size),
-        "mean": mean,
-        "std": std,
-        "normalize": recipe.model.normalize,
-    }
 
 
 @dataclass
@@ -435,11 +386,8 @@ class Trainer:
         """The last epoch's evaluation on the full test set when data.test_size subsets it."""
         r = self.recipe
         full = self._stoppable(build_data(r.data.model_copy(update={"test_size": None}), self.device).test, epoch)
-        clean = summarize(clean_per_sample(self.model, full, r.eval.batch_size))
-        gen = epoch_generator(r.seed, epoch, stream=EVAL_STREAMS["test"])
-        rob = summarize(robust_per_sample(self.model, full, self.eval_attack, r.eval.batch_size, generator=gen))
-        return {"test_full_nat_acc": clean["acc"], "test_full_nat_loss": clean["loss"],
-                "test_full_rob_acc": rob["acc"], "test_full_rob_loss": rob["loss"]}
+        return evaluate_split(self.model, "test_full", full, self.eval_attack, r.eval.batch_size,
+                              epoch_generator(r.seed, epoch, stream=EVAL_STREAMS["test"]))
 
     def evaluate_epoch(self, epoch: int) -> dict[str, float]:
         r, model = self.recipe, self.model
@@ -450,41 +398,10 @@ class Trainer:
         for name, clean_set, robust_set in splits:
             if clean_set is None or len(clean_set) == 0:
                 continue
-            clean_set, robust_set = self._stoppable(clean_set, epoch), self._stoppable(robust_set, epoch)
-            clean = summarize(clean_per_sample(model, clean_set, bs))
-            row[f"{name}_nat_acc"], row[f"{name}_nat_loss"] = clean["acc"], clean["loss"]
-            if len(robust_set) == 0:
-                continue
-            gen = epoch_generator(r.seed, epoch, stream=EVAL_STREAMS[name])
-            rob = summarize(robust_per_sample(model, robust_set, self.eval_attack, bs, generator=gen))
-            row[f"{name}_rob_acc"], row[f"{name}_rob_loss"] = rob["acc"], rob["loss"]
+            row.update(evaluate_split(model, name, self._stoppable(clean_set, epoch), self.eval_attack, bs,
+                                      epoch_generator(r.seed, epoch, stream=EVAL_STREAMS[name]),
+                                      robust_set=self._stoppable(robust_set, epoch)))
         return row
-
-    def _checkpoint_meta(self, epoch: int, row: dict[str, Any]) -> dict[str, Any]:
-        r = self.recipe
-        return {
-            "architecture": architecture_meta(r, self.bundle, self.model),
-            "dataset": r.data.dataset,
-            "data": r.data.model_dump(mode="json"),
-            "threat_model": r.attack.norm,
-            "eps": r.attack.eps,
-            "normalization": dict(zip(("mean", "std"), model_normalization(r, self.bundle)),
-                                  inside_model=True, mode=r.model.normalize),
-            "method": r.method.name,
-            "recipe_hash": r.hash(),
-            "run": r.name,
-            "epoch": epoch,
-            "metrics": {k: v for k, v in row.items() if isinstance(v, (int, float))},
-        }
-
-    def _is_better(self, row: dict[str, Any]) -> bool:
-        split = "val" if self.bundle.val is not None and len(self.bundle.val) > 0 else "test"
-        key = (row.get(f"{split}_rob_acc"), row.get(f"{split}_nat_acc"))
-        if key[0] is None:
-            return False
-        if self.best is None:
-            return True
-        return key > (self.best["rob_acc"], self.best["nat_acc"])
 
     def fit(self) -> dict[str, Any]:
         """Train the remaining epochs. Only rank 0 evaluates, runs callbacks and writes the run
@@ -544,7 +461,7 @@ class Trainer:
                 if hasattr(callback, "on_fit_start"):
                     callback.on_fit_start(self)
         if self.start_epoch == 1 and main:
-            save_checkpoint(self.run.checkpoints / "init", self.model, self._checkpoint_meta(0, {}))
+            save_checkpoint(self.run.checkpoints / "init", self.model, checkpoint_meta(r, self.bundle, self.model, 0, {}))
             b = self.bundle
             note = eval_cost_note(r, n_train=len(b.train), n_train_eval=len(self.train_eval_set),
                                   n_val=len(b.val) if b.val is not None else 0, n_test=len(b.test))
@@ -554,7 +471,7 @@ class Trainer:
             self.log(f"advmem: {self.run.metrics_jsonl} {self._metrics_mismatch}; rewrote metrics.jsonl and "
                      "metrics.csv from resume.pt")
             self.run.write_metrics(self.rows)
-        split = "val" if self.bundle.val is not None and len(self.bundle.val) > 0 else "test"
+        split = best_split(self.bundle)
         for epoch in range(self.start_epoch, r.optim.epochs + 1):
             t0 = time.perf_counter()
             row: dict[str, Any] = {"epoch": epoch}
@@ -573,15 +490,16 @@ class Trainer:
             row["epoch_time"] = time.perf_counter() - t0
             self._check_finite_state(epoch)  # before anything of this epoch is saved
             self.rows.append(row)
-            if main and self._is_better(row):
-                self.best = {"epoch": epoch, "split": split, "rob_acc": row[f"{split}_rob_acc"],
-                             "nat_acc": row[f"{split}_nat_acc"]}
-                save_checkpoint(self.run.checkpoints / "best", self.model, self._checkpoint_meta(epoch, row))
+            meta = checkpoint_meta(r, self.bundle, self.model, epoch, row)
+            better = improved_best(self.best, row, epoch=epoch, split=split) if main else None
+            if better is not None:
+                self.best = better
+                save_checkpoint(self.run.checkpoints / "best", self.model, meta)
             state = self._resume_state(epoch)  # collective under DDP: every rank builds it
             if main:
-                save_checkpoint(self.run.checkpoints / "last", self.model, self._checkpoint_meta(epoch, row))
+                save_checkpoint(self.run.checkpoints / "last", self.model, meta)
                 if epoch in r.log.checkpoint_epochs:
-                    save_checkpoint(self.run.checkpoints / f"epoch-{epoch}", self.model, self._checkpoint_meta(epoch, row))
+                    save_checkpoint(self.run.checkpoints / f"epoch-{epoch}", self.model, meta)
                 self.run.write_metrics(self.rows)
                 save_resume_state(self.run.resume_path, state)
                 self.committed_epoch = epoch  # the commit point: named if a later write fails (disk full)

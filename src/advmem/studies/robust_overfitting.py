@@ -147,7 +147,7 @@ class HardestTrainingSamples:
         self.index: torch.Tensor | None = None
 
     def on_epoch_end(self, trainer, epoch: int, row: dict[str, Any]) -> None:
-        from advmem.engine.evaluate import clean_per_sample, robust_per_sample, summarize
+        from advmem.engine.evaluate import evaluate_split, robust_per_sample
         from advmem.engine.seeding import HARDEST_EVAL, HARDEST_SELECT, epoch_generator
 
         train_set, bs, seed = trainer.bundle.train, trainer.recipe.eval.batch_size, trainer.recipe.seed
@@ -163,9 +163,9 @@ class HardestTrainingSamples:
         if self.index is None or not ("test_nat_acc" in row or epoch == self.select_epoch):
             return
         hard = train_set.subset(self.index)  # train index values are positions 0..N-1
-        row["hard_train_nat_acc"] = summarize(clean_per_sample(trainer.model, hard, bs))["acc"]
-        row["hard_train_rob_acc"] = summarize(robust_per_sample(
-            trainer.model, hard, trainer.eval_attack, bs, generator=epoch_generator(seed, epoch, stream=HARDEST_EVAL)))["acc"]
+        scores = evaluate_split(trainer.model, "hard_train", hard, trainer.eval_attack, bs,
+                                epoch_generator(seed, epoch, stream=HARDEST_EVAL))
+        row["hard_train_nat_acc"], row["hard_train_rob_acc"] = scores["hard_train_nat_acc"], scores["hard_train_rob_acc"]
 
     def state_dict(self) -> dict[str, Any]:
         return {"index": self.index}
