@@ -22,7 +22,7 @@ from advmem.engine.checkpoint import build_from_checkpoint, load_resume_state
 from advmem.io import atomic_write_bytes
 from advmem.engine.rundir import RunDir
 from advmem.engine.safety import LOCK_NAME, RunLock, check_unlocked
-from advmem.engine.trainer import train
+from advmem.training import train
 from advmem.errors import UserError
 from advmem.recipe import recipe_from_dict
 

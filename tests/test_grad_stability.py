@@ -97,7 +97,7 @@ def tiny_run(root: Path, method: str, name: str) -> Path:
         "optim": {"epochs": 1, "batch_size": 16, "lr": 0.05},
         "eval": {"train_subset": 16, "attack": {"steps": 2}},
     })
-    from advmem.engine.trainer import train
+    from advmem.training import train
 
     run, _ = train(recipe, run_root=root, quiet=True)
     return run.path

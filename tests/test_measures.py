@@ -188,7 +188,7 @@ def test_kendall_tau_edge_cases():
 
 
 def tiny_run(root: Path, name: str, method: str, labels_seed: int = 0) -> Path:
-    from advmem.engine.trainer import train
+    from advmem.training import train
 
     recipe = recipe_from_dict({
         "name": name, "device": "cpu", "seed": labels_seed,

@@ -145,7 +145,7 @@ def test_eval_cost_note_triggers_and_names_the_knobs():
 
 @pytest.mark.parametrize("eval_steps,expect", [(2, False), (20, True)])
 def test_eval_cost_note_at_training_start(tmp_path, capsys, eval_steps, expect):
-    from advmem.engine.trainer import train
+    from advmem.training import train
 
     # tiny: 320 training images x (2 + 1) passes = 960; evaluation: (64 + 64 + 128) x (1 + eval steps)
     recipe = recipe_from_dict(tiny_recipe(**{"optim.epochs": 1, "optim.schedule.milestones": [],

@@ -12,7 +12,7 @@ import yaml
 from safetensors.torch import load_file
 
 from advmem.cli import main
-from advmem.engine.trainer import train
+from advmem.training import train
 from advmem.recipe import recipe_from_dict
 from conftest import tree_snapshot
 

@@ -18,12 +18,13 @@ from typing import Any
 
 import torch
 
+from advmem.engine.callbacks import Callback, TrainerView
 from advmem.engine.checkpoint import best_split, checkpoint_meta, improved_best, save_checkpoint
 from advmem.engine.evaluate import evaluate_split
 from advmem.engine.seeding import EVAL_STREAMS, epoch_generator
 
 
-class WeightEMA:
+class WeightEMA(Callback):
     state_key = "weight_ema"
 
     def __init__(self, cfg) -> None:
@@ -34,16 +35,16 @@ class WeightEMA:
         self.best: dict[str, Any] | None = None
 
     # -- trainer hooks -------------------------------------------------------------------------
-    def setup(self, trainer) -> None:
-        self.model = copy.deepcopy(trainer.model).eval()
+    def setup(self, view: TrainerView) -> None:
+        self.model = copy.deepcopy(view.model).eval()
         for p in self.model.parameters():
             p.requires_grad_(False)
 
     @torch.no_grad()
-    def on_step_end(self, trainer, epoch: int) -> None:
+    def on_step_end(self, view: TrainerView, epoch: int) -> None:
         if epoch < self.start_epoch:
             return
-        source = trainer.model.state_dict()
+        source = view.model.state_dict()
         target = self.model.state_dict()
         if not self.started:
             for k, v in target.items():
@@ -56,20 +57,20 @@ class WeightEMA:
             else:
                 v.copy_(source[k])
 
-    def on_epoch_end(self, trainer, epoch: int, row: dict[str, Any]) -> None:
+    def on_epoch_end(self, view: TrainerView, epoch: int, row: dict[str, Any]) -> None:
         if not self.started or "test_nat_acc" not in row:
             return
-        r = trainer.recipe
+        r = view.recipe
         # the raw model's val and test streams, so both see the same random starts
-        for name, data in (("val", trainer.bundle.val), ("test", trainer.bundle.test)):
+        for name, data in (("val", view.bundle.val), ("test", view.bundle.test)):
             if data is None or len(data) == 0:
                 continue
-            row.update(evaluate_split(self.model, f"ema_{name}", data, trainer.eval_attack, r.eval.batch_size,
+            row.update(evaluate_split(self.model, f"ema_{name}", data, view.eval_attack, r.eval.batch_size,
                                       epoch_generator(r.seed, epoch, stream=EVAL_STREAMS[name])))
-        ckpt = trainer.run.checkpoints
-        meta = checkpoint_meta(r, trainer.bundle, trainer.model, epoch, row)
+        ckpt = view.run.checkpoints
+        meta = checkpoint_meta(r, view.bundle, view.model, epoch, row)
         meta["weights"] = f"ema(decay={self.decay}, start_epoch={self.start_epoch})"
-        better = improved_best(self.best, row, epoch=epoch, split=best_split(trainer.bundle), prefix="ema_")
+        better = improved_best(self.best, row, epoch=epoch, split=best_split(view.bundle), prefix="ema_")
         if better is not None:
             self.best = better
             save_checkpoint(ckpt / "ema_best", self.model, meta)

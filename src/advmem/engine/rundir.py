@@ -5,7 +5,7 @@
                 metrics.jsonl/.csv one row per completed epoch (rewritten atomically)
                 checkpoints/       best.*, last.*, init.* (safetensors + JSON sidecar)
                 resume.pt          optimizer, RNG and method state for --resume
-                curves.png         learning curves
+                curves.png         learning curves (drawn by report/plots.py from metrics.jsonl)
                 summary.json       best and last numbers
                 .lock              pid and host of the process writing the run (engine/safety.py)
                 failure.json       only after a failure: what, where (epoch, step)
@@ -235,11 +235,6 @@ class RunDir:
 
         atomic_write_json(self.summary_path, json_safe(summary))
         return summary
-
-    def plot_curves(self, rows: list[dict[str, Any]]) -> None:
-        from advmem.report.plots import plot_learning_curves
-
-        plot_learning_curves(rows, self.curves_path, title=self.path.name)
 
 
 def read_metrics_file(path: Path) -> list[dict[str, Any]]:

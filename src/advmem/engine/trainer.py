@@ -26,6 +26,7 @@ from advmem import __version__
 from advmem.data import DataBundle, build_data
 from advmem.device import resolve_device, use_deterministic
 from advmem.engine import distributed
+from advmem.engine.callbacks import TrainerView, as_callback
 from advmem.engine.checkpoint import (best_split, checkpoint_meta, improved_best, load_resume_state,
                                      model_normalization, save_checkpoint, save_resume_state)
 from advmem.engine.evaluate import eval_attack_of, eval_cost_note, evaluate_split
@@ -91,13 +92,10 @@ class Trainer:
         o = r.optim
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=o.lr, momentum=o.momentum,
                                          nesterov=o.nesterov, weight_decay=o.weight_decay)
-        if o.ema is not None:
-            from advmem.engine.ema import WeightEMA
-
-            self.callbacks.append(WeightEMA(o.ema))
+        self.view = TrainerView(self)
+        self.callbacks = [as_callback(c) for c in self.callbacks]
         for callback in self.callbacks:
-            if hasattr(callback, "setup"):
-                callback.setup(self)
+            callback.setup(self.view)
         self.eval_attack = eval_attack_of(r)
         self.train_eval_set = self._train_eval_subset()
         self.start_epoch = 1
@@ -107,9 +105,6 @@ class Trainer:
         if resume:
             self._load_resume()
         self.committed_epoch = self.start_epoch - 1
-        from advmem.track.callbacks import recipe_callbacks
-
-        self.callbacks = recipe_callbacks(self) + list(self.callbacks)
         self.train_model = self.comm.wrap(self.step_model, self.device)
         self._first_bad = torch.zeros(2, device=self.device)  # see _check_step
 
@@ -134,7 +129,7 @@ class Trainer:
             "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else {},
             "best": self.best,
             "recipe_hash": self.recipe.hash(),
-            "callbacks": {callback_key(cb): cb.state_dict() for cb in self.callbacks if hasattr(cb, "state_dict")},
+            "callbacks": {cb.state_key: state for cb in self.callbacks if (state := cb.state_dict()) is not None},
             "rows": json.loads(json.dumps(self.rows, default=_plain)),  # plain types: loads with weights_only
             "world_size": self.comm.world_size,
             "rng_cpu_ranks": self.comm.all_gather_object(torch.get_rng_state()) if self.comm.enabled else [],
@@ -186,8 +181,8 @@ class Trainer:
                 self._restore_cuda_rng(state)
             self.best = state["best"]
             for callback in self.callbacks:
-                if hasattr(callback, "load_state_dict") and callback_key(callback) in state.get("callbacks", {}):
-                    callback.load_state_dict(state["callbacks"][callback_key(callback)])
+                if callback.state_key in state.get("callbacks", {}):
+                    callback.load_state_dict(state["callbacks"][callback.state_key])
             self.start_epoch = int(state["epoch"]) + 1
         except (KeyError, TypeError, ValueError, RuntimeError) as err:
             detail = str(err).strip().splitlines()[0][:120] if str(err).strip() else type(err).__name__
@@ -365,8 +360,7 @@ class Trainer:
         method.after_step(model)
         if not skip:
             for callback in self.callbacks:
-                if hasattr(callback, "on_step_end"):
-                    callback.on_step_end(self, epoch)
+                callback.on_step_end(self.view, epoch)
         if self.comm.enabled and hasattr(method, "sync_state"):
             method.sync_state(batch, self.comm)
         if not skip:
@@ -458,8 +452,7 @@ class Trainer:
         main = self.comm.is_main
         if main:
             for callback in self.callbacks:
-                if hasattr(callback, "on_fit_start"):
-                    callback.on_fit_start(self)
+                callback.on_fit_start(self.view)
         if self.start_epoch == 1 and main:
             save_checkpoint(self.run.checkpoints / "init", self.model, checkpoint_meta(r, self.bundle, self.model, 0, {}))
             b = self.bundle
@@ -484,7 +477,7 @@ class Trainer:
                 row["eval_time"] = time.perf_counter() - e0
             if main:
                 for callback in self.callbacks:
-                    callback.on_epoch_end(self, epoch, row)
+                    callback.on_epoch_end(self.view, epoch, row)
             if self.comm.enabled:
                 row["world_size"] = self.comm.world_size
             row["epoch_time"] = time.perf_counter() - t0
@@ -511,9 +504,7 @@ class Trainer:
         if not main:
             return {}
         self.method.save_artifacts(self.run.path)
-        summary = self.run.write_summary(self.rows, self.best, self.recipe)
-        self.run.plot_curves(self.rows)
-        return summary
+        return self.run.write_summary(self.rows, self.best, self.recipe)
 
 
 def check_model_size(name: str, kwargs: dict[str, Any], bundle: DataBundle, device: torch.device) -> None:
@@ -552,11 +543,6 @@ def recipe_hash_matches(recipe: Recipe, stored: Any) -> bool:
     subsets = [c for n in range(len(sections) + 1) for c in combinations(sections, n)]
     return isinstance(stored, str) and any(stored == recipe.hash(keep_empty=c, legacy_method_names=legacy)
                                            for legacy in (False, True) for c in subsets)
-
-
-def callback_key(callback: Any) -> str:
-    """Name a callback's state in the resume state (its `state_key`, else its class name)."""
-    return getattr(callback, "state_key", type(callback).__name__)
 
 
 def _plain(value: Any) -> Any:
@@ -606,62 +592,3 @@ def format_row(row: dict[str, Any]) -> str:
     parts.append(f"{row['images_per_s']:.0f} img/s")
     parts.append(f"{row['epoch_time']:.1f}s")
     return "  ".join(parts)
-
-
-def train(recipe: Recipe, *, run_root: Path | None = None, resume: bool = False, overwrite: bool = False,
-          quiet: bool = False, callbacks: list[Any] | None = None,
-          run_path: Path | None = None) -> tuple[RunDir, dict[str, Any]]:
-    """Validate, set up, then (only then) lock and create the run directory and train.
-
-    The run directory is `run_path` if given (`--resume DIR`: a copied or moved run trains in
-    DIR, whatever name and output_root its recipe.yaml records), else run_root (default the
-    recipe's output_root) / name. Under torchrun every rank runs this; rank 0 alone locks and
-    writes the run directory. SIGTERM/SIGINT stop after the current step (Interrupted); a lost
-    DDP peer is a RunFailure.
-    """
-    if run_path is not None:
-        run = RunDir(Path(run_path))
-        if run.path.name != recipe.name and re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", run.path.name):
-            recipe = recipe.model_copy(update={"name": run.path.name})  # the name sidecars and summary record
-    else:
-        run = RunDir(Path(run_root or recipe.output_root) / recipe.name)
-    comm = distributed.init_distributed(recipe, run_path=str(run.path))
-    completed = False
-    try:
-        if comm.is_main:
-            run.check_start(resume=resume, overwrite=overwrite)
-        callbacks = list(callbacks or [])
-        if recipe.log.tensorboard and comm.is_main:
-            from advmem.track.tensorboard import TensorBoardCallback
-
-            callbacks.append(TensorBoardCallback(run.path / "tb"))
-        trainer = Trainer(recipe, run, quiet=quiet or not comm.is_main, callbacks=callbacks, comm=comm)
-        trainer.setup(resume=resume)
-        lock = RunLock(run.path, log=trainer.log) if comm.is_main else None
-        with GracefulStop(log=trainer.log) as stop:
-            trainer.stop = stop
-            if lock is not None:
-                lock.acquire()
-            try:
-                if comm.is_main:
-                    run.prepare(recipe, trainer.bundle.info, overwrite=overwrite and not resume)
-                summary = trainer.fit()
-            except OSError as err:
-                if err.errno not in (errno.ENOSPC, errno.EDQUOT):
-                    raise
-                done = getattr(trainer, "committed_epoch", 0)
-                state = (f"the run is consistent at epoch {done} (files are replaced atomically, none is torn)"
-                         if done > 0 else "no epoch was completed")
-                raise RunFailure(f"disk full ({err.strerror}) while writing {err.filename or 'a file'}; {state}; "
-                                 f"free space, then continue with: advmem train --resume {run.path}") from None
-            finally:
-                if lock is not None:
-                    lock.release()
-        completed = True
-        return run, summary
-    except Exception as err:
-        if comm.enabled and distributed.is_comm_error(err):
-            raise distributed.peer_failure(comm, err) from err
-        raise
-    finally:
-        distributed.shutdown(comm, completed=completed)

@@ -23,6 +23,11 @@ def save_figure(fig, path: str | Path) -> None:
     atomic_write_bytes(path, buffer.getvalue())
 
 
+def plot_run_curves(run) -> None:
+    """A run directory's curves.png, from its metrics.jsonl (`run`: an `engine.rundir.RunDir`)."""
+    plot_learning_curves(run.read_metrics(), run.curves_path, title=run.path.name)
+
+
 def plot_learning_curves(rows: list[dict[str, Any]], path: str | Path, title: str = "") -> None:
     """Natural and robust accuracy against epoch for train/val/test (the robust-overfitting figure)."""
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)

@@ -191,7 +191,7 @@ def train_parallel(recipes: dict[tuple[str, str, int], Any], scale: str, device:
 
 
 def ensure_trained(recipe, runs_dir: Path, quiet: bool) -> Path:
-    from advmem.engine.trainer import train
+    from advmem.training import train
 
     path = runs_dir / recipe.name
     state = run_state(path, recipe)

@@ -194,7 +194,7 @@ def is_complete(run, recipe) -> bool:
 
 def ensure_trained(recipe, runs_dir: Path, *, hard_fraction: float, quiet: bool):
     from advmem.engine.rundir import RunDir
-    from advmem.engine.trainer import train
+    from advmem.training import train
 
     run = RunDir(runs_dir / recipe.name)
     milestones = recipe.optim.schedule.milestones
