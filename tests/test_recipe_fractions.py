@@ -70,7 +70,7 @@ def test_fraction_recipe_is_the_integer_recipe():
 def test_shipped_recipes_hash_as_before(name):
     """Fractions changed no hash (the method-name fix since then did: old run directories are
     recognised through recipe_hash_matches, which this checks)."""
-    from advmem.engine.trainer import recipe_hash_matches
+    from advmem.engine.resume import recipe_hash_matches
 
     recipe = load_recipe(name)
     assert recipe.hash(legacy_method_names=True) == HASHES_BEFORE[name]

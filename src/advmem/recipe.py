@@ -422,7 +422,7 @@ class Recipe(Section):
         the RESUME_SETTABLE keys, and a section they leave empty, so the hash is the same whether
         or not they are given. `keep_empty` names sections to hash as `{}` when so left, as advmem
         did before that fix for a recipe that set them: only to recognise the resume states of
-        run directories written then (`engine.trainer.recipe_hash_matches`).
+        run directories written then (`engine.resume.recipe_hash_matches`).
 
         The method section always carries its `name` (and a composite's base its own): each method
         config's name is its own default, so without it TE with the default settings and TRADES

@@ -186,7 +186,7 @@ def is_complete(run, recipe) -> bool:
     if not run.summary_path.exists():
         return False
     summary = json.loads(run.summary_path.read_text())
-    from advmem.engine.trainer import recipe_hash_matches
+    from advmem.engine.resume import recipe_hash_matches
 
     return (recipe_hash_matches(recipe, summary.get("recipe_hash"))
             and (summary.get("last") or {}).get("epoch") == recipe.optim.epochs)
