@@ -8,6 +8,7 @@ JSON, and the resume state is loaded with `weights_only=True`.
 
 from __future__ import annotations
 
+import io
 import json
 import math
 from pathlib import Path
@@ -122,7 +123,7 @@ def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
 
 def build_from_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> tuple[torch.nn.Module, dict[str, Any]]:
     """Rebuild the model a checkpoint describes and load its weights."""
-    from advmem.models import build_model
+    from advmem.models import build_model  # every model family: only when a model is rebuilt
 
     meta = read_sidecar(path)
     arch = meta["architecture"]
@@ -150,8 +151,6 @@ def build_from_checkpoint(path: str | Path, device: torch.device | str = "cpu") 
 
 
 def save_resume_state(path: str | Path, state: dict[str, Any]) -> None:
-    import io
-
     if isinstance(state.get("model"), dict):
         check_finite(state["model"], str(path))
     buffer = io.BytesIO()

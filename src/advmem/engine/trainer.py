@@ -41,6 +41,7 @@ from advmem.engine.seeding import (EVAL_STREAMS, TRAIN_EVAL_SUBSET, TRAIN_ORDER,
                                     seed_model_init, subset_generator)
 from advmem.errors import Interrupted, RunFailure, UserError
 from advmem.io import atomic_write_json
+from advmem.limits import check_fits
 from advmem.methods import build_method
 from advmem.models import build_model
 from advmem.recipe import Recipe
@@ -226,7 +227,7 @@ class Trainer:
         total = math.ceil(len(self.bundle.train) / r.optim.batch_size)
         bar = None
         if not self.quiet:
-            from tqdm import tqdm
+            from tqdm import tqdm  # the progress bar: only when not quiet
 
             bar = tqdm(total=len(self.bundle.train), unit="img", unit_scale=True, leave=False,
                        desc=f"epoch {epoch}/{r.optim.epochs}", file=sys.stderr, dynamic_ncols=True,
@@ -413,8 +414,6 @@ class Trainer:
 def check_model_size(name: str, kwargs: dict[str, Any], bundle: DataBundle, device: torch.device) -> None:
     """Refuse a model whose parameters cannot fit (e.g. model.kwargs.hidden: [10000000000000]):
     it is built on the meta device first, which allocates nothing."""
-    from advmem.limits import check_fits
-
     try:
         with torch.device("meta"):
             probe = build_model(name, in_channels=bundle.in_channels, num_classes=bundle.num_classes,
