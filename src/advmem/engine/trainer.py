@@ -184,7 +184,7 @@ class Trainer:
             row["epoch_time"] = time.perf_counter() - t0
             self._check_finite_state(epoch)  # before anything of this epoch is saved
             self.rows.append(row)
-            meta = checkpoint_meta(r, self.bundle, self.model, epoch, row)
+            meta = checkpoint_meta(r, self.bundle, self.model, epoch, row) if main else {}
             better = improved_best(self.best, row, epoch=epoch, split=split) if main else None
             if better is not None:
                 self.best = better
