@@ -207,7 +207,7 @@ def probe_sigterm(tmp: Path, ref: Path, rng: random.Random, stops: int) -> tuple
 
 DISK_FULL_CHILD = r"""
 import errno, os, sys
-import advmem.engine.io as io
+import advmem.io as io
 n, count, real = int(sys.argv[1]), [0], io.atomic_write
 def atomic_write(path, write, mode="wb"):
     count[0] += 1

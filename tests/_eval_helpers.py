@@ -46,7 +46,7 @@ def trained_run(tmp_path_factory, name: str = "std", method: str = "standard", e
     """A small run trained once per test session (synthetic 8x8 data, MLP with 32 hidden units)."""
     key = f"{name}-{method}-{epochs}-{sorted(extra.items())}"
     if key not in _CACHE:
-        from advmem.engine.trainer import train
+        from advmem.training import train
         from advmem.recipe import recipe_from_dict
 
         root = tmp_path_factory.mktemp("runs")

@@ -52,7 +52,7 @@ def tiny_recipe(**overrides) -> dict:
 
 def tiny_run(root: Path, name: str, method: str, seed: int = 0) -> Path:
     """A one-epoch run of `method` on 48 synthetic samples with a tiny MLP, trained into `root`; its path."""
-    from advmem.engine.trainer import train
+    from advmem.training import train
     from advmem.recipe import recipe_from_dict
 
     recipe = recipe_from_dict({

@@ -501,7 +501,7 @@ def test_disk_full_during_training(tmp_path, monkeypatch):
 
     from safetensors.torch import load_file
 
-    import advmem.engine.io as io_mod
+    import advmem.io as io_mod
 
     recipe = write_recipe(tmp_path, optim__epochs=3, optim__schedule__milestones=[2])
     real, calls = io_mod.atomic_write, []

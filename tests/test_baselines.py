@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from advmem.data.dataset import Batch
-from advmem.engine.trainer import train
+from advmem.training import train
 from advmem.errors import UserError
 from advmem.methods import build_method
 from advmem.methods.awp import perturbed_weights

@@ -19,10 +19,10 @@ import yaml
 from safetensors.torch import load_file
 
 from advmem.engine.checkpoint import build_from_checkpoint, load_resume_state
-from advmem.engine.io import atomic_write_bytes
+from advmem.io import atomic_write_bytes
 from advmem.engine.rundir import RunDir
 from advmem.engine.safety import LOCK_NAME, RunLock, check_unlocked
-from advmem.engine.trainer import train
+from advmem.training import train
 from advmem.errors import UserError
 from advmem.recipe import recipe_from_dict
 
@@ -191,7 +191,7 @@ def test_atomic_write_keeps_the_old_file_when_the_writer_dies(tmp_path):
         fh.write(b"partial")
         raise KeyboardInterrupt
 
-    from advmem.engine.io import atomic_write
+    from advmem.io import atomic_write
 
     with pytest.raises(KeyboardInterrupt):
         atomic_write(target, failing)

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from advmem.engine.evaluate import EvalAttack, clean_per_sample, robust_per_sample
-from advmem.engine.trainer import train
+from advmem.training import train
 from advmem.recipe import recipe_from_dict
 from conftest import FMNIST, FMNIST_SKIP
 

@@ -23,7 +23,7 @@ import yaml
 
 from advmem.engine.checkpoint import build_from_checkpoint, load_resume_state
 from advmem.engine.distributed import init_distributed
-from advmem.engine.trainer import train
+from advmem.training import train
 from advmem.errors import UserError
 from advmem.recipe import recipe_from_dict
 

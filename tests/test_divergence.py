@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 
 from advmem.cli import main
 from advmem.engine.checkpoint import load_resume_state
-from advmem.engine.trainer import train
+from advmem.training import train
 from advmem.errors import RunFailure
 from advmem.methods.base import AdvContext, Method, accuracy_log
 from advmem.methods.registry import METHODS, register_method

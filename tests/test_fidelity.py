@@ -27,6 +27,7 @@ import torch.nn.functional as F
 
 from advmem.data.dataset import Batch
 from advmem.engine.rundir import RunDir
+from advmem.engine.checkpoint import checkpoint_meta
 from advmem.engine.trainer import Trainer
 from advmem.recipe import recipe_from_dict
 
@@ -219,7 +220,7 @@ def test_normalize_none_is_the_identity_and_recorded(tmp_path):
     trainer = trainer_for(tmp_path, METHODS["pgd_at"])
     x = fixed_batch().x
     assert torch.equal(trainer.model.normalize(x), x)
-    meta = trainer._checkpoint_meta(0, {})
+    meta = checkpoint_meta(trainer.recipe, trainer.bundle, trainer.model, 0, {})
     assert meta["architecture"]["normalize"] == "none"
     assert meta["architecture"]["mean"] == [0.0] * C and meta["architecture"]["std"] == [1.0] * C
     assert meta["normalization"]["mode"] == "none"

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from advmem.engine.trainer import train
+from advmem.training import train
 from advmem.methods import build_method
 from advmem.models import build_model
 from advmem.recipe import recipe_from_dict

@@ -105,7 +105,7 @@ def test_paper_recipes_match_the_paper_settings():
 def test_the_method_name_is_always_hashed():
     """Each method config's name is its own default, so `exclude_defaults` used to drop it: TE
     and TRADES at their default settings hashed alike. Old run directories still match."""
-    from advmem.engine.trainer import recipe_hash_matches
+    from advmem.engine.resume import recipe_hash_matches
 
     bodies = [{"name": "pgd_at"}, {"name": "trades"}, {"name": "te"}, {"name": "te", "base": "trades"},
               {"name": "mart"}, {"name": "awp", "base": {"name": "pgd_at"}}, {"name": "awp", "base": {"name": "trades"}}]

@@ -70,7 +70,7 @@ def test_fraction_recipe_is_the_integer_recipe():
 def test_shipped_recipes_hash_as_before(name):
     """Fractions changed no hash (the method-name fix since then did: old run directories are
     recognised through recipe_hash_matches, which this checks)."""
-    from advmem.engine.trainer import recipe_hash_matches
+    from advmem.engine.resume import recipe_hash_matches
 
     recipe = load_recipe(name)
     assert recipe.hash(legacy_method_names=True) == HASHES_BEFORE[name]
@@ -129,7 +129,7 @@ def test_bad_fraction_from_cli_exit_2(tmp_path, monkeypatch, capsys):
 
 
 def test_eval_cost_note_triggers_and_names_the_knobs():
-    from advmem.engine.trainer import eval_cost_note
+    from advmem.engine.evaluate import eval_cost_note
 
     # a paper recipe downscaled to 1000 training images, test set left at all 10,000
     r = load_recipe("paper/cifar10-pgd-at", ["data.train_size=1000"])
@@ -145,7 +145,7 @@ def test_eval_cost_note_triggers_and_names_the_knobs():
 
 @pytest.mark.parametrize("eval_steps,expect", [(2, False), (20, True)])
 def test_eval_cost_note_at_training_start(tmp_path, capsys, eval_steps, expect):
-    from advmem.engine.trainer import train
+    from advmem.training import train
 
     # tiny: 320 training images x (2 + 1) passes = 960; evaluation: (64 + 64 + 128) x (1 + eval steps)
     recipe = recipe_from_dict(tiny_recipe(**{"optim.epochs": 1, "optim.schedule.milestones": [],

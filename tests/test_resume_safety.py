@@ -12,7 +12,7 @@ import yaml
 from safetensors.torch import load_file
 
 from advmem.cli import main
-from advmem.engine.trainer import train
+from advmem.training import train
 from advmem.recipe import recipe_from_dict
 from conftest import CrashAt, tree_snapshot
 
@@ -244,7 +244,7 @@ def test_sigterm_during_the_final_full_test_evaluation_stops_it(tmp_path, monkey
 
     real_clean = evaluate.clean_per_sample
     monkeypatch.setattr(trainer_module.Trainer, "evaluate_full_test", signalled)
-    monkeypatch.setattr(trainer_module, "clean_per_sample", counting)
+    monkeypatch.setattr(evaluate, "clean_per_sample", counting)  # the trainer evaluates through evaluate_split
     assert main(["train", str(recipe), "--quiet"]) == 143
     err = capsys.readouterr().err
     assert "during the evaluation of epoch 3; that epoch is discarded" in err and "--resume" in err

@@ -125,7 +125,7 @@ def test_random_start_is_the_same_at_theta_and_perturbed_points():
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
-    from advmem.engine.trainer import train
+    from advmem.training import train
 
     recipe = recipe_from_dict({
         "name": "pgd", "device": "cpu",

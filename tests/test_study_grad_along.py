@@ -25,7 +25,7 @@ def weights(path: Path) -> dict:
 
 @pytest.mark.parametrize("method", ["pgd_at", "trades"])
 def test_replay_reproduces_the_runs_early_epochs_bitwise(tmp_path, one_thread, method):
-    from advmem.engine.trainer import train
+    from advmem.training import train
 
     # the full run evaluates and tracks every epoch (both draw random starts) and keeps epochs 1, 2
     full = tiny(method, ["log.checkpoint_epochs=[1, 2]", "track.grad_consistency=null"])

@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from advmem.data.dataset import Batch
-from advmem.engine.trainer import train
+from advmem.training import train
 from advmem.errors import UserError
 from advmem.methods import build_method
 from advmem.methods.te import te_ramp

@@ -7,7 +7,7 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import CrashAt, Interrupt
 
-from advmem.engine.trainer import train
+from advmem.training import train
 from advmem.errors import UserError
 from advmem.recipe import recipe_from_dict
 from advmem.track.per_sample import PER_SAMPLE_FILE, SCHEMA

@@ -9,7 +9,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from advmem.engine.trainer import train
+from advmem.training import train
 from advmem.recipe import recipe_from_dict
 from conftest import CrashAt, run_cli, tiny_recipe
 

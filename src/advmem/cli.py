@@ -53,7 +53,7 @@ def command(name: str):
 @command("train")
 def cmd_train(args: argparse.Namespace) -> int:
     from advmem.engine.rundir import RunDir
-    from advmem.engine.trainer import train
+    from advmem.training import train
     from advmem.recipe import load_recipe
 
     if args.resume:
@@ -88,7 +88,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 @command("demo")
 def cmd_demo(args: argparse.Namespace) -> int:
-    from advmem.engine.trainer import train
+    from advmem.training import train
     from advmem.recipe import load_recipe
 
     recipe = load_recipe("quickstart", list(args.set or []))

@@ -21,7 +21,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from advmem.engine.io import atomic_write_bytes, atomic_write_json, atomic_write_text
+from advmem.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from advmem.errors import UserError
 
 _HEADER = '''"""{name}: {arch} exported by advmem {version} (RobustBench-style model definition).

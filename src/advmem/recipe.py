@@ -325,7 +325,7 @@ class Recipe(Section):
         the RESUME_SETTABLE keys, and a section they leave empty, so the hash is the same whether
         or not they are given. `keep_empty` names sections to hash as `{}` when so left, as advmem
         did before that fix for a recipe that set them: only to recognise the resume states of
-        run directories written then (`engine.trainer.recipe_hash_matches`).
+        run directories written then (`engine.resume.recipe_hash_matches`).
 
         The method section always carries its `name` (and a composite's base its own): each method
         config's name is its own default, so without it TE with the default settings and TRADES
@@ -584,8 +584,8 @@ def parse_recipe_text(text: str, source: str) -> dict[str, Any]:
 
 
 def read_recipe_file(path: Path) -> dict[str, Any]:
-    """Read and parse a recipe file: at most 1 MB of UTF-8 YAML (engine.io.read_input_text)."""
-    from advmem.engine.io import read_input_text
+    """Read and parse a recipe file: at most 1 MB of UTF-8 YAML (advmem.io.read_input_text)."""
+    from advmem.io import read_input_text
 
     try:
         text = read_input_text(path, "recipe")

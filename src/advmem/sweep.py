@@ -390,7 +390,7 @@ def markdown(table: list[dict[str, Any]], keys: list[str]) -> str:
 
 
 def write_table(table: list[dict[str, Any]], keys: list[str], out: Path) -> str:
-    from advmem.engine.io import atomic_write_text
+    from advmem.io import atomic_write_text
 
     text = markdown(table, keys)
     atomic_write_text(out / "sweep.md", "Mean ± sample standard deviation over seeds (complete runs only).\n\n" + text)
@@ -459,7 +459,7 @@ def run(args) -> int:
         if args.launcher != "local":
             _check_submitit(args.launcher)
         out.mkdir(parents=True, exist_ok=True)
-        from advmem.engine.io import atomic_write_json
+        from advmem.io import atomic_write_json
 
         atomic_write_json(out / "sweep.json", {"recipe": args.recipe, "grid": grid, "seeds": sorted({r.seed for r in runs}),
                                                "set": args.set, "runs": [r.name for r in runs]})

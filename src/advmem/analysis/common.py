@@ -130,7 +130,7 @@ def resolve(device: torch.device | str | None) -> torch.device:
     """None or "auto": the GPU when there is one, else the CPU."""
     import torch
 
-    from advmem.engine.trainer import resolve_device
+    from advmem.device import resolve_device
 
     return resolve_device("auto" if device is None else str(device)) if not isinstance(device, torch.device) else device
 

@@ -32,7 +32,7 @@ import numpy as np
 
 from advmem.analysis.common import (CHECKPOINT_HELP, add_probe_batch_arguments, check_runs, default_out, load_run,
                                     positive_int, seeded_rows)
-from advmem.engine.io import atomic_write_bytes, atomic_write_json
+from advmem.io import atomic_write_bytes, atomic_write_json
 from advmem.errors import UserError
 
 if TYPE_CHECKING:  # torch is imported where it is used, so building the CLI's parser does not import it
@@ -222,7 +222,7 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from advmem.engine.trainer import resolve_device
+    from advmem.device import resolve_device
 
     runs = [Path(r) for r in args.runs]
     out = default_out(runs, args.out, "the gradient-stability plot")

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from advmem.bench.common import Section, Settings, git_commit, load_average, machine_lines, python_module_command
-from advmem.engine.io import atomic_write_text
+from advmem.io import atomic_write_text
 
 FAMILIES = ("step", "epoch", "eval", "scale")
 

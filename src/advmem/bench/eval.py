@@ -23,7 +23,7 @@ from advmem.engine.evaluate import full_fp32
 
 def _train_model(settings: Settings):
     """Adversarially train a small model briefly and save it as an advmem checkpoint (no run dir)."""
-    from advmem.engine.checkpoint import save_checkpoint
+    from advmem.engine.checkpoint import checkpoint_meta, save_checkpoint
 
     data = data_section(settings, settings.pick(2048, 1024, 64), test_size=64)
     trainer = make_trainer({
@@ -34,7 +34,8 @@ def _train_model(settings: Settings):
     for epoch in range(1, trainer.recipe.optim.epochs + 1):
         trainer.train_epoch(epoch)
     path = settings.workdir / "aa-model"
-    save_checkpoint(path, trainer.model, trainer._checkpoint_meta(trainer.recipe.optim.epochs, {}))
+    save_checkpoint(path, trainer.model, checkpoint_meta(trainer.recipe, trainer.bundle, trainer.model,
+                                                       trainer.recipe.optim.epochs, {}))
     return path.with_suffix(".safetensors"), trainer.recipe
 
 

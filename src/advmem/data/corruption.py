@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from advmem.data.config import InputCorruptionConfig, LabelNoiseConfig
-from advmem.engine.io import atomic_write
+from advmem.io import atomic_write
 
 CORRUPTION_FILE = "corruption.npz"
 
@@ -136,15 +136,3 @@ def corrupt_training_set(images: np.ndarray, labels: np.ndarray, num_classes: in
     return new_images, Corruption(labels=new_labels, true_labels=np.asarray(labels, dtype=np.int64).copy(),
                                   label_mask=label_mask, input_mask=input_mask, label_kind=label_cfg.kind,
                                   label_rate=label_cfg.rate, input_kind=input_cfg.kind, input_rate=input_cfg.rate)
-
-
-class CorruptionRecorder:
-    """Trainer callback: writes `corruption.npz` into the run directory when the fit starts."""
-
-    def on_fit_start(self, trainer) -> None:
-        corruption = getattr(trainer.bundle, "corruption", None)
-        if corruption is not None:
-            corruption.save(trainer.run.path / CORRUPTION_FILE)
-
-    def on_epoch_end(self, trainer, epoch, row) -> None:
-        pass

@@ -8,6 +8,7 @@ JSON, and the resume state is loaded with `weights_only=True`.
 
 from __future__ import annotations
 
+import io
 import json
 import math
 from pathlib import Path
@@ -19,7 +20,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save
 
 from advmem import __version__
-from advmem.engine.io import atomic_write_bytes, atomic_write_json, read_input_text
+from advmem.io import atomic_write_bytes, atomic_write_json, read_input_text
 from advmem.errors import RunFailure, UserError
 
 FORMAT = "advmem-checkpoint/1"
@@ -122,7 +123,7 @@ def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
 
 def build_from_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> tuple[torch.nn.Module, dict[str, Any]]:
     """Rebuild the model a checkpoint describes and load its weights."""
-    from advmem.models import build_model
+    from advmem.models import build_model  # every model family: only when a model is rebuilt
 
     meta = read_sidecar(path)
     arch = meta["architecture"]
@@ -150,8 +151,6 @@ def build_from_checkpoint(path: str | Path, device: torch.device | str = "cpu") 
 
 
 def save_resume_state(path: str | Path, state: dict[str, Any]) -> None:
-    import io
-
     if isinstance(state.get("model"), dict):
         check_finite(state["model"], str(path))
     buffer = io.BytesIO()
@@ -177,3 +176,67 @@ def load_resume_state(path: str | Path) -> dict[str, Any]:
         raise UserError(f"{path}: written by a newer advmem (resume format {fmt}, this version reads up to "
                         f"{RESUME_FORMAT}); upgrade advmem (pip install -U advmem) to resume it")
     return state
+
+
+# -------------------------------------------------------------------------------------------------
+# What a checkpoint of a training run records, and which one is "best"
+
+
+def model_normalization(recipe, bundle) -> tuple[list[float], list[float]]:
+    """(mean, std) of the model's input layer: the training set's (`model.normalize: dataset`) or
+    0 and 1 (`none`: raw [0,1] pixels, as the authors' models take them; x - 0 and x / 1 are exact)."""
+    if recipe.model.normalize == "none":
+        return [0.0] * bundle.in_channels, [1.0] * bundle.in_channels
+    return list(bundle.mean), list(bundle.std)
+
+
+def architecture_meta(recipe, bundle, model: torch.nn.Module) -> dict[str, Any]:
+    """What `build_from_checkpoint` needs to rebuild the model."""
+    mean, std = model_normalization(recipe, bundle)
+    return {
+        "name": recipe.model.name,
+        "kwargs": getattr(model, "arch_kwargs", recipe.model.kwargs),
+        "in_channels": bundle.in_channels,
+        "num_classes": bundle.num_classes,
+        "image_size": list(bundle.image_size),
+        "mean": mean,
+        "std": std,
+        "normalize": recipe.model.normalize,
+    }
+
+
+def checkpoint_meta(recipe, bundle, model: torch.nn.Module, epoch: int, row: dict[str, Any]) -> dict[str, Any]:
+    """The sidecar of a training run's checkpoint at `epoch` (`row`: that epoch's metrics)."""
+    return {
+        "architecture": architecture_meta(recipe, bundle, model),
+        "dataset": recipe.data.dataset,
+        "data": recipe.data.model_dump(mode="json"),
+        "threat_model": recipe.attack.norm,
+        "eps": recipe.attack.eps,
+        "normalization": dict(zip(("mean", "std"), model_normalization(recipe, bundle)),
+                              inside_model=True, mode=recipe.model.normalize),
+        "method": recipe.method.name,
+        "recipe_hash": recipe.hash(),
+        "run": recipe.name,
+        "epoch": epoch,
+        "metrics": {k: v for k, v in row.items() if isinstance(v, (int, float))},
+    }
+
+
+def best_split(bundle) -> str:
+    """The split "best" is selected on: validation, or test when there is no validation split."""
+    return "val" if bundle.val is not None and len(bundle.val) > 0 else "test"
+
+
+def improved_best(best: dict[str, Any] | None, row: dict[str, Any], *, epoch: int, split: str,
+                  prefix: str = "") -> dict[str, Any] | None:
+    """The new "best" record when `row` beats `best`, else None (also when `row` was not evaluated).
+
+    One rule for the trained weights and the EMA weights (`prefix` "ema_"): robust accuracy on
+    `split`, ties broken by natural accuracy; the first evaluated epoch is best until beaten."""
+    rob, nat = row.get(f"{prefix}{split}_rob_acc"), row.get(f"{prefix}{split}_nat_acc")
+    if rob is None:
+        return None
+    if best is not None and not (rob, nat) > (best["rob_acc"], best["nat_acc"]):
+        return None
+    return {"epoch": epoch, "split": split, "rob_acc": rob, "nat_acc": nat}

@@ -18,11 +18,13 @@ from typing import Any
 
 import torch
 
-from advmem.engine.checkpoint import save_checkpoint
-from advmem.engine.evaluate import clean_per_sample, robust_per_sample, summarize
+from advmem.engine.callbacks import Callback, TrainerView
+from advmem.engine.checkpoint import best_split, checkpoint_meta, improved_best, save_checkpoint
+from advmem.engine.evaluate import evaluate_split
+from advmem.engine.seeding import EVAL_STREAMS, epoch_generator
 
 
-class WeightEMA:
+class WeightEMA(Callback):
     state_key = "weight_ema"
 
     def __init__(self, cfg) -> None:
@@ -33,16 +35,16 @@ class WeightEMA:
         self.best: dict[str, Any] | None = None
 
     # -- trainer hooks -------------------------------------------------------------------------
-    def setup(self, trainer) -> None:
-        self.model = copy.deepcopy(trainer.model).eval()
+    def setup(self, view: TrainerView) -> None:
+        self.model = copy.deepcopy(view.model).eval()
         for p in self.model.parameters():
             p.requires_grad_(False)
 
     @torch.no_grad()
-    def on_step_end(self, trainer, epoch: int) -> None:
+    def on_step_end(self, view: TrainerView, epoch: int) -> None:
         if epoch < self.start_epoch:
             return
-        source = trainer.model.state_dict()
+        source = view.model.state_dict()
         target = self.model.state_dict()
         if not self.started:
             for k, v in target.items():
@@ -55,29 +57,22 @@ class WeightEMA:
             else:
                 v.copy_(source[k])
 
-    def on_epoch_end(self, trainer, epoch: int, row: dict[str, Any]) -> None:
+    def on_epoch_end(self, view: TrainerView, epoch: int, row: dict[str, Any]) -> None:
         if not self.started or "test_nat_acc" not in row:
             return
-        from advmem.engine.trainer import epoch_generator
-
-        r = trainer.recipe
-        bs = r.eval.batch_size
-        # streams 2 and 3: the raw model's val and test streams, so both see the same random starts
-        for stream, name, data in ((2, "val", trainer.bundle.val), (3, "test", trainer.bundle.test)):
+        r = view.recipe
+        # the raw model's val and test streams, so both see the same random starts
+        for name, data in (("val", view.bundle.val), ("test", view.bundle.test)):
             if data is None or len(data) == 0:
                 continue
-            clean = summarize(clean_per_sample(self.model, data, bs))
-            rob = summarize(robust_per_sample(self.model, data, trainer.eval_attack, bs,
-                                              generator=epoch_generator(r.seed, epoch, stream=stream)))
-            row[f"ema_{name}_nat_acc"], row[f"ema_{name}_nat_loss"] = clean["acc"], clean["loss"]
-            row[f"ema_{name}_rob_acc"], row[f"ema_{name}_rob_loss"] = rob["acc"], rob["loss"]
-        split = "val" if "ema_val_rob_acc" in row else "test"
-        key = (row[f"ema_{split}_rob_acc"], row[f"ema_{split}_nat_acc"])
-        ckpt = trainer.run.checkpoints
-        meta = trainer._checkpoint_meta(epoch, row)
+            row.update(evaluate_split(self.model, f"ema_{name}", data, view.eval_attack, r.eval.batch_size,
+                                      epoch_generator(r.seed, epoch, stream=EVAL_STREAMS[name])))
+        ckpt = view.run.checkpoints
+        meta = checkpoint_meta(r, view.bundle, view.model, epoch, row)
         meta["weights"] = f"ema(decay={self.decay}, start_epoch={self.start_epoch})"
-        if self.best is None or key > (self.best["rob_acc"], self.best["nat_acc"]):
-            self.best = {"epoch": epoch, "split": split, "rob_acc": key[0], "nat_acc": key[1]}
+        better = improved_best(self.best, row, epoch=epoch, split=best_split(view.bundle), prefix="ema_")
+        if better is not None:
+            self.best = better
             save_checkpoint(ckpt / "ema_best", self.model, meta)
         save_checkpoint(ckpt / "ema_last", self.model, meta)
         row["ema_best_epoch"] = self.best["epoch"]

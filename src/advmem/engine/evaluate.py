@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from advmem.attacks import OBJECTIVES, pgd
+from advmem.strict import budget_value
 
 
 @dataclass(frozen=True)
@@ -97,3 +98,47 @@ def summarize(per_sample: dict[str, torch.Tensor]) -> dict[str, float]:
         return {"acc": float("nan"), "loss": float("nan")}
     stats = torch.stack([per_sample["correct"].float().mean(), per_sample["loss"].float().mean()]).tolist()
     return {"acc": stats[0], "loss": stats[1]}
+
+
+def evaluate_split(model: nn.Module, name: str, dataset, attack: EvalAttack, batch_size: int,
+                   generator: torch.Generator, *, robust_set=None) -> dict[str, float]:
+    """Clean accuracy and loss on `dataset`, then robust ones under `attack` on `robust_set` (default
+    `dataset`; skipped when empty), as `{name}_nat_acc`, `{name}_nat_loss`, `{name}_rob_acc`,
+    `{name}_rob_loss`: the one per-split evaluation of the trainer, the EMA and the callbacks."""
+    robust_set = dataset if robust_set is None else robust_set
+    clean = summarize(clean_per_sample(model, dataset, batch_size))
+    out = {f"{name}_nat_acc": clean["acc"], f"{name}_nat_loss": clean["loss"]}
+    if len(robust_set) == 0:
+        return out
+    rob = summarize(robust_per_sample(model, robust_set, attack, batch_size, generator=generator))
+    out[f"{name}_rob_acc"], out[f"{name}_rob_loss"] = rob["acc"], rob["loss"]
+    return out
+
+
+def eval_attack_of(recipe) -> EvalAttack:
+    """The attack of the per-epoch evaluation: `eval.attack`, its eps and step size defaulting to training's."""
+    e = recipe.eval.attack
+    return EvalAttack(
+        eps=budget_value(e.eps) if e.eps is not None else recipe.attack.eps_value,
+        step_size=budget_value(e.step_size) if e.step_size is not None else recipe.attack.step_value,
+        steps=e.steps, norm=recipe.attack.norm, restarts=e.restarts,
+    )
+
+
+def eval_cost_note(recipe, *, n_train: int, n_train_eval: int, n_val: int, n_test: int) -> str | None:
+    """One line when the per-epoch evaluation costs more than the epoch's training, else None.
+
+    A rough count of forward+backward passes, averaged over `eval.every`: training runs the attack's
+    steps plus one update pass on every training image; evaluation runs one clean forward and the
+    evaluation attack's steps x restarts on the train subset, the validation and the test images."""
+    steps = recipe.eval.attack.steps * recipe.eval.attack.restarts
+    n_eval = n_train_eval + n_val + n_test
+    evaluation = n_eval * (1 + steps) / recipe.eval.every
+    training = n_train * (recipe.attack.steps + 1)
+    if training <= 0 or evaluation <= training:
+        return None
+    test = f"{recipe.data.test_size}" if recipe.data.test_size is not None else f"unset: all {n_test}"
+    return (f"note: evaluation costs about {evaluation / training:.1f}x the training of an epoch (PGD-{steps} on "
+            f"{n_eval} images every {recipe.eval.every} epoch(s), vs {recipe.attack.steps + 1} passes over "
+            f"{n_train} training images); for a faster run lower data.test_size (now {test}) or "
+            "eval.train_subset, or raise eval.every")

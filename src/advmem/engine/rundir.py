@@ -5,7 +5,7 @@
                 metrics.jsonl/.csv one row per completed epoch (rewritten atomically)
                 checkpoints/       best.*, last.*, init.* (safetensors + JSON sidecar)
                 resume.pt          optimizer, RNG and method state for --resume
-                curves.png         learning curves
+                curves.png         learning curves (drawn by report/plots.py from metrics.jsonl)
                 summary.json       best and last numbers
                 .lock              pid and host of the process writing the run (engine/safety.py)
                 failure.json       only after a failure: what, where (epoch, step)
@@ -23,7 +23,7 @@ from typing import Any
 
 
 from advmem import __version__
-from advmem.engine.io import atomic_write_json, atomic_write_text
+from advmem.io import atomic_write_json, atomic_write_text, read_input_text
 from advmem.engine.safety import LOCK_NAME, check_unlocked
 from advmem.errors import UserError
 
@@ -149,8 +149,7 @@ class RunDir:
             atomic_write_json(self.path / "data.json", data_info)
 
     def load_recipe(self, overrides: list[str] | None = None):
-        from advmem.engine.io import read_input_text
-        from advmem.recipe import apply_overrides, parse_recipe_text, recipe_from_dict
+        from advmem.recipe import apply_overrides, parse_recipe_text, recipe_from_dict  # pydantic: when a recipe is read
 
         try:
             text = read_input_text(self.recipe_path, "recipe")
@@ -194,7 +193,7 @@ class RunDir:
         return read_metrics_file(self.metrics_jsonl)
 
     def write_metrics(self, rows: list[dict[str, Any]]) -> None:
-        from advmem.engine.checkpoint import json_safe
+        from advmem.engine.checkpoint import json_safe  # torch and safetensors: only when writing
 
         rows = json_safe(rows)  # a NaN loss is written as null (JSON has no NaN)
         atomic_write_text(self.metrics_jsonl, "".join(json.dumps(row) + "\n" for row in rows))
@@ -231,15 +230,10 @@ class RunDir:
             "advmem_version": __version__,
             "recipe_hash": recipe.hash(),
         }
-        from advmem.engine.checkpoint import json_safe
+        from advmem.engine.checkpoint import json_safe  # torch and safetensors: only when writing
 
         atomic_write_json(self.summary_path, json_safe(summary))
         return summary
-
-    def plot_curves(self, rows: list[dict[str, Any]]) -> None:
-        from advmem.report.plots import plot_learning_curves
-
-        plot_learning_curves(rows, self.curves_path, title=self.path.name)
 
 
 def read_metrics_file(path: Path) -> list[dict[str, Any]]:
@@ -266,7 +260,7 @@ def read_metrics_file(path: Path) -> list[dict[str, Any]]:
 
 def _checkpoint_epoch(stem: Path) -> int | None:
     """The epoch recorded with checkpoint `stem` (embedded or sidecar metadata); None if unreadable."""
-    from advmem.engine.checkpoint import embedded_meta
+    from advmem.engine.checkpoint import embedded_meta  # torch and safetensors: only when a checkpoint is read
 
     meta = embedded_meta(stem.with_suffix(".safetensors"))
     if meta is None:

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from advmem.errors import UserError
+from advmem.errors import RunFailure, UserError
 
 LOCK_NAME = ".lock"
 
@@ -226,3 +226,48 @@ class GracefulStop:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
         self._previous.clear()
+
+
+# -------------------------------------------------------------------------------------------------
+# Failures and stops inside an epoch (raised by the trainer, turned into failure.json or Interrupted)
+
+
+class NonFinite(RunFailure):
+    """A step produced a non-finite loss or gradient and reliability.on_nonfinite is 'stop'."""
+
+    def __init__(self, epoch: int, step: int, quantity: str) -> None:
+        super().__init__(f"epoch {epoch} step {step}: non-finite {quantity}")
+        self.epoch, self.step, self.quantity = epoch, step, quantity
+
+
+class EpochFailure(RunFailure):
+    """An epoch that must not be saved (every batch skipped, a non-finite weight or buffer); `record`
+    goes to failure.json."""
+
+    def __init__(self, message: str, record: dict[str, Any]) -> None:
+        super().__init__(message)
+        self.record = record
+
+
+class StopRequested(Exception):
+    """A SIGTERM/SIGINT seen between batches: the partial epoch (or its evaluation) is discarded."""
+
+    def __init__(self, epoch: int, step: int, phase: str = "training") -> None:
+        self.epoch, self.step, self.phase = epoch, step, phase
+
+
+class StopBetweenBatches:
+    """A dataset whose `batches` raise StopRequested before the next batch once a stop is requested
+    (the same batches otherwise: no device work, nothing computed differs)."""
+
+    def __init__(self, dataset, stop: GracefulStop, epoch: int) -> None:
+        self.dataset, self.stop, self.epoch = dataset, stop, epoch
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def batches(self, *args, **kwargs):
+        for batch in self.dataset.batches(*args, **kwargs):
+            if self.stop.requested:
+                raise StopRequested(self.epoch, 0, phase="evaluation")
+            yield batch

@@ -1,131 +1,57 @@
-"""The trainer: recipe in, run directory out.
+"""The trainer, in execution order: `setup`, then `fit` -> `_fit` (the epoch loop) -> `train_epoch`
+-> `train_step`, then the per-epoch evaluation.
 
-Per step: the method builds adversarial examples (eval-mode attack), the model goes to train
-mode for the method's loss, the optimizer steps. Step metrics (loss, accuracy, squared global
-gradient norm) are accumulated on the device and read once per epoch, so the step never waits
-on the host. Per epoch: clean and robust accuracy on train (fixed subset for robust), val and
-test; checkpoints `last` and `best` (by validation robust accuracy); a resume state written
-atomically so a killed run continues where its last completed epoch ended.
+One step: the method builds adversarial examples (eval-mode attack), the model goes to train mode
+for the method's loss, backward, the non-finite check, the optimizer step, the callbacks'
+`on_step_end`. Step metrics (loss, accuracy, squared global gradient norm) are accumulated on the
+device and read once per epoch, so the step never waits on the host. One epoch: the steps, then
+(rank 0) clean and robust accuracy on train (fixed subset), val and test, the callbacks'
+`on_epoch_end`, checkpoints `best`/`last`, metrics, and the resume state last (the commit point:
+a killed run continues where its last completed epoch ended).
+
+Elsewhere: `advmem.training.train` builds a Trainer and its callbacks and owns the run directory's
+lock; `engine.resume` the resume state; `engine.seeding` every random stream; `engine.safety`
+the failures and stops raised here.
 """
 
 from __future__ import annotations
 
-import errno
-import json
 import math
-import os
-import re
 import sys
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
 from advmem import __version__
 from advmem.data import DataBundle, build_data
+from advmem.device import resolve_device, use_deterministic
 from advmem.engine import distributed
-from advmem.engine.checkpoint import load_resume_state, save_checkpoint, save_resume_state
-from advmem.engine.evaluate import EvalAttack, clean_per_sample, robust_per_sample, summarize
-from advmem.engine.io import atomic_write_json
+from advmem.engine.callbacks import TrainerView, as_callback
+from advmem.engine.checkpoint import (best_split, checkpoint_meta, improved_best, model_normalization,
+                                     save_checkpoint, save_resume_state)
+from advmem.engine.evaluate import eval_attack_of, eval_cost_note, evaluate_split
 from advmem.engine.perf import resolve_perf
+from advmem.engine.resume import load_resume, resume_state
 from advmem.engine.rundir import RunDir
-from advmem.engine.safety import GracefulStop, RunLock
+from advmem.engine.safety import EpochFailure, GracefulStop, NonFinite, StopBetweenBatches, StopRequested
 from advmem.engine.schedules import lr_at
+from advmem.engine.seeding import (EVAL_STREAMS, TRAIN_EVAL_SUBSET, TRAIN_ORDER, epoch_generator, rank_seed,
+                                    seed_model_init, subset_generator)
 from advmem.errors import Interrupted, RunFailure, UserError
+from advmem.io import atomic_write_json
+from advmem.limits import check_fits
 from advmem.methods import build_method
 from advmem.models import build_model
-from advmem.recipe import Recipe, budget_value
-
-
-def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UserError("device 'cuda' requested but no CUDA GPU is available; use --set device=cpu or device=auto")
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device("cuda", local_rank) if name == "cuda" and local_rank else torch.device(name)
-
-
-class NonFinite(RunFailure):
-    """A step produced a non-finite loss or gradient and reliability.on_nonfinite is 'stop'."""
-
-    def __init__(self, epoch: int, step: int, quantity: str) -> None:
-        super().__init__(f"epoch {epoch} step {step}: non-finite {quantity}")
-        self.epoch, self.step, self.quantity = epoch, step, quantity
-
-
-def _deterministic(device: torch.device) -> None:
-    """`deterministic: true`. On CPU every kernel used here is deterministic. On CUDA cuBLAS needs a
-    fixed workspace (read at its first call in the process), and some backward kernels (e.g. the
-    adaptive average pool of small_cnn) have no deterministic version: those warn instead of
-    failing, so a run is as deterministic as its kernels are."""
-    if device.type == "cuda":
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True, warn_only=True)
-    else:
-        torch.use_deterministic_algorithms(True)
-
-
-def epoch_generator(seed: int, epoch: int, stream: int) -> torch.Generator:
-    """A fresh CPU generator per (seed, epoch, stream): data order and eval noise carry no state."""
-    g = torch.Generator()
-    g.manual_seed((seed * 1_000_003 + epoch * 7919 + stream * 104_729) % (2**63 - 1))
-    return g
-
-
-def eval_attack_of(recipe: Recipe) -> EvalAttack:
-    e = recipe.eval.attack
-    return EvalAttack(
-        eps=budget_value(e.eps) if e.eps is not None else recipe.attack.eps_value,
-        step_size=budget_value(e.step_size) if e.step_size is not None else recipe.attack.step_value,
-        steps=e.steps, norm=recipe.attack.norm, restarts=e.restarts,
-    )
-
-
-def eval_cost_note(recipe: Recipe, *, n_train: int, n_train_eval: int, n_val: int, n_test: int) -> str | None:
-    """One line when the per-epoch evaluation costs more than the epoch's training, else None.
-
-    A rough count of forward+backward passes, averaged over `eval.every`: training runs the attack's
-    steps plus one update pass on every training image; evaluation runs one clean forward and the
-    evaluation attack's steps x restarts on the train subset, the validation and the test images."""
-    steps = recipe.eval.attack.steps * recipe.eval.attack.restarts
-    n_eval = n_train_eval + n_val + n_test
-    evaluation = n_eval * (1 + steps) / recipe.eval.every
-    training = n_train * (recipe.attack.steps + 1)
-    if training <= 0 or evaluation <= training:
-        return None
-    test = f"{recipe.data.test_size}" if recipe.data.test_size is not None else f"unset: all {n_test}"
-    return (f"note: evaluation costs about {evaluation / training:.1f}x the training of an epoch (PGD-{steps} on "
-            f"{n_eval} images every {recipe.eval.every} epoch(s), vs {recipe.attack.steps + 1} passes over "
-            f"{n_train} training images); for a faster run lower data.test_size (now {test}) or "
-            "eval.train_subset, or raise eval.every")
-
-
-def model_normalization(recipe: Recipe, bundle: DataBundle) -> tuple[list[float], list[float]]:
-    """(mean, std) of the model's input layer: the training set's (`model.normalize: dataset`) or
-    0 and 1 (`none`: raw [0,1] pixels, as the authors' models take them; x - 0 and x / 1 are exact)."""
-    if recipe.model.normalize == "none":
-        return [0.0] * bundle.in_channels, [1.0] * bundle.in_channels
-    return list(bundle.mean), list(bundle.std)
-
-
-def architecture_meta(recipe: Recipe, bundle: DataBundle, model: torch.nn.Module) -> dict[str, Any]:
-    mean, std = model_normalization(recipe, bundle)
-    return {
-        "name": recipe.model.name,
-        "kwargs": getattr(model, "arch_kwargs", recipe.model.kwargs),
-        "in_channels": bundle.in_channels,
-        "num_classes": bundle.num_classes,
-        "image_size": list(bundle.image_size),
-        "mean": mean,
-        "std": std,
-        "normalize": recipe.model.normalize,
-    }
+from advmem.recipe import Recipe
 
 
 @dataclass
 class Trainer:
+    """One training run on one process (one rank under torchrun). `callbacks`: what `train` assembled
+    (a Trainer built directly runs only the callbacks it is given)."""
+
     recipe: Recipe
     run: RunDir
     quiet: bool = False
@@ -139,7 +65,7 @@ class Trainer:
         r = self.recipe
         self.device = resolve_device(r.device, self.comm.local_rank if self.comm.enabled else 0)
         if r.deterministic:
-            _deterministic(self.device)
+            use_deterministic(self.device)
         self.bundle = build_data(r.data, self.device)
         if r.data.val_size == 0:
             self.log("note: data.val_size is 0, so the 'best' checkpoint is selected on the test set "
@@ -147,18 +73,20 @@ class Trainer:
         b = self.bundle
         kwargs = dict(r.model.kwargs)
         check_model_size(r.model.name, kwargs, b, self.device)  # before seeding: draws nothing that counts
-        torch.manual_seed(r.seed)
-        if self.device.type == "cuda":
-            torch.cuda.manual_seed_all(r.seed)
+        seed_model_init(r.seed, self.device)
         mean, std = model_normalization(r, b)
         self.model = build_model(r.model.name, in_channels=b.in_channels, num_classes=b.num_classes,
                                  image_size=b.image_size, mean=mean, std=std, **kwargs).to(self.device)
         self.model = self.comm.convert_sync_bn(self.model, r.distributed.sync_bn)
         if self.comm.rank > 0:  # same init on every rank, but each rank draws its own attack noise
-            torch.manual_seed(r.seed * 1_000_003 + self.comm.rank)
-        # perf: `self.model` (eager) is saved and evaluated; `self.step_model` (maybe compiled,
-        # same parameters) runs the training step under autocast; `self.train_model` is the
-        # step model wrapped for DDP (the outer loss only: attacks use the unwrapped module).
+            torch.manual_seed(rank_seed(r.seed, self.comm.rank))
+        # Three names for one set of parameters:
+        #   self.model       the eager module: saved, evaluated, averaged (EMA), seen by callbacks;
+        #   self.step_model  the same module prepared for the step (torch.compile'd when perf.compile,
+        #                    else self.model itself): the attack and the method's hooks run on it;
+        #   self.train_model step_model wrapped for DDP (made at the end of setup; step_model itself
+        #                    without torchrun): only the outer loss runs through it, so gradients are
+        #                    all-reduced but attack passes fire no DDP hooks.
         self.perf = resolve_perf(r.perf, self.device, self.model, log=self.log)
         self.step_model = self.perf.prepare_model(self.model)
         self.scaler = self.perf.grad_scaler()
@@ -167,13 +95,10 @@ class Trainer:
         o = r.optim
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=o.lr, momentum=o.momentum,
                                          nesterov=o.nesterov, weight_decay=o.weight_decay)
-        if o.ema is not None:
-            from advmem.engine.ema import WeightEMA
-
-            self.callbacks.append(WeightEMA(o.ema))
+        self.view = TrainerView(self)
+        self.callbacks = [as_callback(c) for c in self.callbacks]
         for callback in self.callbacks:
-            if hasattr(callback, "setup"):
-                callback.setup(self)
+            callback.setup(self.view)
         self.eval_attack = eval_attack_of(r)
         self.train_eval_set = self._train_eval_subset()
         self.start_epoch = 1
@@ -181,132 +106,117 @@ class Trainer:
         self.best: dict[str, Any] | None = None
         self._metrics_mismatch: str | None = None
         if resume:
-            self._load_resume()
+            load_resume(self)
         self.committed_epoch = self.start_epoch - 1
-        from advmem.track.callbacks import recipe_callbacks
-
-        self.callbacks = recipe_callbacks(self) + list(self.callbacks)
         self.train_model = self.comm.wrap(self.step_model, self.device)
         self._first_bad = torch.zeros(2, device=self.device)  # see _check_step
 
     def _train_eval_subset(self):
         n = len(self.bundle.train)
         k = min(self.recipe.eval.train_subset, n)
-        g = torch.Generator().manual_seed(self.recipe.seed + 17)
+        g = subset_generator(self.recipe.seed, TRAIN_EVAL_SUBSET)
         idx = torch.randperm(n, generator=g)[:k].sort().values
         return self.bundle.train.subset(idx.to(self.bundle.train.y.device))
 
-    # -- resume ------------------------------------------------------------------------
-    def _resume_state(self, epoch: int) -> dict[str, Any]:
-        return {
-            "format": 1,
-            "advmem_version": __version__,
-            "epoch": epoch,
-            "model": {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()},
-            "optimizer": self.optimizer.state_dict(),
-            "method": self.method.state_dict(),
-            "rng_cpu": torch.get_rng_state(),
-            "rng_cuda": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else [],
-            "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else {},
-            "best": self.best,
-            "recipe_hash": self.recipe.hash(),
-            "callbacks": {callback_key(cb): cb.state_dict() for cb in self.callbacks if hasattr(cb, "state_dict")},
-            "rows": json.loads(json.dumps(self.rows, default=_plain)),  # plain types: loads with weights_only
-            "world_size": self.comm.world_size,
-            "rng_cpu_ranks": self.comm.all_gather_object(torch.get_rng_state()) if self.comm.enabled else [],
-            "rng_cuda_ranks": self.comm.all_gather_object(torch.cuda.get_rng_state(self.device))
-            if self.comm.enabled and self.device.type == "cuda" else [],
-        }
-
-    def _restore_cuda_rng(self, state: dict[str, Any]) -> None:
-        """This process's device generator: its own rank's state when the world size matches, a
-        fresh (seed, rank, epoch) stream for other ranks otherwise (as for the CPU state)."""
-        ranks = state.get("rng_cuda_ranks") or []
-        if self.comm.enabled and len(ranks) == self.comm.world_size:
-            torch.cuda.set_rng_state(ranks[self.comm.rank], self.device)
-        elif self.comm.enabled and self.comm.rank > 0:
-            torch.cuda.manual_seed(self.recipe.seed * 1_000_003 + self.comm.rank + 7919 * int(state["epoch"]))
-        elif isinstance(state.get("rng_cuda"), torch.Tensor):
-            torch.cuda.set_rng_state(state["rng_cuda"], self.device)
-
-    def _load_resume(self) -> None:
-        if not self.run.resume_path.exists():
-            committed = self.run.committed_epoch()
-            if committed is not None:  # resume.pt was lost or deleted: restarting would destroy results
-                epoch, source = committed
-                raise UserError(
-                    f"{self.run.resume_path} is missing but {source} shows epoch {epoch} completed; resuming would "
-                    f"train again from epoch 1 over those results, so nothing was changed; restore resume.pt from "
-                    f"a backup, or keep this run and train a new one: advmem train {self.run.recipe_path} --name NEW")
-            # killed before its first epoch was committed: nothing to lose, so start again from epoch 1
-            self.log(f"advmem: {self.run.path} has no completed epoch yet; starting it again from epoch 1")
-            return
-        state = load_resume_state(self.run.resume_path)
-        if not recipe_hash_matches(self.recipe, state.get("recipe_hash")):
-            raise UserError(f"{self.run.path}: recipe.yaml differs from the one the resume state was written with; "
-                            "start a new run instead of resuming")
+    def fit(self) -> dict[str, Any]:
+        """Train the remaining epochs. Only rank 0 evaluates, runs callbacks and writes the run
+        directory; the resume state is written last in each epoch, so it is the commit point."""
         try:
-            self.model.load_state_dict(state["model"])
-            self.optimizer.load_state_dict(state["optimizer"])
-            self.method.load_state_dict(state["method"])
-            if state.get("scaler") and self.scaler.is_enabled():
-                self.scaler.load_state_dict(state["scaler"])
-            rng_ranks = state.get("rng_cpu_ranks") or []
-            if self.comm.enabled and len(rng_ranks) == self.comm.world_size:
-                torch.set_rng_state(rng_ranks[self.comm.rank])
-            elif self.comm.enabled and self.comm.rank > 0:
-                torch.manual_seed(self.recipe.seed * 1_000_003 + self.comm.rank + 7919 * int(state["epoch"]))
-            else:
-                torch.set_rng_state(state["rng_cpu"])
-            if self.device.type == "cuda":
-                self._restore_cuda_rng(state)
-            self.best = state["best"]
+            return self._fit()
+        except NonFinite as err:
+            last_good = self._write_failure({"reason": "non-finite", "quantity": err.quantity, "epoch": err.epoch,
+                                             "step": err.step})
+            kept = (f"the last good state (epoch {last_good}) is kept in checkpoints/last and resume.pt"
+                    if last_good > 0 else "no epoch had completed")
+            raise RunFailure(f"{err}; stopped (reliability.on_nonfinite: stop) and wrote {self.run.path / 'failure.json'}; "
+                             f"{kept}; lower optim.lr, or resume with --set reliability.on_nonfinite=skip_batch") from None
+        except EpochFailure as err:
+            last_good = self._write_failure(err.record)
+            kept = (f"the last good state (epoch {last_good}) is kept in checkpoints/last and resume.pt"
+                    if last_good > 0 else "no epoch had completed")
+            raise RunFailure(f"{err}; nothing of that epoch was saved; wrote {self.run.path / 'failure.json'}; "
+                             f"{kept}; lower optim.lr or check the data") from None
+        except StopRequested as err:
+            signum = self.stop.signum if self.stop and self.stop.signum else 15
+            done = self.start_epoch - 1 if not self.rows else self.rows[-1]["epoch"]
+            where = (f"during the evaluation of epoch {err.epoch}; that epoch is discarded" if err.phase == "evaluation"
+                     else f"at epoch {err.epoch} step {err.step}; the partial epoch is discarded"
+                     if err.step else f"after epoch {done}")
+            raise Interrupted(f"stopped {where}; the run is consistent at epoch {done}; "
+                              f"continue with: advmem train --resume {self.run.path}", signum) from None
+
+    def _fit(self) -> dict[str, Any]:
+        """The epoch loop from `start_epoch`: train, evaluate (rank 0, every `eval.every` epochs and the
+        last), callbacks, best/last checkpoints, metrics, then the resume state (the commit point).
+        Returns the summary (rank 0) or {} (other ranks)."""
+        r = self.recipe
+        main = self.comm.is_main
+        if main:
             for callback in self.callbacks:
-                if hasattr(callback, "load_state_dict") and callback_key(callback) in state.get("callbacks", {}):
-                    callback.load_state_dict(state["callbacks"][callback_key(callback)])
-            self.start_epoch = int(state["epoch"]) + 1
-        except (KeyError, TypeError, ValueError, RuntimeError) as err:
-            detail = str(err).strip().splitlines()[0][:120] if str(err).strip() else type(err).__name__
-            raise UserError(f"{self.run.resume_path}: resume state does not match this run ({detail}); "
-                            "it is from another version or run; start again with --overwrite") from None
-        rows = state.get("rows")
-        if rows is None:  # written before resume states carried their rows
-            rows = self.run.read_metrics()
-        try:
-            self.rows = [row for row in rows if row["epoch"] < self.start_epoch]
-        except (KeyError, TypeError):
-            raise UserError(f"{self.run.resume_path}: its metrics rows lack 'epoch' (edited or not advmem's); "
-                            "restore it or start again with --overwrite") from None
-        self._metrics_mismatch = self._metrics_disagree(rows is state.get("rows"))
+                callback.on_fit_start(self.view)
+        if self.start_epoch == 1 and main:
+            save_checkpoint(self.run.checkpoints / "init", self.model, checkpoint_meta(r, self.bundle, self.model, 0, {}))
+            b = self.bundle
+            note = eval_cost_note(r, n_train=len(b.train), n_train_eval=len(self.train_eval_set),
+                                  n_val=len(b.val) if b.val is not None else 0, n_test=len(b.test))
+            if note and not self.quiet:
+                self.log(note)
+        if main and self._metrics_mismatch:
+            self.log(f"advmem: {self.run.metrics_jsonl} {self._metrics_mismatch}; rewrote metrics.jsonl and "
+                     "metrics.csv from resume.pt")
+            self.run.write_metrics(self.rows)
+        split = best_split(self.bundle)
+        for epoch in range(self.start_epoch, r.optim.epochs + 1):
+            t0 = time.perf_counter()
+            row: dict[str, Any] = {"epoch": epoch}
+            row.update(self.train_epoch(epoch))
+            if main and (epoch % r.eval.every == 0 or epoch == r.optim.epochs):
+                e0 = time.perf_counter()
+                row.update(self.evaluate_epoch(epoch))
+                if epoch == r.optim.epochs and r.eval.final_full and r.data.test_size is not None:
+                    row.update(self.evaluate_full_test(epoch))
+                row["eval_time"] = time.perf_counter() - e0
+            if main:
+                for callback in self.callbacks:
+                    callback.on_epoch_end(self.view, epoch, row)
+            if self.comm.enabled:
+                row["world_size"] = self.comm.world_size
+            row["epoch_time"] = time.perf_counter() - t0
+            self._check_finite_state(epoch)  # before anything of this epoch is saved
+            self.rows.append(row)
+            meta = checkpoint_meta(r, self.bundle, self.model, epoch, row) if main else {}
+            better = improved_best(self.best, row, epoch=epoch, split=split) if main else None
+            if better is not None:
+                self.best = better
+                save_checkpoint(self.run.checkpoints / "best", self.model, meta)
+            state = resume_state(self, epoch)  # collective under DDP: every rank builds it
+            if main:
+                save_checkpoint(self.run.checkpoints / "last", self.model, meta)
+                if epoch in r.log.checkpoint_epochs:
+                    save_checkpoint(self.run.checkpoints / f"epoch-{epoch}", self.model, meta)
+                self.run.write_metrics(self.rows)
+                save_resume_state(self.run.resume_path, state)
+                self.committed_epoch = epoch  # the commit point: named if a later write fails (disk full)
+            if not self.quiet and main:
+                self.log(format_row(row))
+            pending = torch.tensor([float(bool(self.stop and self.stop.requested))], device=self.device)
+            if epoch < r.optim.epochs and self.comm.all_reduce(pending, op="max").item() > 0:
+                raise StopRequested(epoch, 0)
+        if not main:
+            return {}
+        self.method.save_artifacts(self.run.path)
+        return self.run.write_summary(self.rows, self.best, self.recipe)
 
-    def _metrics_disagree(self, from_state: bool) -> str | None:
-        """Why metrics.jsonl no longer matches the committed rows of resume.pt (truncated, edited,
-        corrupt), or None. Rows of a later, uncommitted epoch are normal (a kill after the metrics
-        write) and are rewritten by the resumed run."""
-        if not from_state:
-            return None
-        from advmem.engine.checkpoint import json_safe
-
-        try:
-            disk = self.run.read_metrics()
-        except UserError:
-            return "is not valid JSON"
-        committed = [row for row in disk if not (isinstance(row, dict) and isinstance(row.get("epoch"), int)
-                                                 and row["epoch"] >= self.start_epoch)]
-        if json.dumps(json_safe(committed), sort_keys=True) == json.dumps(json_safe(self.rows), sort_keys=True,
-                                                                          default=_plain):
-            return None
-        epochs = [row.get("epoch") if isinstance(row, dict) else None for row in committed]
-        return f"has epochs {epochs} where resume.pt has {[row['epoch'] for row in self.rows]}"
-
-    # -- the loop ------------------------------------------------------------------------
     def train_epoch(self, epoch: int) -> dict[str, float]:
+        """One pass over the training set (this rank's shard under DDP) at the epoch's learning rate,
+        the data order drawn from (seed, epoch); returns the epoch's training metrics (one device
+        read at the end: the step sums and the first non-finite step together)."""
         r, method, opt = self.recipe, self.method, self.optimizer
         lr = lr_at(r.optim, epoch)
         for group in opt.param_groups:
             group["lr"] = lr
         method.on_epoch_start(epoch)
-        gen = epoch_generator(r.seed, epoch, stream=0)
+        gen = epoch_generator(r.seed, epoch, stream=TRAIN_ORDER)
         dev = self.device
         sums = {"loss": torch.zeros((), device=dev), "acc": torch.zeros((), device=dev),
                 "grad_norm_sq": torch.zeros((), device=dev)}
@@ -317,7 +227,7 @@ class Trainer:
         total = math.ceil(len(self.bundle.train) / r.optim.batch_size)
         bar = None
         if not self.quiet:
-            from tqdm import tqdm
+            from tqdm import tqdm  # the progress bar: only when not quiet
 
             bar = tqdm(total=len(self.bundle.train), unit="img", unit_scale=True, leave=False,
                        desc=f"epoch {epoch}/{r.optim.epochs}", file=sys.stderr, dynamic_ncols=True,
@@ -328,7 +238,7 @@ class Trainer:
         for step, batch in enumerate(batches, start=1):
             skip, stop = self.train_step(batch, epoch, step, sums)
             if stop:
-                raise _StopRequested(epoch, step)
+                raise StopRequested(epoch, step)
             if skip:
                 skipped += 1
                 continue
@@ -361,45 +271,6 @@ class Trainer:
         if self.recipe.reliability.on_nonfinite == "skip_batch":
             row["skipped_batches"] = skipped
         return row
-
-    def _check_step(self, epoch: int, step: int, loss: torch.Tensor, grad_sq: torch.Tensor) -> tuple[bool, bool]:
-        """(skip this batch, stop now).
-
-        Single process with `on_nonfinite: stop`: no host sync inside the step. The first bad
-        step and quantity are recorded in a device tensor, read every `check_every` steps and at
-        the end of the epoch (`_raise_recorded_nonfinite`), so the failure names the exact step
-        and nothing after it is saved. `skip_batch` and DDP must decide before the optimizer step:
-        one host sync per step, and under DDP one small all-reduce so every rank skips or stops
-        at the same step (a pending SIGTERM is agreed the same way)."""
-        rel = self.recipe.reliability
-        bad_loss_t = ~torch.isfinite(loss.detach().float())
-        bad_grad_t = ~torch.isfinite(grad_sq)
-        stop_local = bool(self.stop and self.stop.requested)
-        if rel.on_nonfinite == "stop" and not self.comm.enabled:
-            code = torch.where(bad_loss_t, 1.0, torch.where(bad_grad_t, 2.0, 0.0))
-            fresh = (self._first_bad[0] == 0) & (code > 0)
-            self._first_bad = torch.where(fresh, torch.stack([torch.full((), float(step), device=code.device), code]),
-                                          self._first_bad)
-            if rel.check_every and step % rel.check_every == 0:
-                self._raise_recorded_nonfinite(epoch)
-            return False, stop_local
-        flags = torch.stack([bad_loss_t.float(), bad_grad_t.float(),
-                             torch.full((), float(stop_local), device=grad_sq.device)])
-        bad_loss, bad_grad, stop = (v > 0 for v in self.comm.all_reduce(flags, op="max").tolist())
-        if bad_loss or bad_grad:
-            quantity = "loss" if bad_loss else "gradient"
-            if rel.on_nonfinite == "stop":
-                raise NonFinite(epoch, step, quantity)
-            self.log(f"advmem: epoch {epoch} step {step}: non-finite {quantity}; batch skipped "
-                     "(reliability.on_nonfinite: skip_batch)")
-            return True, stop
-        return False, stop
-
-    def _raise_recorded_nonfinite(self, epoch: int) -> None:
-        step, code = self._first_bad.tolist()
-        if code > 0:
-            raise NonFinite(epoch, int(step), "loss" if code == 1 else "gradient")
-
 
     def train_step(self, batch, epoch: int, step: int, sums: dict[str, torch.Tensor]) -> tuple[bool, bool]:
         """One optimizer step; metrics are added to the on-device `sums`. Returns (skipped, stop).
@@ -441,8 +312,7 @@ class Trainer:
         method.after_step(model)
         if not skip:
             for callback in self.callbacks:
-                if hasattr(callback, "on_step_end"):
-                    callback.on_step_end(self, epoch)
+                callback.on_step_end(self.view, epoch)
         if self.comm.enabled and hasattr(method, "sync_state"):
             method.sync_state(batch, self.comm)
         if not skip:
@@ -451,22 +321,43 @@ class Trainer:
             sums["grad_norm_sq"] += torch.nan_to_num(grad_sq, nan=0.0, posinf=0.0)
         return skip, stop
 
-    def _stoppable(self, dataset, epoch: int):
-        """`dataset` for an evaluation pass that a SIGTERM/SIGINT stops before its next batch (single
-        process; under DDP the other ranks wait in a collective, so rank 0 finishes the pass)."""
-        if self.stop is None or self.comm.enabled or dataset is None:
-            return dataset
-        return _StopBetweenBatches(dataset, self.stop, epoch)
+    def _check_step(self, epoch: int, step: int, loss: torch.Tensor, grad_sq: torch.Tensor) -> tuple[bool, bool]:
+        """(skip this batch, stop now).
 
-    def evaluate_full_test(self, epoch: int) -> dict[str, float]:
-        """The last epoch's evaluation on the full test set when data.test_size subsets it."""
-        r = self.recipe
-        full = self._stoppable(build_data(r.data.model_copy(update={"test_size": None}), self.device).test, epoch)
-        clean = summarize(clean_per_sample(self.model, full, r.eval.batch_size))
-        gen = epoch_generator(r.seed, epoch, stream=3)
-        rob = summarize(robust_per_sample(self.model, full, self.eval_attack, r.eval.batch_size, generator=gen))
-        return {"test_full_nat_acc": clean["acc"], "test_full_nat_loss": clean["loss"],
-                "test_full_rob_acc": rob["acc"], "test_full_rob_loss": rob["loss"]}
+        Single process with `on_nonfinite: stop`: no host sync inside the step. The first bad
+        step and quantity are recorded in a device tensor, read every `check_every` steps and at
+        the end of the epoch (`_raise_recorded_nonfinite`), so the failure names the exact step
+        and nothing after it is saved. `skip_batch` and DDP must decide before the optimizer step:
+        one host sync per step, and under DDP one small all-reduce so every rank skips or stops
+        at the same step (a pending SIGTERM is agreed the same way)."""
+        rel = self.recipe.reliability
+        bad_loss_t = ~torch.isfinite(loss.detach().float())
+        bad_grad_t = ~torch.isfinite(grad_sq)
+        stop_local = bool(self.stop and self.stop.requested)
+        if rel.on_nonfinite == "stop" and not self.comm.enabled:
+            code = torch.where(bad_loss_t, 1.0, torch.where(bad_grad_t, 2.0, 0.0))
+            fresh = (self._first_bad[0] == 0) & (code > 0)
+            self._first_bad = torch.where(fresh, torch.stack([torch.full((), float(step), device=code.device), code]),
+                                          self._first_bad)
+            if rel.check_every and step % rel.check_every == 0:
+                self._raise_recorded_nonfinite(epoch)
+            return False, stop_local
+        flags = torch.stack([bad_loss_t.float(), bad_grad_t.float(),
+                             torch.full((), float(stop_local), device=grad_sq.device)])
+        bad_loss, bad_grad, stop = (v > 0 for v in self.comm.all_reduce(flags, op="max").tolist())
+        if bad_loss or bad_grad:
+            quantity = "loss" if bad_loss else "gradient"
+            if rel.on_nonfinite == "stop":
+                raise NonFinite(epoch, step, quantity)
+            self.log(f"advmem: epoch {epoch} step {step}: non-finite {quantity}; batch skipped "
+                     "(reliability.on_nonfinite: skip_batch)")
+            return True, stop
+        return False, stop
+
+    def _raise_recorded_nonfinite(self, epoch: int) -> None:
+        step, code = self._first_bad.tolist()
+        if code > 0:
+            raise NonFinite(epoch, int(step), "loss" if code == 1 else "gradient")
 
     def evaluate_epoch(self, epoch: int) -> dict[str, float]:
         r, model = self.recipe, self.model
@@ -474,80 +365,27 @@ class Trainer:
         row: dict[str, float] = {}
         splits = [("train", self.bundle.train, self.train_eval_set), ("val", self.bundle.val, self.bundle.val),
                   ("test", self.bundle.test, self.bundle.test)]
-        for stream, (name, clean_set, robust_set) in enumerate(splits, start=1):
+        for name, clean_set, robust_set in splits:
             if clean_set is None or len(clean_set) == 0:
                 continue
-            clean_set, robust_set = self._stoppable(clean_set, epoch), self._stoppable(robust_set, epoch)
-            clean = summarize(clean_per_sample(model, clean_set, bs))
-            row[f"{name}_nat_acc"], row[f"{name}_nat_loss"] = clean["acc"], clean["loss"]
-            if len(robust_set) == 0:
-                continue
-            gen = epoch_generator(r.seed, epoch, stream=stream)
-            rob = summarize(robust_per_sample(model, robust_set, self.eval_attack, bs, generator=gen))
-            row[f"{name}_rob_acc"], row[f"{name}_rob_loss"] = rob["acc"], rob["loss"]
+            row.update(evaluate_split(model, name, self._stoppable(clean_set, epoch), self.eval_attack, bs,
+                                      epoch_generator(r.seed, epoch, stream=EVAL_STREAMS[name]),
+                                      robust_set=self._stoppable(robust_set, epoch)))
         return row
 
-    def _checkpoint_meta(self, epoch: int, row: dict[str, Any]) -> dict[str, Any]:
+    def evaluate_full_test(self, epoch: int) -> dict[str, float]:
+        """The last epoch's evaluation on the full test set when data.test_size subsets it."""
         r = self.recipe
-        return {
-            "architecture": architecture_meta(r, self.bundle, self.model),
-            "dataset": r.data.dataset,
-            "data": r.data.model_dump(mode="json"),
-            "threat_model": r.attack.norm,
-            "eps": r.attack.eps,
-            "normalization": dict(zip(("mean", "std"), model_normalization(r, self.bundle)),
-                                  inside_model=True, mode=r.model.normalize),
-            "method": r.method.name,
-            "recipe_hash": r.hash(),
-            "run": r.name,
-            "epoch": epoch,
-            "metrics": {k: v for k, v in row.items() if isinstance(v, (int, float))},
-        }
+        full = self._stoppable(build_data(r.data.model_copy(update={"test_size": None}), self.device).test, epoch)
+        return evaluate_split(self.model, "test_full", full, self.eval_attack, r.eval.batch_size,
+                              epoch_generator(r.seed, epoch, stream=EVAL_STREAMS["test"]))
 
-    def _is_better(self, row: dict[str, Any]) -> bool:
-        split = "val" if self.bundle.val is not None and len(self.bundle.val) > 0 else "test"
-        key = (row.get(f"{split}_rob_acc"), row.get(f"{split}_nat_acc"))
-        if key[0] is None:
-            return False
-        if self.best is None:
-            return True
-        return key > (self.best["rob_acc"], self.best["nat_acc"])
-
-    def fit(self) -> dict[str, Any]:
-        """Train the remaining epochs. Only rank 0 evaluates, runs callbacks and writes the run
-        directory; the resume state is written last in each epoch, so it is the commit point."""
-        try:
-            return self._fit()
-        except NonFinite as err:
-            last_good = self._write_failure({"reason": "non-finite", "quantity": err.quantity, "epoch": err.epoch,
-                                             "step": err.step})
-            kept = (f"the last good state (epoch {last_good}) is kept in checkpoints/last and resume.pt"
-                    if last_good > 0 else "no epoch had completed")
-            raise RunFailure(f"{err}; stopped (reliability.on_nonfinite: stop) and wrote {self.run.path / 'failure.json'}; "
-                             f"{kept}; lower optim.lr, or resume with --set reliability.on_nonfinite=skip_batch") from None
-        except EpochFailure as err:
-            last_good = self._write_failure(err.record)
-            kept = (f"the last good state (epoch {last_good}) is kept in checkpoints/last and resume.pt"
-                    if last_good > 0 else "no epoch had completed")
-            raise RunFailure(f"{err}; nothing of that epoch was saved; wrote {self.run.path / 'failure.json'}; "
-                             f"{kept}; lower optim.lr or check the data") from None
-        except _StopRequested as err:
-            signum = self.stop.signum if self.stop and self.stop.signum else 15
-            done = self.start_epoch - 1 if not self.rows else self.rows[-1]["epoch"]
-            where = (f"during the evaluation of epoch {err.epoch}; that epoch is discarded" if err.phase == "evaluation"
-                     else f"at epoch {err.epoch} step {err.step}; the partial epoch is discarded"
-                     if err.step else f"after epoch {done}")
-            raise Interrupted(f"stopped {where}; the run is consistent at epoch {done}; "
-                              f"continue with: advmem train --resume {self.run.path}", signum) from None
-
-    def _write_failure(self, record: dict[str, Any]) -> int:
-        """Write failure.json (rank 0) and return the last good (committed) epoch."""
-        last_good = self.start_epoch - 1 if not self.rows else self.rows[-1]["epoch"]
-        if self.comm.is_main:
-            atomic_write_json(self.run.path / "failure.json", {
-                **record, "on_nonfinite": self.recipe.reliability.on_nonfinite, "last_good_epoch": last_good,
-                "advmem_version": __version__})
-        return last_good
+    def _stoppable(self, dataset, epoch: int):
+        """`dataset` for an evaluation pass that a SIGTERM/SIGINT stops before its next batch (single
+        process; under DDP the other ranks wait in a collective, so rank 0 finishes the pass)."""
+        if self.stop is None or self.comm.enabled or dataset is None:
+            return dataset
+        return StopBetweenBatches(dataset, self.stop, epoch)
 
     def _check_finite_state(self, epoch: int) -> None:
         """Refuse to save a model with a non-finite parameter or buffer (one device read per epoch;
@@ -563,73 +401,19 @@ class Trainer:
             raise EpochFailure(f"epoch {epoch}: the model's {name} is non-finite after training",
                                {"reason": "non-finite-state", "tensor": name, "epoch": epoch, "step": None})
 
-    def _fit(self) -> dict[str, Any]:
-        r = self.recipe
-        main = self.comm.is_main
-        if main:
-            for callback in self.callbacks:
-                if hasattr(callback, "on_fit_start"):
-                    callback.on_fit_start(self)
-        if self.start_epoch == 1 and main:
-            save_checkpoint(self.run.checkpoints / "init", self.model, self._checkpoint_meta(0, {}))
-            b = self.bundle
-            note = eval_cost_note(r, n_train=len(b.train), n_train_eval=len(self.train_eval_set),
-                                  n_val=len(b.val) if b.val is not None else 0, n_test=len(b.test))
-            if note and not self.quiet:
-                self.log(note)
-        if main and self._metrics_mismatch:
-            self.log(f"advmem: {self.run.metrics_jsonl} {self._metrics_mismatch}; rewrote metrics.jsonl and "
-                     "metrics.csv from resume.pt")
-            self.run.write_metrics(self.rows)
-        split = "val" if self.bundle.val is not None and len(self.bundle.val) > 0 else "test"
-        for epoch in range(self.start_epoch, r.optim.epochs + 1):
-            t0 = time.perf_counter()
-            row: dict[str, Any] = {"epoch": epoch}
-            row.update(self.train_epoch(epoch))
-            if main and (epoch % r.eval.every == 0 or epoch == r.optim.epochs):
-                e0 = time.perf_counter()
-                row.update(self.evaluate_epoch(epoch))
-                if epoch == r.optim.epochs and r.eval.final_full and r.data.test_size is not None:
-                    row.update(self.evaluate_full_test(epoch))
-                row["eval_time"] = time.perf_counter() - e0
-            if main:
-                for callback in self.callbacks:
-                    callback.on_epoch_end(self, epoch, row)
-            if self.comm.enabled:
-                row["world_size"] = self.comm.world_size
-            row["epoch_time"] = time.perf_counter() - t0
-            self._check_finite_state(epoch)  # before anything of this epoch is saved
-            self.rows.append(row)
-            if main and self._is_better(row):
-                self.best = {"epoch": epoch, "split": split, "rob_acc": row[f"{split}_rob_acc"],
-                             "nat_acc": row[f"{split}_nat_acc"]}
-                save_checkpoint(self.run.checkpoints / "best", self.model, self._checkpoint_meta(epoch, row))
-            state = self._resume_state(epoch)  # collective under DDP: every rank builds it
-            if main:
-                save_checkpoint(self.run.checkpoints / "last", self.model, self._checkpoint_meta(epoch, row))
-                if epoch in r.log.checkpoint_epochs:
-                    save_checkpoint(self.run.checkpoints / f"epoch-{epoch}", self.model, self._checkpoint_meta(epoch, row))
-                self.run.write_metrics(self.rows)
-                save_resume_state(self.run.resume_path, state)
-                self.committed_epoch = epoch  # the commit point: named if a later write fails (disk full)
-            if not self.quiet and main:
-                self.log(format_row(row))
-            pending = torch.tensor([float(bool(self.stop and self.stop.requested))], device=self.device)
-            if epoch < r.optim.epochs and self.comm.all_reduce(pending, op="max").item() > 0:
-                raise _StopRequested(epoch, 0)
-        if not main:
-            return {}
-        self.method.save_artifacts(self.run.path)
-        summary = self.run.write_summary(self.rows, self.best, self.recipe)
-        self.run.plot_curves(self.rows)
-        return summary
+    def _write_failure(self, record: dict[str, Any]) -> int:
+        """Write failure.json (rank 0) and return the last good (committed) epoch."""
+        last_good = self.start_epoch - 1 if not self.rows else self.rows[-1]["epoch"]
+        if self.comm.is_main:
+            atomic_write_json(self.run.path / "failure.json", {
+                **record, "on_nonfinite": self.recipe.reliability.on_nonfinite, "last_good_epoch": last_good,
+                "advmem_version": __version__})
+        return last_good
 
 
 def check_model_size(name: str, kwargs: dict[str, Any], bundle: DataBundle, device: torch.device) -> None:
     """Refuse a model whose parameters cannot fit (e.g. model.kwargs.hidden: [10000000000000]):
     it is built on the meta device first, which allocates nothing."""
-    from advmem.limits import check_fits
-
     try:
         with torch.device("meta"):
             probe = build_model(name, in_channels=bundle.in_channels, num_classes=bundle.num_classes,
@@ -648,64 +432,6 @@ def check_model_size(name: str, kwargs: dict[str, Any], bundle: DataBundle, devi
                "lower its size in model.kwargs", available=available, where=where)
 
 
-def recipe_hash_matches(recipe: Recipe, stored: Any) -> bool:
-    """Whether `stored` (a resume state's recipe_hash) is this recipe's hash, as computed now or as
-    advmem computed it before resume-settable keys stopped leaving an empty section in the hashed
-    data (one variant per subset of the sections those keys live in: they may have been set then),
-    and before the method's name was always hashed (`Recipe.hash(legacy_method_names=True)`)."""
-    from itertools import combinations
-
-    from advmem.recipe import RESUME_SETTABLE
-
-    sections = sorted({dotted.split(".")[0] for dotted in RESUME_SETTABLE})
-    subsets = [c for n in range(len(sections) + 1) for c in combinations(sections, n)]
-    return isinstance(stored, str) and any(stored == recipe.hash(keep_empty=c, legacy_method_names=legacy)
-                                           for legacy in (False, True) for c in subsets)
-
-
-def callback_key(callback: Any) -> str:
-    """Name a callback's state in the resume state (its `state_key`, else its class name)."""
-    return getattr(callback, "state_key", type(callback).__name__)
-
-
-def _plain(value: Any) -> Any:
-    """numpy / torch scalars a callback may put in a metrics row, as plain Python numbers."""
-    if hasattr(value, "item"):
-        return value.item()
-    return str(value)
-
-
-class EpochFailure(RunFailure):
-    """An epoch that must not be saved (every batch skipped, a non-finite weight or buffer); `record`
-    goes to failure.json."""
-
-    def __init__(self, message: str, record: dict[str, Any]) -> None:
-        super().__init__(message)
-        self.record = record
-
-
-class _StopRequested(Exception):
-    def __init__(self, epoch: int, step: int, phase: str = "training") -> None:
-        self.epoch, self.step, self.phase = epoch, step, phase
-
-
-class _StopBetweenBatches:
-    """A dataset whose `batches` raise _StopRequested before the next batch once a stop is requested
-    (the same batches otherwise: no device work, nothing computed differs)."""
-
-    def __init__(self, dataset, stop: GracefulStop, epoch: int) -> None:
-        self.dataset, self.stop, self.epoch = dataset, stop, epoch
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def batches(self, *args, **kwargs):
-        for batch in self.dataset.batches(*args, **kwargs):
-            if self.stop.requested:
-                raise _StopRequested(self.epoch, 0, phase="evaluation")
-            yield batch
-
-
 def format_row(row: dict[str, Any]) -> str:
     parts = [f"epoch {row['epoch']:>3}", f"lr {row['lr']:.4g}", f"loss {row['train_loss']:.4f}"]
     for split in ("train", "val", "test"):
@@ -715,62 +441,3 @@ def format_row(row: dict[str, Any]) -> str:
     parts.append(f"{row['images_per_s']:.0f} img/s")
     parts.append(f"{row['epoch_time']:.1f}s")
     return "  ".join(parts)
-
-
-def train(recipe: Recipe, *, run_root: Path | None = None, resume: bool = False, overwrite: bool = False,
-          quiet: bool = False, callbacks: list[Any] | None = None,
-          run_path: Path | None = None) -> tuple[RunDir, dict[str, Any]]:
-    """Validate, set up, then (only then) lock and create the run directory and train.
-
-    The run directory is `run_path` if given (`--resume DIR`: a copied or moved run trains in
-    DIR, whatever name and output_root its recipe.yaml records), else run_root (default the
-    recipe's output_root) / name. Under torchrun every rank runs this; rank 0 alone locks and
-    writes the run directory. SIGTERM/SIGINT stop after the current step (Interrupted); a lost
-    DDP peer is a RunFailure.
-    """
-    if run_path is not None:
-        run = RunDir(Path(run_path))
-        if run.path.name != recipe.name and re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", run.path.name):
-            recipe = recipe.model_copy(update={"name": run.path.name})  # the name sidecars and summary record
-    else:
-        run = RunDir(Path(run_root or recipe.output_root) / recipe.name)
-    comm = distributed.init_distributed(recipe, run_path=str(run.path))
-    completed = False
-    try:
-        if comm.is_main:
-            run.check_start(resume=resume, overwrite=overwrite)
-        callbacks = list(callbacks or [])
-        if recipe.log.tensorboard and comm.is_main:
-            from advmem.track.tensorboard import TensorBoardCallback
-
-            callbacks.append(TensorBoardCallback(run.path / "tb"))
-        trainer = Trainer(recipe, run, quiet=quiet or not comm.is_main, callbacks=callbacks, comm=comm)
-        trainer.setup(resume=resume)
-        lock = RunLock(run.path, log=trainer.log) if comm.is_main else None
-        with GracefulStop(log=trainer.log) as stop:
-            trainer.stop = stop
-            if lock is not None:
-                lock.acquire()
-            try:
-                if comm.is_main:
-                    run.prepare(recipe, trainer.bundle.info, overwrite=overwrite and not resume)
-                summary = trainer.fit()
-            except OSError as err:
-                if err.errno not in (errno.ENOSPC, errno.EDQUOT):
-                    raise
-                done = getattr(trainer, "committed_epoch", 0)
-                state = (f"the run is consistent at epoch {done} (files are replaced atomically, none is torn)"
-                         if done > 0 else "no epoch was completed")
-                raise RunFailure(f"disk full ({err.strerror}) while writing {err.filename or 'a file'}; {state}; "
-                                 f"free space, then continue with: advmem train --resume {run.path}") from None
-            finally:
-                if lock is not None:
-                    lock.release()
-        completed = True
-        return run, summary
-    except Exception as err:
-        if comm.enabled and distributed.is_comm_error(err):
-            raise distributed.peer_failure(comm, err) from err
-        raise
-    finally:
-        distributed.shutdown(comm, completed=completed)

@@ -10,7 +10,7 @@
 The names below come from runner.py, imported on first use.
 """
 
-__all__ = ["ATTACKS", "DEFAULT_ATTACKS", "checkpoints_of", "evaluate_checkpoint", "evaluate_model", "evaluate_target"]
+__all__ = ["ATTACKS", "DEFAULT_ATTACKS", "EvalOptions", "checkpoints_of", "evaluate_checkpoint", "evaluate_model", "evaluate_target"]
 
 
 def __getattr__(name: str):

@@ -63,13 +63,14 @@ def external_options(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    from advmem.evaluation import evaluate_target
+    from advmem.evaluation import EvalOptions, evaluate_target
 
-    results = evaluate_target(args.target, attacks=args.attack, split=args.split, n_examples=args.n_examples,
-                              batch_size=args.batch_size, steps=args.steps, restarts=args.restarts, eps=args.eps,
-                              seed=args.seed, device=args.device, quiet=args.quiet, step_size=args.step_size,
-                              checks=args.checks, n_check=args.n_check, which=args.which, out_dir=args.out_dir,
-                              external=external_options(args), overwrite=args.overwrite)
+    options = EvalOptions(attacks=args.attack, split=args.split, n_examples=args.n_examples, batch_size=args.batch_size,
+                          steps=args.steps, restarts=args.restarts, eps=args.eps, seed=args.seed, device=args.device,
+                          quiet=args.quiet, step_size=args.step_size, checks=args.checks, n_check=args.n_check,
+                          which=args.which, out_dir=args.out_dir, external=external_options(args),
+                          overwrite=args.overwrite)
+    results = evaluate_target(args.target, options)
     print(format_table(results))
     return 0
 

@@ -41,7 +41,8 @@ import numpy as np
 import torch
 
 from advmem import __version__
-from advmem.engine.io import atomic_write_bytes, atomic_write_json
+from advmem.device import resolve_device
+from advmem.io import atomic_write_bytes, atomic_write_json
 from advmem.errors import UserError
 from advmem.evaluation.attacks import WHITE_BOX, AttackSettings, run_white_box
 from advmem.recipe import budget_value
@@ -403,7 +404,60 @@ def _finish_aa_log(final: Path, partial: Path, replace: bool, keep: bool) -> Non
 
 
 # ---------------------------------------------------------------------------------------------
-# One checkpoint: prepare (load and validate, writes nothing), then run
+# The options, then one checkpoint: prepare (load and validate, writes nothing), then run
+
+
+@dataclass(frozen=True)
+class EvalOptions:
+    """What `advmem eval` was asked for (one field per command-line option), checked when made: a
+    bad value is a one-line UserError before any checkpoint is loaded.
+
+    attacks: names from ATTACKS (None: DEFAULT_ATTACKS; repeats dropped); split / n_examples: the
+    points; batch_size, steps, restarts, eps, step_size, seed: the attacks' settings (eps and
+    step_size as written, e.g. "8/255"; None: the checkpoint's eps, the default step); device:
+    "auto", "cpu", "cuda" or a torch.device; checks / n_check: the sanity checks; which: the
+    checkpoints of a run ("best", "last", "both"); out_dir: where results go (None: beside the
+    weights); external: how to read a checkpoint not written by advmem; overwrite: rerun what is
+    already there."""
+
+    attacks: tuple[str, ...] | None = None
+    split: str = "test"
+    n_examples: int | None = None
+    batch_size: int = 256
+    steps: int = 20
+    restarts: int = 1
+    eps: str | None = None
+    seed: int = 0
+    device: str | torch.device = "auto"
+    quiet: bool = False
+    step_size: str | None = None
+    checks: bool = True
+    n_check: int = 64
+    which: str = "both"
+    out_dir: str | Path | None = None
+    external: dict[str, Any] | None = None
+    overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        attacks = tuple(dict.fromkeys(self.attacks or DEFAULT_ATTACKS))
+        object.__setattr__(self, "attacks", attacks)
+        unknown = [a for a in attacks if a not in ATTACKS]
+        if unknown:
+            raise UserError(f"unknown attack '{unknown[0]}'; choose from: {', '.join(ATTACKS)}")
+        for flag, value in (("--steps", self.steps), ("--restarts", self.restarts), ("--batch-size", self.batch_size),
+                            ("--n-check", self.n_check), ("--n-examples", self.n_examples)):
+            if value is not None and value < 1:
+                raise UserError(f"{flag} must be a positive integer, got {value}")
+        for flag, text in (("--eps", self.eps), ("--step-size", self.step_size)):
+            if text is not None:
+                try:
+                    if budget_value(text) < 0:
+                        raise ValueError
+                except ValueError:
+                    raise UserError(f"{flag} '{text}' is not a non-negative number or fraction like 8/255") from None
+
+    def resolved_device(self) -> torch.device:
+        return self.device if isinstance(self.device, torch.device) else resolve_device(self.device)
 
 
 @dataclass
@@ -421,15 +475,14 @@ class EvalPlan:
     previous: Previous
     to_run: list[str]
     kept_notes: list[str]
-    options: dict[str, Any]
+    options: EvalOptions
 
 
-def prepare_checkpoint(path: Path, *, attacks: list[str], split: str, n_examples: int | None, batch_size: int,
-                       steps: int, restarts: int, eps: str | None, seed: int, device: torch.device,
-                       step_size: str | None = None, checks: bool = True, n_check: int = 64,
-                       out_dir: str | Path | None = None, external: dict[str, Any] | None = None,
-                       overwrite: bool = False) -> EvalPlan:
+def prepare_checkpoint(path: Path, opts: EvalOptions, device: torch.device) -> EvalPlan:
     """Load the checkpoint and its data, read earlier results; raises UserError before anything is written."""
+    attacks, split, n_examples, batch_size = opts.attacks, opts.split, opts.n_examples, opts.batch_size
+    steps, restarts, eps, seed, step_size = opts.steps, opts.restarts, opts.eps, opts.seed, opts.step_size
+    external, out_dir, overwrite = opts.external, opts.out_dir, opts.overwrite
     model, meta, weights, bundle = load_for_eval(Path(path), dict(external or {}, eps=eps), device)
     data = dataset_split(meta, split, device, bundle)
     if n_examples is not None:
@@ -461,7 +514,7 @@ def prepare_checkpoint(path: Path, *, attacks: list[str], split: str, n_examples
     return EvalPlan(path=Path(path), model=model, meta=meta, weights=weights, data=data, settings=settings,
                     eps_text=eps_text, stem=stem, state=EvalState(Path(f"{stem}.eval.state.json"), fingerprint),
                     points=points, previous=previous, to_run=to_run, kept_notes=kept_notes,
-                    options={"checks": checks, "n_check": n_check, "step_size": step_size})
+                    options=opts)
 
 
 def run_plan(plan: EvalPlan, *, quiet: bool = False) -> dict[str, Any]:
@@ -495,11 +548,11 @@ def run_plan(plan: EvalPlan, *, quiet: bool = False) -> dict[str, Any]:
     for r in records:
         robust &= r["flags"]
     robust_acc = _acc(robust)
-    if plan.options["checks"]:
+    if plan.options.checks:
         white_raw = {r["label"]: r["acc_raw"] for r in records if r["attack"] in WHITE_BOX}
         warnings = [m for r in records if r.get("autoattack") for m in r["autoattack"].get("warnings", [])]
         sanity = sanity_checks(plan.model, x, data.y, settings, num_classes=num_classes, clean_acc=result["clean_acc"],
-                               white_raw=white_raw, aa_warnings=warnings, n_check=plan.options["n_check"], echo=echo)
+                               white_raw=white_raw, aa_warnings=warnings, n_check=plan.options.n_check, echo=echo)
     elif prev.sanity is not None:
         sanity = {"sanity": prev.sanity, "sanity_flags": sorted(n for n, c in prev.sanity.get("checks", {}).items()
                                                                 if c.get("flagged"))}
@@ -555,48 +608,25 @@ def run_plan(plan: EvalPlan, *, quiet: bool = False) -> dict[str, Any]:
     return out
 
 
-def evaluate_checkpoint(path: Path, *, attacks: list[str], split: str, n_examples: int | None, batch_size: int,
-                        steps: int, restarts: int, eps: str | None, seed: int, device: torch.device,
-                        step_size: str | None = None, checks: bool = True, n_check: int = 64,
-                        out_dir: str | Path | None = None, quiet: bool = False,
-                        external: dict[str, Any] | None = None, overwrite: bool = False) -> dict[str, Any]:
-    """Evaluate one checkpoint, adding to its earlier results on the same points (see the module doc)."""
-    plan = prepare_checkpoint(path, attacks=attacks, split=split, n_examples=n_examples, batch_size=batch_size,
-                              steps=steps, restarts=restarts, eps=eps, seed=seed, device=device, step_size=step_size,
-                              checks=checks, n_check=n_check, out_dir=out_dir, external=external, overwrite=overwrite)
-    return run_plan(plan, quiet=quiet)
+def evaluate_checkpoint(path: Path, options: EvalOptions | None = None, /, **fields: Any) -> dict[str, Any]:
+    """Evaluate one checkpoint, adding to its earlier results on the same points (see the module doc).
+    `options`, or the fields of an `EvalOptions`."""
+    opts = _options(options, fields)
+    return run_plan(prepare_checkpoint(Path(path), opts, opts.resolved_device()), quiet=opts.quiet)
 
 
-def evaluate_target(target: str, *, attacks: list[str] | None, split: str = "test", n_examples: int | None = None,
-                    batch_size: int = 256, steps: int = 20, restarts: int = 1, eps: str | None = None, seed: int = 0,
-                    device: str = "auto", quiet: bool = False, step_size: str | None = None, checks: bool = True,
-                    n_check: int = 64, which: str = "both", out_dir: str | None = None,
-                    external: dict[str, Any] | None = None, overwrite: bool = False) -> list[dict[str, Any]]:
-    """Validate the options and every checkpoint of `target` (a run or a file), then evaluate each:
-    a bad checkpoint is refused before any result is written."""
-    from advmem.engine.trainer import resolve_device
+def evaluate_target(target: str, options: EvalOptions | None = None, /, **fields: Any) -> list[dict[str, Any]]:
+    """Check the options and every checkpoint of `target` (a run or a file), then evaluate each: a bad
+    checkpoint is refused before any result is written. `options`, or the fields of an `EvalOptions`."""
+    opts = _options(options, fields)
+    dev = opts.resolved_device()
+    paths = checkpoints_of(target, opts.which)
+    refuse_external_flags(paths, opts.external or {})
+    plans = [prepare_checkpoint(p, opts, dev) for p in paths]
+    return [run_plan(plan, quiet=opts.quiet) for plan in plans]
 
-    attacks = list(dict.fromkeys(attacks or DEFAULT_ATTACKS))
-    unknown = [a for a in attacks if a not in ATTACKS]
-    if unknown:
-        raise UserError(f"unknown attack '{unknown[0]}'; choose from: {', '.join(ATTACKS)}")
-    for flag, value in (("--steps", steps), ("--restarts", restarts), ("--batch-size", batch_size),
-                        ("--n-check", n_check), ("--n-examples", n_examples)):
-        if value is not None and value < 1:
-            raise UserError(f"{flag} must be a positive integer, got {value}")
-    for flag, text in (("--eps", eps), ("--step-size", step_size)):
-        if text is not None:
-            try:
-                if budget_value(text) < 0:
-                    raise ValueError
-            except ValueError:
-                raise UserError(f"{flag} '{text}' is not a non-negative number or fraction like 8/255") from None
-    dev = resolve_device(device)
-    paths = checkpoints_of(target, which)
-    refuse_external_flags(paths, external or {})
-    plans = [prepare_checkpoint(p, attacks=attacks, split=split, n_examples=n_examples, batch_size=batch_size,
-                                steps=steps, restarts=restarts, eps=eps, seed=seed, device=dev, step_size=step_size,
-                                checks=checks, n_check=n_check, out_dir=out_dir, external=external,
-                                overwrite=overwrite)
-             for p in paths]
-    return [run_plan(plan, quiet=quiet) for plan in plans]
+
+def _options(options: EvalOptions | None, fields: dict[str, Any]) -> EvalOptions:
+    if options is not None and fields:
+        raise TypeError("pass an EvalOptions or its fields, not both")
+    return options if options is not None else EvalOptions(**fields)

@@ -245,7 +245,7 @@ class TemporalEnsembling(WrapsBase, Method):
         """Write `te_buffer.safetensors` (buffer: raw N x C EMA, visits: N) into the run directory."""
         from safetensors.torch import save
 
-        from advmem.engine.io import atomic_write_bytes
+        from advmem.io import atomic_write_bytes
 
         state = {k: v.contiguous() for k, v in self.state_dict().items()}
         atomic_write_bytes(Path(directory) / "te_buffer.safetensors", save(state))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from advmem.engine.io import atomic_write_text
+from advmem.io import atomic_write_text
 
 
 def cmd_report(args: argparse.Namespace) -> int:

@@ -11,7 +11,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from advmem.engine.io import atomic_write_bytes  # noqa: E402
+from advmem.io import atomic_write_bytes  # noqa: E402
 
 SPLIT_COLOURS = {"train": "#1f77b4", "val": "#ff7f0e", "test": "#2ca02c"}
 
@@ -21,6 +21,11 @@ def save_figure(fig, path: str | Path) -> None:
     fig.savefig(buffer, format="png", dpi=120, bbox_inches="tight")
     plt.close(fig)
     atomic_write_bytes(path, buffer.getvalue())
+
+
+def plot_run_curves(run) -> None:
+    """A run directory's curves.png, from its metrics.jsonl (`run`: an `engine.rundir.RunDir`)."""
+    plot_learning_curves(run.read_metrics(), run.curves_path, title=run.path.name)
 
 
 def plot_learning_curves(rows: list[dict[str, Any]], path: str | Path, title: str = "") -> None:

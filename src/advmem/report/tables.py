@@ -46,7 +46,7 @@ def load_run(path: str | Path) -> RunInfo:
         raise UserError(f"{path}: not a directory; pass advmem run directories (runs/NAME) or study folders")
     info = RunInfo(path=path, name=path.name, is_run=(path / "recipe.yaml").is_file())
     if info.is_run:
-        from advmem.engine.io import read_input_text
+        from advmem.io import read_input_text
         from advmem.engine.rundir import read_metrics_file
         from advmem.recipe import parse_recipe_text
 

@@ -24,7 +24,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from advmem.engine.io import atomic_write_json
+from advmem.io import atomic_write_json
 from advmem.errors import UserError
 
 # Epochs whose weights the replays keep (init and the study run's last checkpoint are added).

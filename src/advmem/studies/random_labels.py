@@ -36,7 +36,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from advmem.engine.io import atomic_write_json, atomic_write_text
+from advmem.io import atomic_write_json, atomic_write_text
 from advmem.errors import UserError
 from advmem.studies import grad_along
 from advmem.studies.reproduction import reproduction_target, smoke_note, update_reproduction
@@ -196,7 +196,7 @@ def train_parallel(recipes: dict[tuple[str, str, int], Any], scale: str, device:
 
 
 def ensure_trained(recipe, runs_dir: Path, quiet: bool) -> Path:
-    from advmem.engine.trainer import train
+    from advmem.training import train
 
     path = runs_dir / recipe.name
     state = run_state(path, recipe)

@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from advmem.engine.io import atomic_write_json, atomic_write_text
+from advmem.io import atomic_write_json, atomic_write_text
 from advmem.errors import RunFailure, UserError
 from advmem.studies.reproduction import reproduction_target, smoke_note, update_reproduction
 from advmem.studies import random_labels as rl

@@ -21,7 +21,7 @@ import fcntl
 import re
 from pathlib import Path
 
-from advmem.engine.io import atomic_write_text
+from advmem.io import atomic_write_text
 from advmem.errors import UserError
 
 HEADER = """# Reproduction

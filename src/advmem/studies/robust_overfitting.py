@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 
-from advmem.engine.io import atomic_write_json, atomic_write_text
+from advmem.io import atomic_write_json, atomic_write_text
 from advmem.errors import UserError
 
 if TYPE_CHECKING:  # torch is imported where it is used, so building the CLI's parser does not import it
@@ -147,13 +147,13 @@ class HardestTrainingSamples:
         self.index: torch.Tensor | None = None
 
     def on_epoch_end(self, trainer, epoch: int, row: dict[str, Any]) -> None:
-        from advmem.engine.evaluate import clean_per_sample, robust_per_sample, summarize
-        from advmem.engine.trainer import epoch_generator
+        from advmem.engine.evaluate import evaluate_split, robust_per_sample
+        from advmem.engine.seeding import HARDEST_EVAL, HARDEST_SELECT, epoch_generator
 
         train_set, bs, seed = trainer.bundle.train, trainer.recipe.eval.batch_size, trainer.recipe.seed
         if epoch == self.select_epoch and self.index is None:
             per = robust_per_sample(trainer.model, train_set, trainer.eval_attack, bs,
-                                    generator=epoch_generator(seed, epoch, stream=11))
+                                    generator=epoch_generator(seed, epoch, stream=HARDEST_SELECT))
             k = max(1, round(self.fraction * len(train_set)))
             order = per["loss"].argsort(descending=True)[:k]
             self.index = per["index"][order].cpu()
@@ -163,9 +163,9 @@ class HardestTrainingSamples:
         if self.index is None or not ("test_nat_acc" in row or epoch == self.select_epoch):
             return
         hard = train_set.subset(self.index)  # train index values are positions 0..N-1
-        row["hard_train_nat_acc"] = summarize(clean_per_sample(trainer.model, hard, bs))["acc"]
-        row["hard_train_rob_acc"] = summarize(robust_per_sample(
-            trainer.model, hard, trainer.eval_attack, bs, generator=epoch_generator(seed, epoch, stream=12)))["acc"]
+        scores = evaluate_split(trainer.model, "hard_train", hard, trainer.eval_attack, bs,
+                                epoch_generator(seed, epoch, stream=HARDEST_EVAL))
+        row["hard_train_nat_acc"], row["hard_train_rob_acc"] = scores["hard_train_nat_acc"], scores["hard_train_rob_acc"]
 
     def state_dict(self) -> dict[str, Any]:
         return {"index": self.index}
@@ -186,7 +186,7 @@ def is_complete(run, recipe) -> bool:
     if not run.summary_path.exists():
         return False
     summary = json.loads(run.summary_path.read_text())
-    from advmem.engine.trainer import recipe_hash_matches
+    from advmem.engine.resume import recipe_hash_matches
 
     return (recipe_hash_matches(recipe, summary.get("recipe_hash"))
             and (summary.get("last") or {}).get("epoch") == recipe.optim.epochs)
@@ -194,7 +194,7 @@ def is_complete(run, recipe) -> bool:
 
 def ensure_trained(recipe, runs_dir: Path, *, hard_fraction: float, quiet: bool):
     from advmem.engine.rundir import RunDir
-    from advmem.engine.trainer import train
+    from advmem.training import train
 
     run = RunDir(runs_dir / recipe.name)
     milestones = recipe.optim.schedule.milestones
@@ -522,7 +522,7 @@ def run(args) -> int:
     runs_dir.mkdir(parents=True, exist_ok=True)
 
     from advmem.data import build_data
-    from advmem.engine.trainer import resolve_device
+    from advmem.device import resolve_device
 
     first = recipes[0][1]
     device = resolve_device(first.device)

@@ -23,25 +23,29 @@ from typing import Any
 
 import torch
 
+from advmem.engine.callbacks import Callback, TrainerView
 from advmem.methods.loss_gradient import LossGradient
 
 
-class GradConsistency:
-    """Trainer callback (`on_epoch_end`) built from `recipe.track.grad_consistency`."""
+class GradConsistency(Callback):
+    """Trainer callback built from `recipe.track.grad_consistency`."""
 
-    def __init__(self, trainer) -> None:
-        cfg = trainer.recipe.track.grad_consistency
-        self.every, self.seed = cfg.every, cfg.seed
-        train = trainer.bundle.train
-        g = torch.Generator().manual_seed(cfg.seed)
-        rows = torch.randperm(len(train), generator=g)[: min(cfg.batch_size, len(train))].sort().values
+    def __init__(self, recipe) -> None:
+        cfg = recipe.track.grad_consistency
+        self.every, self.seed, self.batch_size = cfg.every, cfg.seed, cfg.batch_size
+
+    def setup(self, view: TrainerView) -> None:
+        """The fixed batch: `batch_size` training samples drawn with `seed`."""
+        train = view.bundle.train
+        g = torch.Generator().manual_seed(self.seed)
+        rows = torch.randperm(len(train), generator=g)[: min(self.batch_size, len(train))].sort().values
         subset = train.subset(rows)
         self.batch = next(subset.batches(len(subset), shuffle=False))
 
-    def on_epoch_end(self, trainer, epoch: int, row: dict[str, Any]) -> None:
-        if epoch % self.every and epoch != trainer.recipe.optim.epochs:
+    def on_epoch_end(self, view: TrainerView, epoch: int, row: dict[str, Any]) -> None:
+        if epoch % self.every and epoch != view.recipe.optim.epochs:
             return
-        row.update(step_consistency(trainer.model, trainer.method, self.batch, lr=float(row["lr"]),
+        row.update(step_consistency(view.model, view.method, self.batch, lr=float(row["lr"]),
                                     epoch=epoch, seed=self.seed))
 
 

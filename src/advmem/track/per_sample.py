@@ -29,12 +29,13 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 
+from advmem.engine.callbacks import Callback, TrainerView
 from advmem.engine.evaluate import clean_per_sample, robust_per_sample
-from advmem.engine.io import atomic_write
+from advmem.engine.seeding import PER_SAMPLE_TRACKER, TRACKED_SUBSET, epoch_generator, subset_generator
+from advmem.io import atomic_write
 from advmem.errors import UserError
 
 PER_SAMPLE_FILE = "per_sample.parquet"
-TRACKER_STREAM = 11  # generator stream of the tracker's PGD (the trainer's eval uses 1..3)
 
 SCHEMA = pa.schema([
     ("epoch", pa.int32()),
@@ -59,7 +60,7 @@ def tracked_indices(n: int, subset: str | int, seed: int) -> np.ndarray:
     if subset > n:
         raise UserError(f"track.per_sample.subset {subset} exceeds the {n} training samples; "
                         f"set it to at most {n} or to 'all'")
-    g = torch.Generator().manual_seed(seed + 29)
+    g = subset_generator(seed, TRACKED_SUBSET)
     return np.sort(torch.randperm(n, generator=g)[:subset].numpy())
 
 
@@ -82,21 +83,24 @@ def epoch_summary(current: dict[str, np.ndarray], previous: dict[str, np.ndarray
     return out
 
 
-class PerSampleTracker:
-    """Trainer callback (`on_fit_start`, `on_epoch_end`) built from `recipe.track.per_sample`."""
+class PerSampleTracker(Callback):
+    """Trainer callback built from `recipe.track.per_sample`."""
 
-    def __init__(self, trainer) -> None:
-        r = trainer.recipe
-        self.cfg = r.track.per_sample
-        self.seed = r.seed
-        self.epochs = r.optim.epochs
-        self.batch_size = self.cfg.batch_size or r.eval.batch_size
-        train = trainer.bundle.train
+    def __init__(self, recipe) -> None:
+        self.cfg = recipe.track.per_sample
+        self.seed = recipe.seed
+        self.epochs = recipe.optim.epochs
+        self.batch_size = self.cfg.batch_size or recipe.eval.batch_size
+
+    def setup(self, view: TrainerView) -> None:
+        """The tracked samples: their positions, labels and corruption (fixed for the whole run)."""
+        r = view.recipe
+        train = view.bundle.train
         idx = tracked_indices(len(train), self.cfg.subset, r.seed)
         self.dataset = train.subset(idx) if self.cfg.subset != "all" else train
         positions = self.dataset.index.cpu().numpy()
         labels = self.dataset.y.cpu().numpy()
-        corruption = getattr(trainer.bundle, "corruption", None)
+        corruption = getattr(view.bundle, "corruption", None)
         if corruption is None:
             true_labels, corrupted = labels.copy(), np.zeros(len(labels), dtype=bool)
         else:
@@ -110,17 +114,17 @@ class PerSampleTracker:
     def is_tracked(self, epoch: int) -> bool:
         return epoch % self.cfg.every == 0 or epoch == self.epochs
 
-    def path(self, trainer) -> Path:
-        return trainer.run.path / PER_SAMPLE_FILE
+    def path(self, view: TrainerView) -> Path:
+        return view.run.path / PER_SAMPLE_FILE
 
-    def on_fit_start(self, trainer) -> None:
+    def on_fit_start(self, view: TrainerView) -> None:
         """On resume keep only the rows of epochs before the resume point, and the last of them as `previous`."""
-        path = self.path(trainer)
+        path = self.path(view)
         self.table, self.previous = None, None
-        if trainer.start_epoch <= 1 or not path.exists():
+        if view.start_epoch <= 1 or not path.exists():
             return
         table = pq.read_table(path)
-        table = table.filter(pc.less(table["epoch"], trainer.start_epoch))
+        table = table.filter(pc.less(table["epoch"], view.start_epoch))
         self.table = table if table.num_rows else None
         if self.table is not None:
             last = pc.max(table["epoch"]).as_py()
@@ -129,15 +133,13 @@ class PerSampleTracker:
                              "nat_correct": rows["nat_correct"].to_numpy(zero_copy_only=False),
                              "rob_correct": rows["rob_correct"].to_numpy(zero_copy_only=False)}
 
-    def on_epoch_end(self, trainer, epoch: int, row: dict[str, Any]) -> None:
+    def on_epoch_end(self, view: TrainerView, epoch: int, row: dict[str, Any]) -> None:
         if not self.is_tracked(epoch):
             return
-        from advmem.engine.trainer import epoch_generator
-
-        model = trainer.model
+        model = view.model
         clean = clean_per_sample(model, self.dataset, self.batch_size)
-        gen = epoch_generator(self.seed, epoch, stream=TRACKER_STREAM)
-        rob = robust_per_sample(model, self.dataset, trainer.eval_attack, self.batch_size, generator=gen)
+        gen = epoch_generator(self.seed, epoch, stream=PER_SAMPLE_TRACKER)
+        rob = robust_per_sample(model, self.dataset, view.eval_attack, self.batch_size, generator=gen)
         values = {f"{kind}_{key}": res[key].float().cpu().numpy() if key != "correct" else res[key].cpu().numpy()
                   for kind, res in (("nat", clean), ("rob", rob)) for key in ("correct", "loss", "margin")}
         s = self.static
@@ -154,7 +156,7 @@ class PerSampleTracker:
         }, schema=SCHEMA)
         self.table = part if self.table is None else pa.concat_tables([self.table, part])
         table = self.table
-        atomic_write(self.path(trainer), lambda fh: pq.write_table(table, fh))
+        atomic_write(self.path(view), lambda fh: pq.write_table(table, fh))
         row.update(epoch_summary(current, self.previous))
         self.previous = current
 

@@ -11,6 +11,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from advmem.engine.callbacks import Callback, TrainerView
 from advmem.errors import UserError
 
 
@@ -25,9 +26,9 @@ def tag_of(key: str) -> str:
     return f"other/{key}"
 
 
-class TensorBoardCallback:
+class TensorBoardCallback(Callback):
     def __init__(self, log_dir: str | Path) -> None:
-        try:
+        try:  # refused here, before training, when the optional package is missing
             from torch.utils.tensorboard import SummaryWriter  # noqa: F401
         except ImportError:
             raise UserError("log.tensorboard is true but the tensorboard package is not installed; "
@@ -35,8 +36,8 @@ class TensorBoardCallback:
         self.log_dir = Path(log_dir)
         self.writer = None
 
-    def on_epoch_end(self, trainer: Any, epoch: int, row: dict[str, Any]) -> None:
-        from torch.utils.tensorboard import SummaryWriter
+    def on_epoch_end(self, view: TrainerView, epoch: int, row: dict[str, Any]) -> None:
+        from torch.utils.tensorboard import SummaryWriter  # optional package, checked in __init__
 
         if self.writer is None:
             self.writer = SummaryWriter(log_dir=str(self.log_dir))
@@ -44,6 +45,6 @@ class TensorBoardCallback:
             if key != "epoch" and isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
                 self.writer.add_scalar(tag_of(key), value, global_step=epoch)
         self.writer.flush()
-        if epoch == trainer.recipe.optim.epochs:
+        if epoch == view.recipe.optim.epochs:
             self.writer.close()
             self.writer = None

@@ -64,7 +64,7 @@ def run(args) -> int:
     from advmem.analysis.measures.api import measure_runs
     from advmem.analysis.measures.base import MeasureSettings
     from advmem.analysis.measures.table import fmt
-    from advmem.engine.trainer import resolve_device
+    from advmem.device import resolve_device
 
     runs = [Path(r) for r in args.runs]
     out = default_out(runs, args.out, "the measures table of several runs")

@@ -59,7 +59,7 @@ def measure_run(run_dir: str | Path, *, checkpoint: str = "last", n_samples: int
                 families: Sequence[str] = FAMILIES) -> dict[str, Any]:
     """One row of the table: the run's measures and gaps at `checkpoint`."""
     from advmem.engine.checkpoint import build_from_checkpoint
-    from advmem.engine.trainer import eval_attack_of
+    from advmem.engine.evaluate import eval_attack_of
 
     settings = settings or MeasureSettings()
     device = resolve(device)

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from advmem.analysis.measures.kendall import kendall_tau
-from advmem.engine.io import atomic_write_text
+from advmem.io import atomic_write_text
 
 RUN_COLUMNS = ["run", "method", "checkpoint", "epoch", "train_nat_acc", "train_rob_acc", "test_nat_acc", "test_rob_acc",
                "natural_gap", "robust_gap", "gap_source", "n_samples"]

@@ -1,0 +1,108 @@
+"""The composition root of training: `train(recipe)` -> run directory.
+
+It assembles the callbacks a recipe asks for (`run_callbacks`, the one place they are chosen),
+sets up a `engine.trainer.Trainer`, then locks and creates the run directory, fits, and draws
+curves.png from the metrics it wrote. It sits above the engine, the trackers and the report, so
+none of those import each other for it.
+"""
+
+from __future__ import annotations
+
+import errno
+import re
+from pathlib import Path
+from typing import Any
+
+from advmem.engine import distributed
+from advmem.engine.ema import WeightEMA
+from advmem.engine.rundir import RunDir
+from advmem.engine.safety import GracefulStop, RunLock
+from advmem.engine.trainer import Trainer
+from advmem.errors import RunFailure
+from advmem.recipe import Recipe
+from advmem.track.corruption import CorruptionRecorder
+from advmem.track.grad_consistency import GradConsistency
+from advmem.track.tensorboard import TensorBoardCallback
+
+
+def run_callbacks(recipe: Recipe, run: RunDir, extra: list[Any], *, main: bool) -> list[Any]:
+    """The callbacks of a run, in the order they are called: the corruption record (always; nothing
+    on clean data), the per-sample tracker and the gradient-consistency signal when set, the
+    caller's `extra`, TensorBoard (rank 0) and the weight EMA last (so it sees every other key)."""
+    callbacks: list[Any] = [CorruptionRecorder()]
+    if recipe.track.per_sample is not None:
+        from advmem.track.per_sample import PerSampleTracker  # pyarrow: imported only when tracking
+
+        callbacks.append(PerSampleTracker(recipe))
+    if recipe.track.grad_consistency is not None:
+        callbacks.append(GradConsistency(recipe))
+    callbacks += extra
+    if recipe.log.tensorboard and main:
+        callbacks.append(TensorBoardCallback(run.path / "tb"))
+    if recipe.optim.ema is not None:
+        callbacks.append(WeightEMA(recipe.optim.ema))
+    return callbacks
+
+
+def plot_run_curves(run: RunDir) -> None:
+    """curves.png of a finished fit (a report step: it reads the run directory)."""
+    from advmem.report.plots import plot_run_curves as plot  # matplotlib: seconds to import, only at the end
+
+    plot(run)
+
+
+def train(recipe: Recipe, *, run_root: Path | None = None, resume: bool = False, overwrite: bool = False,
+          quiet: bool = False, callbacks: list[Any] | None = None,
+          run_path: Path | None = None) -> tuple[RunDir, dict[str, Any]]:
+    """Validate, set up, then (only then) lock and create the run directory and train.
+
+    The run directory is `run_path` if given (`--resume DIR`: a copied or moved run trains in
+    DIR, whatever name and output_root its recipe.yaml records), else run_root (default the
+    recipe's output_root) / name. Under torchrun every rank runs this; rank 0 alone locks and
+    writes the run directory. SIGTERM/SIGINT stop after the current step (Interrupted); a lost
+    DDP peer is a RunFailure.
+    """
+    if run_path is not None:
+        run = RunDir(Path(run_path))
+        if run.path.name != recipe.name and re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", run.path.name):
+            recipe = recipe.model_copy(update={"name": run.path.name})  # the name sidecars and summary record
+    else:
+        run = RunDir(Path(run_root or recipe.output_root) / recipe.name)
+    comm = distributed.init_distributed(recipe, run_path=str(run.path))
+    completed = False
+    try:
+        if comm.is_main:
+            run.check_start(resume=resume, overwrite=overwrite)
+        callbacks = run_callbacks(recipe, run, list(callbacks or []), main=comm.is_main)
+        trainer = Trainer(recipe, run, quiet=quiet or not comm.is_main, callbacks=callbacks, comm=comm)
+        trainer.setup(resume=resume)
+        lock = RunLock(run.path, log=trainer.log) if comm.is_main else None
+        with GracefulStop(log=trainer.log) as stop:
+            trainer.stop = stop
+            if lock is not None:
+                lock.acquire()
+            try:
+                if comm.is_main:
+                    run.prepare(recipe, trainer.bundle.info, overwrite=overwrite and not resume)
+                summary = trainer.fit()
+                if comm.is_main:
+                    plot_run_curves(run)  # curves.png, drawn from metrics.jsonl as written
+            except OSError as err:
+                if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+                    raise
+                done = getattr(trainer, "committed_epoch", 0)
+                state = (f"the run is consistent at epoch {done} (files are replaced atomically, none is torn)"
+                         if done > 0 else "no epoch was completed")
+                raise RunFailure(f"disk full ({err.strerror}) while writing {err.filename or 'a file'}; {state}; "
+                                 f"free space, then continue with: advmem train --resume {run.path}") from None
+            finally:
+                if lock is not None:
+                    lock.release()
+        completed = True
+        return run, summary
+    except Exception as err:
+        if comm.enabled and distributed.is_comm_error(err):
+            raise distributed.peer_failure(comm, err) from err
+        raise
+    finally:
+        distributed.shutdown(comm, completed=completed)
