@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 
 from advmem.analysis.stats import (granulated_tau, kendall_ci, paired_difference, percentile_interval,
@@ -34,6 +35,17 @@ def test_bootstrap_of_kendall_tau_matches_the_enumerated_resampling_distribution
     wide = kendall_ci(x, y, n_boot=4000, seed=1)
     assert (wide["lo"], wide["hi"]) == pytest.approx((-1.0, 1.0))
     assert kendall_ci(x, y, n_boot=500, seed=3) == kendall_ci(x, y, n_boot=500, seed=3)  # seeded
+
+
+def test_vectorized_bootstrap_taus_equal_kendall_tau_on_each_resample():
+    from advmem.analysis.measures.kendall import kendall_tau
+    from advmem.analysis.stats import bootstrap_taus
+
+    rng = np.random.default_rng(0)
+    a, b = rng.integers(0, 4, size=9).astype(float), rng.normal(size=9)  # ties in a
+    idx = rng.integers(0, 9, size=(200, 9))
+    expected = [t for t in (kendall_tau(a[i], b[i])[0] for i in idx) if math.isfinite(t)]
+    assert bootstrap_taus(a, b, idx) == pytest.approx(expected)
 
 
 def test_bootstrap_of_a_perfect_ranking_is_a_point_and_nan_inputs_are_dropped():
