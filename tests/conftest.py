@@ -69,3 +69,15 @@ def write_recipe(tmp_path):
         return path
 
     return write
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny tensors gain nothing from intra-op threads; on a loaded 2-core machine two OpenMP
+    threads only wait on each other. Restored afterwards."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
