@@ -111,7 +111,8 @@ def one_thread_module():
 
 
 def run_cli(args: list[str], cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=str(SRC), OMP_NUM_THREADS="2")
+    # one thread: on a loaded 2-core machine two OpenMP threads per subprocess spin against each other
+    env = dict(os.environ, PYTHONPATH=str(SRC), OMP_NUM_THREADS="1")
     return subprocess.run([sys.executable, "-m", "advmem", *args], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=timeout)
 

@@ -96,6 +96,26 @@ def test_margin_normalization_is_nan_when_the_margin_is_not_positive():
     assert m["clean_margin"] > 0 and m["frobenius_sq_sum_over_clean_margin"] == pytest.approx(23 / m["clean_margin"] ** 2)
 
 
+def test_adversarial_margin_over_the_correct_samples_stays_positive():
+    """The margin-normalized adversarial measures: NaN with the 10th percentile over all samples when
+    more than 10% of the adversarial examples are misclassified; with margin_over="correct" the
+    percentile of the positive adversarial margins, so the variants are numbers."""
+    from advmem.engine.evaluate import margins
+
+    model = two_layer()
+    x, y = samples(model, n=80)
+    strong = EvalAttack(eps=0.5, step_size=0.2, steps=5)
+    m_all = measure_model(model, x, y, strong, families=("norms",))
+    assert m_all["adv_margin"] <= 0 and math.isnan(m_all["frobenius_sq_sum_over_adv_margin"])
+    settings = MeasureSettings(margin_over="correct")
+    ctx = MeasureContext(model=model, init_model=None, x=x, y=y, attack=strong, settings=settings)
+    adv = margins(ctx.logits(ctx.x_adv).double(), y)
+    assert 0 < int((adv > 0).sum()) < 0.9 * len(y)  # some adversarial samples right, most wrong
+    m = measure_model(model, x, y, strong, families=("norms",), settings=settings)
+    assert m["adv_margin"] == pytest.approx(float(torch.quantile(adv[adv > 0], 0.1)))
+    assert m["frobenius_sq_sum_over_adv_margin"] == pytest.approx(23 / m["adv_margin"] ** 2)
+
+
 def test_batchnorm_is_folded_into_the_conv_before_it():
     net = nn.Sequential(nn.Conv2d(1, 2, 1, bias=False), nn.BatchNorm2d(2), nn.ReLU(), nn.Flatten(), nn.Linear(8, 2))
     with torch.no_grad():

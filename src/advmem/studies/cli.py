@@ -5,6 +5,7 @@ from __future__ import annotations
 from advmem.plugins import add_group
 
 STUDIES = {
+    "measures": "advmem.studies.measures",
     "random-labels": "advmem.studies.random_labels",
     "random-labels-boundary": "advmem.studies.random_labels_boundary",
     "robust-overfitting": "advmem.studies.robust_overfitting",

@@ -1,16 +1,25 @@
 """Robust overfitting and temporal ensembling: PGD-AT and TRADES with and without TE, plus baselines.
 
 Trains PGD-AT, PGD-AT+TE, TRADES and TRADES+TE (with --baselines also MART and PGD-AT+AWP) on
-one data set with a step schedule, skipping runs already complete in the output folder
-(incomplete ones are resumed). Weight averaging (an EMA of the PGD-AT weights) is tracked
-inside the PGD-AT run. Every run also records the robust accuracy on its hardest training
-samples (the largest adversarial loss at the last epoch before the first learning-rate decay).
-Then the best (on the validation split: early stopping) and last checkpoints are evaluated on
-the test set: natural, PGD-20 and AutoAttack (standard, on a fixed test subset) accuracy.
+one data set, once per seed (`--seeds N`: seeds 0..N-1; seed S sets the recipe's `seed` and
+`data.label_noise.seed`, and a method and its TE variant share it, so TE - base is a paired
+comparison), skipping runs already complete in the output folder (incomplete ones are resumed).
+Weight averaging (an EMA of the PGD-AT weights) is tracked inside the PGD-AT run. Every run also
+records the robust accuracy on its hardest training samples (the largest adversarial loss at
+the last epoch before the first learning-rate decay). Then the best (on the validation split:
+early stopping) and last checkpoints are evaluated on the test set through `advmem.evaluation`
+(its results cache, and AutoAttack with its sanity flags): natural and PGD-20 accuracy on the
+first `n_test` test images, AutoAttack (standard) on the first `--aa-n`.
 
-Output folder: runs/ (one run directory per method), table.md / table.csv / results.json,
-robust_acc_vs_epoch.png, hardest_train_rob_acc.png, README.md; the same markdown becomes the
-`robust-overfitting` section of REPRODUCTION.md.
+`--setting` picks the data and schedule (scale small; tiny mirrors them in miniature):
+`noise20` (500 images, 20% label noise: the default), `noise40` (40% label noise) and `clean`
+(300 clean images at a constant small learning rate, where test robust accuracy falls after
+many small steps without any decay). Each is its own REPRODUCTION.md section.
+
+Output folder: runs/ (one run directory per method and seed), table.md / table.csv /
+results.json, robust_acc_vs_epoch.png (mean over seeds with +- std bands),
+hardest_train_rob_acc.png, README.md; the same markdown becomes the setting's section of
+REPRODUCTION.md.
 """
 
 from __future__ import annotations
@@ -73,22 +82,55 @@ SMALL = {
     "optim": {"epochs": 80, "batch_size": 32, "lr": 0.1, "weight_decay": 0.0,
               "schedule": {"name": "multistep", "milestones": [30, 60]}},
     # per-epoch evaluation uses the training attack (as the authors' code); the final table uses PGD-20
-    "eval": {"every": 2, "train_subset": 250, "batch_size": 500, "attack": {"steps": 5}},
+    # every 4 epochs and no extra full-test-set pass at the end: the per-epoch evaluation (1,750
+    # images, PGD-5, and the EMA's) costs several times an epoch's training (docs/robust-overfitting.md)
+    "eval": {"every": 4, "train_subset": 250, "batch_size": 500, "attack": {"steps": 5}, "final_full": False},
 }
 
 SCALES: dict[str, dict[str, Any]] = {
     "tiny": {"base": TINY, "te": {"start_epoch": 2, "end_epoch": 3}, "ema": {"decay": 0.5, "start_epoch": 1},
-             "aa_n": 16, "hard_fraction": 0.1},
+             "aa_n": 16, "aa_seeds": 2, "aa_version": "standard", "hard_fraction": 0.1, "seeds": 2},
     "small": {"base": SMALL, "te": {"start_epoch": 27, "end_epoch": 60}, "ema": {"decay": 0.99, "start_epoch": 1},
-              "aa_n": 200, "hard_fraction": 0.1},
+              "aa_n": 500, "aa_seeds": 1, "aa_version": "lite", "hard_fraction": 0.1, "seeds": 3},
     # paper: the shipped recipes (recipes/paper/<dataset>-*.yaml), with a 1,000-image validation split
     "paper": {"base": None, "te": {"start_epoch": 90, "end_epoch": 150}, "ema": {"decay": 0.999, "start_epoch": 1},
-              "aa_n": 1000, "hard_fraction": 0.1},
+              "aa_n": 1000, "aa_seeds": 1, "aa_version": "standard", "hard_fraction": 0.1, "seeds": 1},
 }
 
+# The settings of --setting: overrides of the scale's base recipe, and the TE ramp when it differs
+# from the scale's. `noise20` is the small base itself (its runs of seed 0 keep their names and
+# hashes); `clean` is the candidate of docs/robust-overfitting.md: at a constant lr of 0.01, batch 16,
+# 300 clean images, PGD-AT's test robust accuracy peaked near epoch 60 and fell by ~8 points by
+# epoch 120 while training robust accuracy kept rising. TE ramps up over epochs 40-80 there, to
+# full weight before the fall is under way, as the paper's ramp (90-150) brackets its first decay.
+SETTINGS: dict[str, dict[str, Any]] = {
+    "noise20": {"section": SECTION, "about": "20% symmetric label noise (the default)",
+                "overrides": {"tiny": [], "small": []}},
+    "noise40": {"section": f"{SECTION}-noise40", "about": "40% symmetric label noise",
+                "overrides": {"tiny": ["data.label_noise={kind: symmetric, rate: 0.4, seed: 0}"],
+                              "small": ["data.label_noise.rate=0.4"]}},
+    "clean": {"section": f"{SECTION}-clean", "about": "clean labels, constant small learning rate, many steps",
+              "overrides": {"tiny": ["optim.schedule={name: constant}"],
+                            "small": ["data.train_size=300", "data.label_noise={kind: none, rate: 0.0, seed: 0}",
+                                      "model.kwargs={width: 16, hidden: 256}", "optim.lr=0.01",
+                                      "optim.batch_size=16", "optim.epochs=120", "optim.schedule={name: constant}"]},
+              "te": {"tiny": {"start_epoch": 2, "end_epoch": 3}, "small": {"start_epoch": 40, "end_epoch": 80}}},
+}
+# Set per seed by the study (as in the random-labels study); a --set of either is refused.
+SEED_KEYS = ("seed", "data.label_noise.seed")
 
-def method_specs(scale: str, baselines: bool, dataset: str = "cifar10") -> list[MethodSpec]:
-    te = SCALES[scale]["te"]
+
+def te_ramp(scale: str, setting: str) -> dict[str, int]:
+    return SETTINGS[setting].get("te", {}).get(scale, SCALES[scale]["te"])
+
+
+def run_name(key: str, seed: int) -> str:
+    """`pgd_at` for seed 0 (the single-seed study's names, so its runs are reused), then `_seedS`."""
+    return key if seed == 0 else f"{key}_seed{seed}"
+
+
+def method_specs(scale: str, baselines: bool, dataset: str = "cifar10", setting: str = "noise20") -> list[MethodSpec]:
+    te = te_ramp(scale, setting) if scale != "paper" else SCALES[scale]["te"]
     paper = scale == "paper"
     specs = [
         MethodSpec("pgd_at", "PGD-AT", {"name": "pgd_at"}, f"paper/{dataset}-pgd-at" if paper else None, ema=True),
@@ -106,8 +148,10 @@ def method_specs(scale: str, baselines: bool, dataset: str = "cifar10") -> list[
     return specs
 
 
-def build_recipe(scale: str, spec: MethodSpec, device: str, overrides: list[str] = ()):
-    """The recipe of one method; `overrides` (KEY.PATH=VALUE, as --set) apply to every method."""
+def build_recipe(scale: str, spec: MethodSpec, device: str, overrides: list[str] = (), seed: int = 0,
+                 setting: str = "noise20"):
+    """The recipe of one method and seed; `overrides` (KEY.PATH=VALUE, as --set) apply to every run,
+    after the setting's and before the seed's."""
     from advmem.recipe import apply_overrides, load_recipe, recipe_from_dict
 
     ema = SCALES[scale]["ema"]
@@ -118,14 +162,15 @@ def build_recipe(scale: str, spec: MethodSpec, device: str, overrides: list[str]
             data["method"] = spec.method
     else:
         data = copy.deepcopy(SCALES[scale]["base"])
-        data.update(name=spec.key, method=spec.method)
+        data.update(method=spec.method)
         if device != "auto" or scale != "tiny":
             data["device"] = device
     if spec.ema:
         data["optim"]["ema"] = dict(ema)
-    if overrides:
-        data = apply_overrides(data, list(overrides))
-    return recipe_from_dict(data, source=f"study robust-overfitting ({scale}, {spec.key})")
+    sets = ([] if scale == "paper" else list(SETTINGS[setting]["overrides"][scale])) + list(overrides)
+    sets += [f"seed={seed}", f"data.label_noise.seed={seed}", f"name={run_name(spec.key, seed)}"]
+    data = apply_overrides(data, sets)
+    return recipe_from_dict(data, source=f"study robust-overfitting ({scale}, {setting}, {spec.key}, seed {seed})")
 
 
 # -------------------------------------------------------------------------------------------------
@@ -247,125 +292,208 @@ def train_parallel(recipes: list, runs_dir: Path, *, hard_fraction: float, paral
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def autoattack_accuracy(model, x: torch.Tensor, y: torch.Tensor, *, norm: str, eps: float, batch_size: int,
-                        device) -> float:
-    from pyautoattack import AutoAttack
-
-    adversary = AutoAttack(model, norm=norm, eps=eps, version="standard", seed=0, device=device)
-    _, y_adv = adversary.run_standard_evaluation(x, y, batch_size=batch_size)
-    return (y_adv.to(y.device) == y).float().mean().item()
+EVAL_VERSION = 2  # 2: through advmem.evaluation (1 was the study's own PGD and AutoAttack)
 
 
-def evaluate_run(run, recipe, test_set, *, aa_n: int, pgd_steps: int, device) -> dict[str, dict[str, Any]]:
-    """Natural, PGD-`pgd_steps` and AutoAttack test accuracy of best/last (and EMA) checkpoints, cached."""
-    import torch
-    from advmem.engine.checkpoint import build_from_checkpoint, read_sidecar
-    from advmem.engine.evaluate import EvalAttack, clean_per_sample, robust_per_sample, summarize
+def evaluate_run(run, recipe, *, n_test: int | None, aa_n: int, pgd_steps: int, device,
+                 aa_version: str = "standard") -> dict[str, dict[str, Any]]:
+    """Natural, PGD-`pgd_steps` and AutoAttack test accuracy of best/last (and EMA) checkpoints.
+
+    Through `advmem.evaluation.evaluate_checkpoint` (the same evaluation as `advmem eval`): natural
+    and PGD (one random start, step eps/4) on the first `n_test` test images, AutoAttack
+    (`aa_version` standard or lite) with the sanity checks on the first `aa_n`; its records go to
+    `RUN/study_eval/` (kept there, so an interrupted AutoAttack resumes), and the numbers are cached
+    in `study_eval.json`."""
+    from advmem.engine.checkpoint import read_sidecar
+    from advmem.evaluation import evaluate_checkpoint
 
     cache_path = run.path / "study_eval.json"
     cache = json.loads(cache_path.read_text()) if cache_path.exists() else {}
     stems = ["best", "last"] + (["ema_best", "ema_last"] if recipe.optim.ema is not None else [])
-    eps, norm = recipe.attack.eps_value, recipe.attack.norm
-    bs = recipe.eval.batch_size
+    common = dict(split="test", batch_size=recipe.eval.batch_size, steps=pgd_steps, restarts=1, eps=None, seed=0,
+                  device=device, quiet=True)
     out = {}
     for stem in stems:
-        path = run.checkpoints / stem
-        meta = read_sidecar(path)
-        key = {"epoch": meta["epoch"], "recipe_hash": recipe.hash(), "aa_n": aa_n, "pgd_steps": pgd_steps,
-               "n_test": len(test_set)}
+        path = run.checkpoints / f"{stem}.safetensors"
+        key = {"epoch": read_sidecar(run.checkpoints / stem)["epoch"], "recipe_hash": recipe.hash(), "aa_n": aa_n,
+               "pgd_steps": pgd_steps, "n_test": n_test, "version": EVAL_VERSION,
+               "aa_version": aa_version if aa_n > 0 else None}
         if stem in cache and all(cache[stem].get(k) == v for k, v in key.items()):
             out[stem] = cache[stem]
             continue
-        model, _ = build_from_checkpoint(path, device)
-        attack = EvalAttack(eps=eps, step_size=eps / 4, steps=pgd_steps, norm=norm)
-        result = dict(key)
-        result["natural"] = summarize(clean_per_sample(model, test_set, bs))["acc"]
-        result["pgd"] = summarize(robust_per_sample(model, test_set, attack, bs,
-                                                    generator=torch.Generator().manual_seed(0)))["acc"]
-        result["autoattack"] = None
+        pgd = evaluate_checkpoint(path, attacks=["clean", "pgd"], n_examples=n_test, checks=False,
+                                  out_dir=run.path / "study_eval" / "pgd", **common)
+        record = next(r for r in pgd["results"] if r["attack"] == "pgd" and r["settings"]["steps"] == pgd_steps
+                      and r["settings"]["restarts"] == 1)
+        result = dict(key, natural=pgd["clean_acc"], pgd=record["acc"], n_evaluated=pgd["n_examples"],
+                      autoattack=None, sanity_flags=[])
         if aa_n > 0:
-            n = min(aa_n, len(test_set))
-            subset = test_set.subset(torch.arange(n))
-            result["autoattack"] = autoattack_accuracy(model, subset.all_float(), subset.y, norm=norm, eps=eps,
-                                                       batch_size=bs, device=device)
-            result["aa_n"] = aa_n
+            attack = "autoattack" if aa_version == "standard" else "autoattack-lite"
+            aa = evaluate_checkpoint(path, attacks=["clean", attack], n_examples=aa_n, checks=True,
+                                     out_dir=run.path / "study_eval" / "autoattack", **common)
+            result.update(autoattack=aa["attacks"][attack] if attack in aa["attacks"] else aa["autoattack_acc"],
+                          aa_evaluated=aa["n_examples"],
+                          sanity_flags=list(aa["sanity_flags"]))
         out[stem] = result
         cache[stem] = result
         atomic_write_json(cache_path, cache)
     return out
 
 
+def _evaluate_in_worker(run_path: str, recipe, aa_n: int, kwargs: dict[str, Any], threads: int) -> dict[str, dict[str, Any]]:
+    import torch
+
+    from advmem.engine.rundir import RunDir
+
+    torch.set_num_threads(threads)
+    return evaluate_run(RunDir(run_path), recipe, aa_n=aa_n, **kwargs)
+
+
+def evaluate_all(jobs: list[tuple[Path, Any, int]], *, parallel: int, **kwargs) -> list[dict[str, dict[str, Any]]]:
+    """`evaluate_run` of every (run path, recipe, aa_n), `parallel` runs at a time in spawned worker
+    processes with cores/N threads each (AutoAttack on a CPU dominates the study's final stage)."""
+    from advmem.engine.rundir import RunDir
+
+    if parallel <= 1 or len(jobs) <= 1:
+        return [evaluate_run(RunDir(path), recipe, aa_n=aa_n, **kwargs) for path, recipe, aa_n in jobs]
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    from advmem.sweep import usable_cores
+
+    workers = min(parallel, len(jobs))
+    threads = max(1, usable_cores() // workers)
+    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = [pool.submit(_evaluate_in_worker, str(path), recipe, aa_n, kwargs, threads)
+                   for path, recipe, aa_n in jobs]
+        return [f.result() for f in futures]
+
+
 # -------------------------------------------------------------------------------------------------
-# Report
+# Report: numbers per method over seeds, paired TE - base differences
+
+
+METRICS = ("natural", "pgd", "autoattack")
+METRIC_LABEL = {"natural": "natural", "pgd": "PGD", "autoattack": "AA"}
 
 
 def pct(v: float | None) -> str:
     return "–" if v is None else f"{100 * v:.1f}"
 
 
-def gap(a: float | None, b: float | None) -> float | None:
-    return None if a is None or b is None else 100 * (a - b)
+def pm(st: dict[str, Any] | None, signed: bool = False) -> str:
+    """'51.5 ± 1.2' in points (mean ± sample std over seeds); one seed: '51.5'."""
+    if not st or st.get("mean") is None:
+        return "–"
+    mean = f"{100 * st['mean']:+.1f}" if signed else f"{100 * st['mean']:.1f}"
+    return f"{mean} ± {100 * st['std']:.1f}" if st["n"] > 1 else mean
 
 
-def fmt_gap(v: float | None) -> str:
-    return "–" if v is None else f"{v:+.1f}"
+def ci(d: dict[str, Any]) -> str:
+    """'+2.0 ± 1.1 [-0.7, +4.7]' (points; mean ± std over seeds, 95% t interval)."""
+    if d.get("mean") is None:
+        return "–"
+    text = f"{100 * d['mean']:+.1f}"
+    if d.get("std") is None:
+        return text
+    return f"{text} ± {100 * d['std']:.1f} [{100 * d['lo']:+.1f}, {100 * d['hi']:+.1f}]"
 
 
-def table_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
-    rows = []
+def variants(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    """(method key, label, best stem, last stem) of every reported model: each method, and PGD-AT+EMA."""
+    out = []
     for key, res in results["methods"].items():
-        pairs = [("", "best", "last")]
-        if "ema_best" in res["eval"]:
-            pairs.append(("+EMA", "ema_best", "ema_last"))
-        for suffix, best, last in pairs:
-            for which, stem in (("best (val)", best), ("last", last)):
-                e = res["eval"][stem]
-                rows.append({"method": res["label"] + suffix, "checkpoint": which, "epoch": e["epoch"],
-                             "natural": e["natural"], "pgd": e["pgd"], "autoattack": e["autoattack"]})
-            if key == "pgd_at" and suffix == "":
-                e = res["eval"]["best"]
-                rows.append({"method": "Early stopping (PGD-AT)", "checkpoint": "best (val)", "epoch": e["epoch"],
-                             "natural": e["natural"], "pgd": e["pgd"], "autoattack": e["autoattack"]})
-    return rows
+        out.append((key, res["label"], "best", "last"))
+        if res["ema"]:
+            out.append((key, res["label"] + "+EMA", "ema_best", "ema_last"))
+    return out
 
 
-def gap_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
+def per_seed_values(res: dict[str, Any], stem: str, metric: str) -> dict[int, float | None]:
+    return {int(seed): e["eval"][stem].get(metric) for seed, e in res["per_seed"].items()}
+
+
+def summarize_methods(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per reported model: best, last and best - last of each metric (mean ± std over seeds), the
+    gap as a paired difference with its interval, the epochs, the sanity flags and the curve's peak."""
+    from advmem.analysis.stats import paired_difference
+    from advmem.studies.random_labels import stats
+
     rows = []
-    for res in results["methods"].values():
-        ev = res["eval"]
-        pairs = [(res["label"], "best", "last")]
-        if "ema_best" in ev:
-            pairs.append((res["label"] + "+EMA", "ema_best", "ema_last"))
-        for label, b, l in pairs:
-            curve = [r.get(("ema_" if b.startswith("ema") else "") + "test_rob_acc") for r in res["curve"]]
-            curve = [c for c in curve if c is not None]
-            rows.append({"method": label, "best_pgd": ev[b]["pgd"], "last_pgd": ev[l]["pgd"],
-                         "gap_pgd": gap(ev[b]["pgd"], ev[l]["pgd"]),
-                         "gap_aa": gap(ev[b]["autoattack"], ev[l]["autoattack"]),
-                         "peak_curve": max(curve) if curve else None, "final_curve": curve[-1] if curve else None})
+    for key, label, b, l in variants(results):
+        res = results["methods"][key]
+        row: dict[str, Any] = {"key": key, "method": label, "best_stem": b, "last_stem": l}
+        for metric in METRICS:
+            best, last = per_seed_values(res, b, metric), per_seed_values(res, l, metric)
+            row[f"best_{metric}"], row[f"last_{metric}"] = stats(list(best.values())), stats(list(last.values()))
+            row[f"gap_{metric}"] = paired_difference(best, last)
+        row["best_epochs"] = [e["eval"][b]["epoch"] for e in res["per_seed"].values()]
+        row["flags"] = sorted({f for e in res["per_seed"].values() for stem in (b, l)
+                               for f in e["eval"][stem].get("sanity_flags", [])})
+        curve_key = ("ema_" if b.startswith("ema") else "") + "test_rob_acc"
+        peaks = [max((r[curve_key] for r in e["curve"] if r.get(curve_key) is not None), default=None)
+                 for e in res["per_seed"].values()]
+        row["peak_curve"] = stats(peaks)
+        rows.append(row)
     return rows
 
 
-def verdict(rows: list[dict[str, Any]], scale: str) -> list[str]:
+def paired_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """TE against its base and the EMA against PGD-AT, paired over the seeds both have."""
+    from advmem.analysis.stats import paired_difference
+
+    methods = results["methods"]
+    pairs = [(f"{base}_te", base) for base in ("pgd_at", "trades") if base in methods and f"{base}_te" in methods]
+    out = []
+    for new, base in pairs:
+        a, b = methods[new], methods[base]
+        entry = {"compare": f"{a['label']} - {b['label']}", "key": new, "base": base}
+        for metric in ("pgd", "autoattack"):
+            entry[f"last_{metric}"] = paired_difference(per_seed_values(a, "last", metric), per_seed_values(b, "last", metric))
+            entry[f"best_{metric}"] = paired_difference(per_seed_values(a, "best", metric), per_seed_values(b, "best", metric))
+            gap_a = {s: None if v is None or w is None else v - w for (s, v), w in
+                     zip(per_seed_values(a, "best", metric).items(), per_seed_values(a, "last", metric).values())}
+            gap_b = {s: None if v is None or w is None else v - w for (s, v), w in
+                     zip(per_seed_values(b, "best", metric).items(), per_seed_values(b, "last", metric).values())}
+            entry[f"gap_{metric}"] = paired_difference(gap_a, gap_b)
+        out.append(entry)
+    if "pgd_at" in methods and methods["pgd_at"]["ema"]:
+        m = methods["pgd_at"]
+        entry = {"compare": "PGD-AT+EMA - PGD-AT", "key": "pgd_at_ema", "base": "pgd_at"}
+        for metric in ("pgd", "autoattack"):
+            entry[f"last_{metric}"] = paired_difference(per_seed_values(m, "ema_last", metric),
+                                                        per_seed_values(m, "last", metric))
+            entry[f"best_{metric}"] = paired_difference(per_seed_values(m, "ema_best", metric),
+                                                        per_seed_values(m, "best", metric))
+        out.append(entry)
+    return out
+
+
+def verdict(rows: list[dict[str, Any]], pairs: list[dict[str, Any]], scale: str) -> list[str]:
+    """The findings in the paper's terms: does the base method overfit, and does TE mitigate it?"""
     by = {r["method"]: r for r in rows}
     lines = []
-
-    def size(g: float) -> str:
-        return "clear (>= 2 points)" if g >= 2 else "small (0.5-2 points)" if g >= 0.5 else "none (< 0.5 points)"
-
     for base in ("PGD-AT", "TRADES"):
-        if base not in by or by[base]["gap_pgd"] is None:
+        r = by.get(base)
+        if r is None or r["gap_pgd"]["mean"] is None:
             continue
-        g = by[base]["gap_pgd"]
-        line = f"- {base}: best-minus-last PGD-20 gap {g:+.1f} points: robust overfitting {size(g)}."
-        te = by.get(f"{base}+TE")
-        if te is not None and te["gap_pgd"] is not None:
-            d = g - te["gap_pgd"]
-            effect = (f"shrinks it by {d:.1f} points" if d >= 0.05 else "leaves it unchanged" if d > -0.05
-                      else f"does not shrink it ({-d:.1f} points larger)")
-            line += (f" With TE the gap is {te['gap_pgd']:+.1f}: TE {effect}"
-                     + f"; last-checkpoint PGD-20 {pct(by[base]['last_pgd'])}% -> {pct(te['last_pgd'])}% with TE.")
-        lines.append(line)
+        g = r["gap_pgd"]
+        seen = g.get("distinguishable")
+        overfits = ("yes" if seen and g["mean"] > 0 else "no" if seen is not None else "not judged (one seed)")
+        lines.append(f"- {base}: best - last PGD-20 {ci(g)} points over {g['n']} seed(s): {g['verdict']}. "
+                     f"Robust overfitting (best above last beyond seed noise): **{overfits}**.")
+    for p in pairs:
+        if p["key"] == "pgd_at_ema":
+            continue
+        last, gapd = p["last_pgd"], p["gap_pgd"]
+        if last["mean"] is None:
+            continue
+        better = "yes" if last.get("distinguishable") and last["mean"] > 0 else (
+            "no" if last.get("distinguishable") is not None else "not judged (one seed)")
+        lines.append(f"- {p['compare']} (paired over seeds {', '.join(map(str, last['seeds']))}): last-checkpoint "
+                     f"PGD-20 {ci(last)} points ({last['verdict']}); best - last gap {ci(gapd)} points "
+                     f"({gapd['verdict']}). The paper: TE raises the last checkpoint's robust accuracy and shrinks "
+                     f"the gap. TE better at the last checkpoint beyond seed noise: **{better}**.")
     if scale == "tiny":
         lines.append("- Scale `tiny` is a smoke test on synthetic data: these numbers say nothing about the paper.")
     return lines
@@ -373,80 +501,136 @@ def verdict(rows: list[dict[str, Any]], scale: str) -> list[str]:
 
 def markdown(results: dict[str, Any]) -> str:
     s = results["settings"]
-    rows, gaps = table_rows(results), gap_rows(results)
-    aa = f"AutoAttack (standard) on the first {s['aa_n']} test images" if s["aa_n"] else "AutoAttack skipped (--aa-n 0)"
+    rows, pairs = summarize_methods(results), paired_rows(results)
+    seeds = s["seeds"]
+    aa_seeds = s.get("aa_seeds", seeds)
+    version = ("standard" if s.get("aa_version", "standard") == "standard"
+               else "lite: APGD-CE + APGD-T with the standard settings")
+    aa = (f"AutoAttack ({version}; with advmem's sanity checks, which include a 1,000-query Square) on the first {s['aa_n']} test images for seed(s) "
+          f"{', '.join(map(str, aa_seeds))}" if s["aa_n"] and aa_seeds else "AutoAttack skipped")
     out = [
-        f"## Robust overfitting and temporal ensembling (`advmem study robust-overfitting --scale {s['scale']}`)",
+        f"## Robust overfitting and temporal ensembling: {s['setting_about']} "
+        f"(`advmem study robust-overfitting --scale {s['scale']} --setting {s['setting']}`)",
         "",
         *smoke_note(s["scale"]),
-        f"Command: `{s.get('command', 'advmem study robust-overfitting --scale ' + s['scale'])}`.",
+        f"Command: `{s['command']}`.",
         "",
-        f"Settings: {s['summary']}. Best = highest validation robust accuracy (early stopping); last = final epoch. "
-        f"Test accuracy (%) on {s['n_test']} test images: natural, PGD-{s['pgd_steps']} (step eps/4), {aa}. "
+        f"Settings: {s['summary']}. Seeds: {', '.join(map(str, seeds))} (each seed draws the initialization, the data "
+        "order and the noisy labels; a method and its TE variant share them, so their difference is paired). "
+        "Best = highest validation robust accuracy (early stopping); last = final epoch. Test accuracy (%) from "
+        f"`advmem.evaluation`: natural and PGD-{s['pgd_steps']} (step eps/4, one random start) on "
+        + (f"the first {s['n_test']}" if s["n_test"] != "all" else "all")
+        + f" test images, {aa}. Every number is the mean ± the sample standard deviation over the {len(seeds)} seed(s); best - last is a paired difference over the seeds with its 95% t interval in brackets. "
         f"Generated {s['date']}; wall time of this invocation {s['wall_s'] / 60:.1f} min.",
         "",
-        "| method | best PGD | last PGD | best - last (PGD) | best - last (AA) | peak / final test robust during training |",
-        "|---|---|---|---|---|---|",
+        "| method | best PGD | last PGD | best - last PGD | best AA | last AA | best - last AA | best natural | last natural | peak test robust during training |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for r in gaps:
-        out.append(f"| {r['method']} | {pct(r['best_pgd'])} | {pct(r['last_pgd'])} | {fmt_gap(r['gap_pgd'])} | "
-                   f"{fmt_gap(r['gap_aa'])} | {pct(r['peak_curve'])} / {pct(r['final_curve'])} |")
-    out += ["", "| method | checkpoint | epoch | natural | PGD | AutoAttack |", "|---|---|---|---|---|---|"]
     for r in rows:
-        out.append(f"| {r['method']} | {r['checkpoint']} | {r['epoch']} | {pct(r['natural'])} | {pct(r['pgd'])} | "
-                   f"{pct(r['autoattack'])} |")
-    out += ["", "Findings:", *verdict(gaps, s["scale"])]
-    hard = [(res["label"], res["hard"]) for res in results["methods"].values() if res["hard"]]
+        out.append(f"| {r['method']} | {pm(r['best_pgd'])} | {pm(r['last_pgd'])} | {ci(r['gap_pgd'])} | "
+                   f"{pm(r['best_autoattack'])} | {pm(r['last_autoattack'])} | {ci(r['gap_autoattack'])} | "
+                   f"{pm(r['best_natural'])} | {pm(r['last_natural'])} | {pm(r['peak_curve'])} |")
+        if r["key"] == "pgd_at" and r["best_stem"] == "best":
+            out.append(f"| Early stopping (PGD-AT) | {pm(r['best_pgd'])} | – | – | {pm(r['best_autoattack'])} | – | – | "
+                       f"{pm(r['best_natural'])} | – | – |")
+    out += ["", "Best epochs (per seed): " + "; ".join(f"{r['method']} {', '.join(map(str, r['best_epochs']))}"
+                                                     for r in rows) + "."]
+    flagged = [f"{r['method']}: {', '.join(r['flags'])}" for r in rows if r["flags"]]
+    out.append("AutoAttack sanity flags: " + ("; ".join(flagged) if flagged else "none") + ".")
+    if pairs:
+        out += ["", "Paired differences (points; mean ± std over the seeds both have, [95% t interval]):", "",
+                "| comparison | last PGD | last AA | best PGD | best - last PGD | verdict (last PGD) |",
+                "|---|---|---|---|---|---|"]
+        for p in pairs:
+            out.append(f"| {p['compare']} | {ci(p['last_pgd'])} | {ci(p['last_autoattack'])} | {ci(p['best_pgd'])} | "
+                       f"{ci(p['gap_pgd']) if 'gap_pgd' in p else '–'} | {p['last_pgd']['verdict']} |")
+    out += ["", "Findings:", *verdict(rows, pairs, s["scale"])]
+    hard = []
+    for res in results["methods"].values():
+        ends = [(h[0][1], h[-1][1]) for h in (e["hard"] for e in res["per_seed"].values()) if h]
+        if ends:
+            hard.append(f"{res['label']} {pct(sum(a for a, _ in ends) / len(ends))} -> "
+                        f"{pct(sum(b for _, b in ends) / len(ends))}")
     if hard:
         out += ["", "Robust accuracy (%) on the hardest 10% of training samples (largest adversarial loss at epoch "
-                f"{s['select_epoch']}, the last before the first decay), at selection and at the end: "
-                + "; ".join(f"{label} {pct(h[0][1])} -> {pct(h[-1][1])}" for label, h in hard) + "."]
-    out += ["", "Figures: `robust_acc_vs_epoch.png`, `hardest_train_rob_acc.png` in the study folder. "
-            "What was tried at small scale and why: docs/robust-overfitting.md."]
+                f"{s['select_epoch']}), at selection and at the end, mean over seeds: " + "; ".join(hard) + "."]
+    out += ["", "Figures: `robust_acc_vs_epoch.png` (mean over seeds, ± std bands, decays marked), "
+            "`hardest_train_rob_acc.png` in the study folder. What was tried at small scale and why: "
+            "docs/robust-overfitting.md."]
     return "\n".join(out) + "\n"
+
+
+def seed_band(ax, curves: list[list[tuple[int, float]]], colour: str, label: str, ls: str = "-") -> None:
+    """The mean over seeds of per-seed (epoch, value) curves, with a ± std band."""
+    from advmem.studies.random_labels import stats
+
+    by: dict[int, list[float]] = {}
+    for curve in curves:
+        for epoch, v in curve:
+            by.setdefault(epoch, []).append(v)
+    if not by:
+        return
+    xs = sorted(by)
+    st = [stats(by[x]) for x in xs]
+    ys = [100 * t["mean"] for t in st]
+    ax.plot(xs, ys, color=colour, ls=ls, label=label)
+    if max(t["n"] for t in st) > 1:
+        sd = [100 * t["std"] for t in st]
+        ax.fill_between(xs, [y - d for y, d in zip(ys, sd)], [y + d for y, d in zip(ys, sd)], color=colour,
+                        alpha=0.15, lw=0)
+
+
+def mark_decays(ax, milestones: list[int]) -> None:
+    for i, m in enumerate(milestones):
+        ax.axvline(m + 0.5, color="grey", lw=0.8, ls=":", label="lr decay (x0.1)" if i == 0 else None)
 
 
 def plot(results: dict[str, Any], out: Path) -> None:
     from advmem.report.plots import plt, save_figure
 
     milestones = results["settings"]["milestones"]
+    n = len(results["settings"]["seeds"])
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for i, res in enumerate(results["methods"].values()):
         colour = f"C{i}"
         for ax, key in ((axes[0], "test_rob_acc"), (axes[1], "train_rob_acc")):
-            pts = [(r["epoch"], 100 * r[key]) for r in res["curve"] if r.get(key) is not None]
-            if pts:
-                ax.plot(*zip(*pts), color=colour, label=res["label"])
-        pts = [(r["epoch"], 100 * r["ema_test_rob_acc"]) for r in res["curve"] if r.get("ema_test_rob_acc") is not None]
-        if pts:
-            axes[0].plot(*zip(*pts), color=colour, ls="--", label=res["label"] + "+EMA")
+            seed_band(ax, [[(r["epoch"], r[key]) for r in e["curve"] if r.get(key) is not None]
+                           for e in res["per_seed"].values()], colour, res["label"])
+        seed_band(axes[0], [[(r["epoch"], r["ema_test_rob_acc"]) for r in e["curve"] if r.get("ema_test_rob_acc") is not None]
+                            for e in res["per_seed"].values()], colour, res["label"] + "+EMA", ls="--")
+    band = f", mean ± std over {n} seeds" if n > 1 else ""
     for ax, title in ((axes[0], "test robust accuracy (PGD, eval attack)"),
                       (axes[1], "training robust accuracy (train subset)")):
-        for m in milestones:
-            ax.axvline(m + 0.5, color="grey", lw=0.8, ls=":")
+        mark_decays(ax, milestones)
         ax.set_xlabel("epoch")
         ax.set_ylabel("accuracy (%)")
-        ax.set_title(title)
+        ax.set_title(title + band, fontsize=9)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     save_figure(fig, out / "robust_acc_vs_epoch.png")
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for i, res in enumerate(results["methods"].values()):
-        if res["hard"]:
-            ax.plot(*zip(*[(e, 100 * v) for e, v in res["hard"]]), color=f"C{i}", marker="o", ms=3, label=res["label"])
-    for m in milestones:
-        ax.axvline(m + 0.5, color="grey", lw=0.8, ls=":")
+        seed_band(ax, [e["hard"] for e in res["per_seed"].values()], f"C{i}", res["label"])
+    mark_decays(ax, milestones)
     ax.set_xlabel("epoch")
     ax.set_ylabel("robust accuracy (%)")
-    ax.set_title(f"hardest {int(100 * results['settings']['hard_fraction'])}% training samples")
+    ax.set_title(f"hardest {int(100 * results['settings']['hard_fraction'])}% training samples{band}", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     save_figure(fig, out / "hardest_train_rob_acc.png")
 
 
 def write_tables(results: dict[str, Any], out: Path) -> None:
-    rows = table_rows(results)
+    """table.csv: one row per reported model, seed and checkpoint; results.json: everything."""
+    rows = []
+    for key, label, b, l in variants(results):
+        for seed, e in results["methods"][key]["per_seed"].items():
+            for which, stem in (("best (val)", b), ("last", l)):
+                ev = e["eval"][stem]
+                rows.append({"method": label, "seed": seed, "checkpoint": which, "epoch": ev["epoch"],
+                             "natural": ev["natural"], "pgd": ev["pgd"], "autoattack": ev["autoattack"],
+                             "sanity_flags": ";".join(ev.get("sanity_flags", []))})
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
     writer.writeheader()
@@ -461,41 +645,80 @@ def write_tables(results: dict[str, Any], out: Path) -> None:
 
 def add_arguments(parser) -> None:
     parser.add_argument("--scale", choices=list(SCALES), default="small",
-                        help="tiny: synthetic smoke test (seconds); small: Fashion-MNIST subset on a CPU (<= 1 h); "
-                             "paper: the authors' ResNet-18 recipes (GPU)")
-    parser.add_argument("--out", default=None, help="output folder (default studies/robust-overfitting-SCALE)")
+                        help="tiny: synthetic smoke test (seconds); small: Fashion-MNIST subset on a CPU (about 90 min "
+                             "per setting with 3 seeds on 2 cores); paper: the authors' ResNet-18 recipes (GPU)")
+    parser.add_argument("--setting", choices=list(SETTINGS), default="noise20",
+                        help="noise20: 500 images with 20%% label noise (default); noise40: 40%% label noise; clean: "
+                             "300 clean images, constant small lr (scales tiny and small; each its own "
+                             "REPRODUCTION.md section)")
+    parser.add_argument("--seeds", type=int, default=None, metavar="N",
+                        help="train every method with seeds 0..N-1 (the seed draws the initialization, the data "
+                             "order and the noisy labels; a method and its TE variant share it) and report mean ± "
+                             "std and paired differences; default 2 at tiny, 3 at small, 1 at paper. Seed 0 keeps "
+                             "the single-seed run names")
+    parser.add_argument("--out", default=None,
+                        help="output folder (default studies/robust-overfitting-SCALE, with -SETTING for a setting "
+                             "other than noise20)")
     parser.add_argument("--baselines", action="store_true", help="also train MART and PGD-AT+AWP")
     parser.add_argument("--methods", default=None,
                         help="comma-separated subset of pgd_at,pgd_at_te,trades,trades_te,mart,awp")
     parser.add_argument("--dataset", choices=PAPER_DATASETS, default="cifar10", help="paper scale only")
     parser.add_argument("--aa-n", type=int, default=None,
-                        help="AutoAttack on the first N test images (default: tiny 16, small 200, paper 1000; 0 skips)")
+                        help="AutoAttack on the first N test images (default: tiny 16, small 500, paper 1000; 0 skips)")
+    parser.add_argument("--aa-seeds", type=int, default=None, metavar="K",
+                        help="AutoAttack on the checkpoints of seeds 0..K-1 only (default: every seed at tiny, 1 at "
+                             "small and paper: on a CPU one AutoAttack of 500 images costs several minutes); the "
+                             "other seeds get natural and PGD accuracy")
+    parser.add_argument("--aa-version", choices=["standard", "lite"], default=None,
+                        help="AutoAttack standard (APGD-CE, APGD-T, FAB-T, Square) or lite (APGD-CE + APGD-T with "
+                             "the standard settings); default lite at small (FAB-T and Square take tens of minutes "
+                             "per checkpoint on a CPU), standard otherwise")
     parser.add_argument("--pgd-steps", type=int, default=20, help="steps of the final PGD evaluation (default 20)")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     parser.add_argument("--parallel", type=int, default=None,
                         help="runs trained at a time in worker processes, each with cores/N threads "
                              "(default: 2 at scale small, else 1)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE",
-                        help="override a value in every run (repeatable), e.g. --set data.label_noise.kind=symmetric "
-                             "--set data.label_noise.rate=0.2 (not name or method.*: use --methods)")
+                        help="override a value in every run (repeatable), e.g. --set optim.epochs=60 (not name, "
+                             "method.*, seed or data.label_noise.seed: use --methods and --seeds)")
     parser.add_argument("--reproduction", default=None,
                         help="REPRODUCTION.md to update (default: at scale small or paper, the REPRODUCTION.md "
                              "of the advmem checkout holding the current directory; tiny never by default)")
     parser.add_argument("--no-reproduction", action="store_true", help="do not update REPRODUCTION.md")
 
 
+def check_sets(sets: list[str]) -> None:
+    for o in sets:
+        key = o.split("=", 1)[0].strip()
+        if key == "name" or key.split(".")[0] == "method":
+            raise UserError("--set name / method.*: the study names its runs and sets their methods (TE's ramp is "
+                            "the scale's); use --methods to choose methods")
+        if key in SEED_KEYS:
+            raise UserError(f"--set {o}: the study seeds each run itself (seed and data.label_noise.seed follow the "
+                            "run's seed, 0..N-1); use --seeds N")
+
+
 def run(args) -> int:
     t0 = time.time()
     scale = args.scale
+    setting = getattr(args, "setting", "noise20")
     aa_n = SCALES[scale]["aa_n"] if args.aa_n is None else args.aa_n
-    if aa_n < 0 or args.pgd_steps < 1:
-        raise UserError("--aa-n must be >= 0 and --pgd-steps >= 1")
+    aa_seeds = SCALES[scale]["aa_seeds"] if getattr(args, "aa_seeds", None) is None else args.aa_seeds
+    aa_version = getattr(args, "aa_version", None) or SCALES[scale]["aa_version"]
+    if aa_n < 0 or args.pgd_steps < 1 or aa_seeds < 0:
+        raise UserError("--aa-n and --aa-seeds must be >= 0 and --pgd-steps >= 1")
     parallel = args.parallel if getattr(args, "parallel", None) is not None else (2 if scale == "small" else 1)
     if parallel < 1:
         raise UserError("--parallel must be at least 1")
     if args.dataset != "cifar10" and scale != "paper":
         raise UserError("--dataset applies to --scale paper only (small is Fashion-MNIST, tiny synthetic)")
-    specs = method_specs(scale, args.baselines or bool(args.methods), args.dataset)
+    if scale == "paper" and setting != "noise20":
+        raise UserError(f"--setting {setting} applies to scales tiny and small; the paper scale trains the paper's recipes")
+    n_seeds = SCALES[scale]["seeds"] if getattr(args, "seeds", None) is None else args.seeds
+    if n_seeds < 1:
+        raise UserError(f"--seeds {n_seeds}: must be at least 1")
+    seeds = list(range(n_seeds))
+    specs = method_specs(scale, args.baselines or bool(args.methods), args.dataset, setting)
     if args.methods:
         wanted = [m.strip() for m in args.methods.split(",") if m.strip()]
         unknown = sorted(set(wanted) - {s.key for s in specs})
@@ -504,69 +727,82 @@ def run(args) -> int:
                             f"{', '.join(s.key for s in specs)}")
         specs = [s for s in specs if s.key in wanted]
     sets = list(getattr(args, "set", []) or [])
-    if any(o.split("=", 1)[0].strip() == "name" or o.split("=", 1)[0].strip().split(".")[0] == "method"
-           for o in sets):
-        raise UserError("--set name / method.*: the study names its runs and sets their methods (TE's ramp is "
-                        "the scale's); use --methods to choose methods")
-    recipes = [(spec, build_recipe(scale, spec, args.device, sets)) for spec in specs]  # validates before writing
+    check_sets(sets)
+    recipes = [(spec, seed, build_recipe(scale, spec, args.device, sets, seed, setting))
+               for spec in specs for seed in seeds]  # validates everything before writing
+    section = SETTINGS[setting]["section"]
     repro_path, repro_why = reproduction_target(scale, explicit=args.reproduction, disabled=args.no_reproduction,
                                                 default_scales=REPRODUCTION_SCALES)
-    out = Path(args.out or f"studies/robust-overfitting-{scale}")
+    out = Path(args.out or f"studies/robust-overfitting-{scale}" + ("" if setting == "noise20" else f"-{setting}"))
     runs_dir = out / "runs"
     from advmem.engine.rundir import RunDir
 
-    for _, recipe in recipes:  # refuse foreign run directories before training or writing anything
+    for _, _, recipe in recipes:  # refuse foreign run directories before training or writing anything
         run = RunDir(runs_dir / recipe.name)
         if run.is_run() and run.load_recipe().hash() != recipe.hash():
             raise UserError(f"{run.path} holds a run with other settings; delete it or pass another --out")
     runs_dir.mkdir(parents=True, exist_ok=True)
 
-    from advmem.data import build_data
     from advmem.device import resolve_device
 
-    first = recipes[0][1]
+    first = recipes[0][2]
     device = resolve_device(first.device)
-    results: dict[str, Any] = {"methods": {}}
-    todo = [r for _, r in recipes if not is_complete(RunDir(runs_dir / r.name), r)]
+    hard_fraction = SCALES[scale]["hard_fraction"]
+    todo = [r for _, _, r in recipes if not is_complete(RunDir(runs_dir / r.name), r)]
     if parallel > 1 and len(todo) > 1:
         log(f"training {len(todo)} runs, {parallel} at a time")
-        train_parallel(todo, runs_dir, hard_fraction=SCALES[scale]["hard_fraction"], parallel=parallel)
-    for spec, recipe in recipes:
-        r = ensure_trained(recipe, runs_dir, hard_fraction=SCALES[scale]["hard_fraction"], quiet=args.quiet)
-        results["methods"][spec.key] = {"label": spec.label, "run": str(r.path), "method": recipe.method.model_dump(mode="json")}
-    test_set = build_data(first.data, device).test
-    for spec, recipe in recipes:
-        from advmem.engine.rundir import RunDir
-
+        train_parallel(todo, runs_dir, hard_fraction=hard_fraction, parallel=parallel)
+    results: dict[str, Any] = {"methods": {}}
+    for spec, seed, recipe in recipes:
+        r = ensure_trained(recipe, runs_dir, hard_fraction=hard_fraction, quiet=args.quiet)
+        entry = results["methods"].setdefault(spec.key, {"label": spec.label, "ema": recipe.optim.ema is not None,
+                                                         "method": recipe.method.model_dump(mode="json"),
+                                                         "seeds": [], "runs": [], "per_seed": {}})
+        entry["seeds"].append(seed)
+        entry["runs"].append(str(r.path))
+    n_test = first.data.test_size
+    keep = ("epoch", "test_rob_acc", "test_nat_acc", "train_rob_acc", "val_rob_acc", "ema_test_rob_acc",
+            "hard_train_rob_acc", "lr")
+    log(f"evaluating best/last of {len(recipes)} runs (PGD-{args.pgd_steps} on {n_test or 'all'} test images, "
+        f"AutoAttack on {aa_n} for seeds < {aa_seeds}), {parallel} at a time")
+    evals = evaluate_all([(runs_dir / r.name, r, aa_n if seed < aa_seeds else 0) for _, seed, r in recipes],
+                         parallel=parallel, n_test=n_test, pgd_steps=args.pgd_steps, device=device,
+                         aa_version=aa_version)
+    for (spec, seed, recipe), ev in zip(recipes, evals):
         run_dir = RunDir(runs_dir / recipe.name)
-        log(f"{recipe.name}: evaluating best/last (PGD-{args.pgd_steps}, AutoAttack on {aa_n})")
-        entry = results["methods"][spec.key]
-        entry["eval"] = evaluate_run(run_dir, recipe, test_set, aa_n=aa_n, pgd_steps=args.pgd_steps, device=device)
-        keep = ("epoch", "test_rob_acc", "test_nat_acc", "train_rob_acc", "val_rob_acc", "ema_test_rob_acc",
-                "hard_train_rob_acc", "lr")
-        entry["curve"] = [{k: row[k] for k in keep if k in row} for row in run_dir.read_metrics()]
-        entry["hard"] = [(row["epoch"], row["hard_train_rob_acc"]) for row in run_dir.read_metrics()
-                         if "hard_train_rob_acc" in row]
-    milestones = first.optim.schedule.milestones
+        rows = run_dir.read_metrics()
+        results["methods"][spec.key]["per_seed"][str(seed)] = {
+            "run": str(run_dir.path), "eval": ev,
+            "curve": [{k: row[k] for k in keep if k in row} for row in rows],
+            "hard": [(row["epoch"], row["hard_train_rob_acc"]) for row in rows if "hard_train_rob_acc" in row]}
+    milestones = first.optim.schedule.milestones if first.optim.schedule.name == "multistep" else []
     results["settings"] = {
-        "scale": scale, "aa_n": aa_n, "pgd_steps": args.pgd_steps, "n_test": len(test_set),
+        "scale": scale, "setting": setting, "setting_about": SETTINGS[setting]["about"], "section": section,
+        "seeds": seeds, "aa_n": aa_n, "aa_seeds": [x for x in seeds if x < aa_seeds], "aa_version": aa_version,
+        "pgd_steps": args.pgd_steps, "n_test": n_test or "all",
         "milestones": milestones, "select_epoch": milestones[0] if milestones else first.optim.epochs // 2,
-        "hard_fraction": SCALES[scale]["hard_fraction"], "date": time.strftime("%Y-%m-%d"),
-        "wall_s": time.time() - t0, "summary": settings_summary(first, SCALES[scale]),
+        "hard_fraction": hard_fraction, "date": time.strftime("%Y-%m-%d"),
+        "wall_s": time.time() - t0, "summary": settings_summary(first, SCALES[scale], te_ramp(scale, setting)
+                                                               if scale != "paper" else SCALES[scale]["te"]),
         "command": f"advmem study robust-overfitting --scale {scale}"
+                   + (f" --setting {setting}" if setting != "noise20" else "")
+                   + f" --seeds {n_seeds}"
                    + (f" --dataset {args.dataset}" if scale == "paper" else "")
                    + (f" --methods {args.methods}" if args.methods else " --baselines" if args.baselines else "")
                    + "".join(f" --set {o}" for o in sets)
                    + (f" --aa-n {args.aa_n}" if args.aa_n is not None else "")
+                   + (f" --aa-seeds {args.aa_seeds}" if getattr(args, "aa_seeds", None) is not None else "")
+                   + (f" --aa-version {args.aa_version}" if getattr(args, "aa_version", None) else "")
                    + (f" --pgd-steps {args.pgd_steps}" if args.pgd_steps != 20 else ""),
     }
+    results["summary"] = {"methods": summarize_methods(results), "paired": paired_rows(results)}
     write_tables(results, out)
     plot(results, out)
     text = markdown(results)
     atomic_write_text(out / "table.md", text)
     atomic_write_text(out / "README.md", text)
     if repro_path is not None:
-        log(f"updated {update_reproduction(SECTION, text, repro_path)}")
+        log(f"updated {update_reproduction(section, text, repro_path)}")
     else:
         log(repro_why)
     print(text)
@@ -574,15 +810,18 @@ def run(args) -> int:
     return 0
 
 
-def settings_summary(recipe, scale_cfg: dict[str, Any]) -> str:
+def settings_summary(recipe, scale_cfg: dict[str, Any], te: dict[str, int]) -> str:
     d, o, a = recipe.data, recipe.optim, recipe.attack
-    te = scale_cfg["te"]
     size = f"{d.train_size} training images" if d.train_size else "all training images"
     if d.label_noise.kind != "none" and d.label_noise.rate > 0:
-        size += f" with {d.label_noise.kind} label noise at rate {d.label_noise.rate} (seed {d.label_noise.seed})"
+        size += f" with {d.label_noise.kind} label noise at rate {d.label_noise.rate} (drawn per seed)"
+    else:
+        size += " with clean labels"
+    sched = (f"lr {o.lr} x{o.schedule.gamma} after epochs {o.schedule.milestones}" if o.schedule.name == "multistep"
+             else f"lr {o.lr} ({o.schedule.name})")
     return (f"{d.dataset}, {size} ({d.val_size} held out for validation), {recipe.model.name} "
             f"{recipe.model.kwargs or ''}, {a.norm} eps {a.eps} ({a.steps} steps of {a.step_size}), "
-            f"{o.epochs} epochs, lr {o.lr} x{o.schedule.gamma} after epochs {o.schedule.milestones}, "
-            f"batch {o.batch_size}, weight decay {o.weight_decay}, augment {d.augment}; TE momentum 0.9, "
-            f"ramp epochs {te['start_epoch']}-{te['end_epoch']}, weight 300 (code units); "
+            f"{o.epochs} epochs, {sched}, batch {o.batch_size}, weight decay {o.weight_decay}, augment {d.augment}, "
+            f"evaluated every {recipe.eval.every} epoch(s); TE momentum 0.9, ramp epochs "
+            f"{te['start_epoch']}-{te['end_epoch']}, weight 300 (code units); "
             f"EMA decay {scale_cfg['ema']['decay']} on the PGD-AT run")
