@@ -107,15 +107,18 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def print_summary(path: Path, summary: dict[str, Any]) -> None:
     print(f"\nrun: {path}   (best selected on {summary.get('best_selected_on')})")
-    header = f"{'checkpoint':<12}{'epoch':>6}" + "".join(f"{s + ' nat':>11}{s + ' rob':>11}" for s in ("train", "val", "test"))
+    full = any("test_full_nat_acc" in (summary.get(label) or {}) for label in ("best", "last"))
+    splits = ("train", "val", "test") + (("test_full",) if full else ())  # test_full: the last epoch, whole test set
+    header = f"{'checkpoint':<12}{'epoch':>6}" + "".join(f"{s + ' nat':>{len(s) + 6}}{s + ' rob':>{len(s) + 6}}"
+                                                         for s in splits)
     print(header)
     for label in ("best", "last"):
         row = summary.get(label) or {}
         cells = [f"{label:<12}{row.get('epoch', '-'):>6}"]
-        for s in ("train", "val", "test"):
+        for s in splits:
             for k in ("nat_acc", "rob_acc"):
                 v = row.get(f"{s}_{k}")
-                cells.append(f"{100 * v:>10.1f}%" if v is not None else f"{'-':>11}")
+                cells.append(f"{100 * v:>{len(s) + 5}.1f}%" if v is not None else f"{'-':>{len(s) + 6}}")
         print("".join(cells))
     print(f"curves: {path / 'curves.png'}   metrics: {path / 'metrics.csv'}")
 

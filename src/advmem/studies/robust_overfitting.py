@@ -423,7 +423,7 @@ def plot(results: dict[str, Any], out: Path) -> None:
     for ax, title in ((axes[0], "test robust accuracy (PGD, eval attack)"),
                       (axes[1], "training robust accuracy (train subset)")):
         for m in milestones:
-            ax.axvline(m + 0.5, color="grey", lw=0.8, ls=":")
+            ax.axvline(m + 0.5, color="grey", lw=0.8, ls=":", label="lr decay" if m == milestones[0] else None)
         ax.set_xlabel("epoch")
         ax.set_ylabel("accuracy (%)")
         ax.set_title(title)
@@ -436,7 +436,8 @@ def plot(results: dict[str, Any], out: Path) -> None:
         if res["hard"]:
             ax.plot(*zip(*[(e, 100 * v) for e, v in res["hard"]]), color=f"C{i}", marker="o", ms=3, label=res["label"])
     for m in milestones:
-        ax.axvline(m + 0.5, color="grey", lw=0.8, ls=":")
+        ax.axvline(m + 0.5, color="grey", lw=0.8, ls=":", label="lr decay" if m == milestones[0] else None)
+    ax.set_ylim(bottom=0)  # an accuracy: a 0% curve must not sit in the middle of the plot
     ax.set_xlabel("epoch")
     ax.set_ylabel("robust accuracy (%)")
     ax.set_title(f"hardest {int(100 * results['settings']['hard_fraction'])}% training samples")
