@@ -80,6 +80,10 @@ def cmd_train(args: argparse.Namespace) -> int:
                                 "or leave --name out to use the recipe's")
             overrides.append(f"name={args.name}")
         recipe = load_recipe(args.recipe, overrides)
+        from advmem.recipe import recipe_warnings
+
+        for warning in recipe_warnings(recipe):
+            print(f"advmem train: warning: {warning}", file=sys.stderr)
         run_dir, summary = train(recipe, overwrite=args.overwrite, quiet=args.quiet)
     if summary:  # empty on DDP ranks other than 0
         print_summary(run_dir.path, summary)
@@ -140,23 +144,29 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 @command("recipes")
 def cmd_recipes(args: argparse.Namespace) -> int:
+    """Each shipped recipe's name and path, then its whole description wrapped to the terminal."""
+    import shutil
+    import textwrap
+
     import yaml
 
     from advmem.recipe import shipped_recipes
 
+    width = max(60, min(shutil.get_terminal_size((100, 24)).columns, 120))
     for name, path in shipped_recipes().items():
         try:
             desc = (yaml.safe_load(path.read_text()) or {}).get("description", "")
         except yaml.YAMLError:
             desc = "(unreadable)"
-        print(f"{name:<40} {short_description(desc)}")
+        try:
+            shown = path.relative_to(Path.cwd())
+        except ValueError:
+            shown = path
+        print(f"{name}  ({shown})")
+        for line in textwrap.wrap(" ".join(str(desc or "(no description)").split()), width=width - 4,
+                                  break_on_hyphens=False, break_long_words=False):
+            print(f"    {line}")
     return 0
-
-
-def short_description(text: str, width: int = 90) -> str:
-    """A recipe's description cut to one terminal line at a word boundary."""
-    text = " ".join((text or "").split())
-    return text if len(text) <= width else text[: width - 1].rsplit(" ", 1)[0] + " …"
 
 
 @command("info")
@@ -217,7 +227,8 @@ def build_parser() -> Parser:
     p.add_argument("--set", action="append", metavar="KEY.PATH=VALUE", help="override a recipe value")
     common(p)
 
-    p = sub.add_parser("recipes", help="list shipped recipes", description="List shipped recipes.")
+    p = sub.add_parser("recipes", help="list shipped recipes",
+                       description="List shipped recipes: name, path and the whole description.")
     common(p)
     p = sub.add_parser("info", help="versions, device, datasets found", description="Versions, device and datasets found.")
     p.add_argument("--data-root", default=None, help="also search this directory for datasets")
