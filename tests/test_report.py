@@ -124,13 +124,15 @@ def test_recipe_differences_show_a_missing_key_as_a_dash_not_an_escape(runs):
     from advmem.report.tables import MISSING, load_run, recipe_differences
 
     std, trades = load_run(runs[0]), load_run(runs[1])
-    trades.name, trades.recipe = "trades-q", {**trades.recipe, "method": {"name": "trades", "beta": 6.0}}
+    trades.name, trades.recipe = "trades-q", {**trades.recipe, "method": {"name": "trades", "beta": 6.0},
+                                              "description": "TRADES's beta \N{EM DASH} 6, as in the paper"}
     header, rows = recipe_differences([std, trades])
     assert header == ["key", "std", "trades-q"]
     assert ["method.beta", MISSING, "6.0"] in rows and MISSING == "\N{EM DASH}"
     page = build_report([std, trades])
     assert not ESCAPED.search(page), ESCAPED.search(page)
-    assert "\N{EM DASH}" in page and "\N{EM DASH} = the key is not in that run's recipe" in page
+    assert "\N{EM DASH} = the key is not in that run's recipe" in page
+    assert "TRADES's beta \N{EM DASH} 6, as in the paper" in page  # as written, not as &#x27; or \u2014
 
 
 def test_every_robust_number_names_its_protocol_and_mixed_protocols_are_said_to_be(runs, tmp_path, capsys):

@@ -31,16 +31,22 @@ img{max-width:100%;border:1px solid #ddd;margin:.5em 0}
 """
 
 
+def _text(value: Any) -> str:
+    """Text of an element, escaped only where HTML needs it (&, <, >): quotes and non-ASCII characters
+    stay as written, so the page's source reads like the page."""
+    return html.escape(str(value), quote=False)
+
+
 def _img(png: bytes, alt: str) -> str:
     return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
 
 
 def _table(header: list[str], rows: list[list[Any]], flag_col: int | None = None) -> str:
-    out = ['<div class="wide"><table><tr>' + "".join(f"<th>{html.escape(str(h))}</th>" for h in header) + "</tr>"]
+    out = ['<div class="wide"><table><tr>' + "".join(f"<th>{_text(str(h))}</th>" for h in header) + "</tr>"]
     for row in rows:
         cells = []
         for i, v in enumerate(row):
-            text = html.escape(str(v))
+            text = _text(str(v))
             cls = ""
             if i == flag_col:
                 cls = ' class="flagged"' if str(v).startswith("FLAGGED") else (' class="ok"' if v == "ok" else "")
@@ -50,7 +56,7 @@ def _table(header: list[str], rows: list[list[Any]], flag_col: int | None = None
 
 
 def _notes(lines: list[str]) -> str:
-    return "".join(f'<p class="note">{html.escape(line)}</p>' for line in lines)
+    return "".join(f'<p class="note">{_text(line)}</p>' for line in lines)
 
 
 def _eval_section(runs: list[RunInfo], colour_of: dict[int, str]) -> str:
@@ -92,7 +98,7 @@ def _eval_section(runs: list[RunInfo], colour_of: dict[int, str]) -> str:
 def _artifact_html(path: Path, root: Path) -> str:
     from advmem.report.plots import line_plot
 
-    rel = html.escape(str(path.relative_to(root)))
+    rel = _text(str(path.relative_to(root)))
     out = [f"<h4>{rel}</h4>"]
     try:
         if path.suffix == ".csv":
@@ -117,7 +123,7 @@ def _artifact_html(path: Path, root: Path) -> str:
             import pyarrow.parquet as pq
 
             table = pq.read_table(path)
-            out.append(f'<p class="note">{table.num_rows} rows; columns: {html.escape(", ".join(table.column_names))}</p>')
+            out.append(f'<p class="note">{table.num_rows} rows; columns: {_text(", ".join(table.column_names))}</p>')
             cols = table.column_names
             if "epoch" in cols:
                 import numpy as np
@@ -130,7 +136,7 @@ def _artifact_html(path: Path, root: Path) -> str:
                     ys = {c: [float(np.mean(df[c][df["epoch"] == e])) for e in epochs] for c in numeric}
                     out.append(_img(line_plot(epochs, ys, "epoch", "mean over samples", path.stem), path.stem))
     except Exception as err:  # a report renders what it can; say what it could not
-        out.append(f'<p class="note">could not render: {html.escape(type(err).__name__)}: {html.escape(str(err)[:200])}</p>')
+        out.append(f'<p class="note">could not render: {_text(type(err).__name__)}: {_text(str(err)[:200])}</p>')
     return "".join(out)
 
 
@@ -149,8 +155,8 @@ def build_report(runs: list[RunInfo], title: str = "advmem report") -> str:
 
     trained = [r for r in runs if r.is_run]
     colour_of = {id(r): run_colour(i) for i, r in enumerate(trained)}  # the same colour in every figure
-    body = [f"<h1>{html.escape(title)}</h1>",
-            f'<p class="note">Runs: {html.escape(", ".join(str(r.path) for r in runs))}. advmem {__version__}.</p>']
+    body = [f"<h1>{_text(title)}</h1>",
+            f'<p class="note">Runs: {_text(", ".join(str(r.path) for r in runs))}. advmem {__version__}.</p>']
     settings = shared_settings(runs)
     body.append('<section id="settings"><h2>Settings</h2>')
     body.append(_table(["setting", "value"], [list(kv) for kv in settings]) if settings
@@ -198,11 +204,11 @@ def build_report(runs: list[RunInfo], title: str = "advmem report") -> str:
             body.append(_artifact_html(f, r.path.parent))
             found = True
         for f in r.figures:
-            body.append(f"<h4>{html.escape(str(f.relative_to(r.path.parent)))}</h4>" + _img(f.read_bytes(), f.name))
+            body.append(f"<h4>{_text(str(f.relative_to(r.path.parent)))}</h4>" + _img(f.read_bytes(), f.name))
             found = True
     if not found:
         body.append('<p class="note">None found (measures.csv, grad_stability.json, per_sample.parquet or figures '
                     'from <code>advmem study</code> / <code>advmem analyze</code>).</p>')
     body.append("</section>")
-    return (f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
+    return (f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{_text(title)}</title>"
             f"<style>{STYLE}</style></head><body>{''.join(body)}</body></html>\n")

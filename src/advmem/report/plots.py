@@ -109,7 +109,7 @@ def compare_learning_curves(runs: list[tuple[str, str, list[dict[str, Any]]]],
                             best: list[int | None] | None = None, colours: list[str] | None = None) -> bytes:
     """Natural and robust accuracy (%) per epoch for several runs: colour = run (`colours`, else
     `run_colour` of its position), line style = split; a star on each run's robust curve at its best epoch (`best`, one per
-    run, e.g. from summary.json; None: derived from the rows) and the lr decays the runs share as dotted lines."""
+    run, e.g. from summary.json; None: derived from the rows) and the runs' lr decays as dotted lines."""
     from matplotlib.lines import Line2D
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
@@ -128,8 +128,7 @@ def compare_learning_curves(runs: list[tuple[str, str, list[dict[str, Any]]]],
         if at:
             axes[1].plot([epoch], at[:1], marker="*", ms=11, color=colour, markeredgecolor="black", ls="none")
         handles.append(Line2D([], [], color=colour, lw=2, label=f"{name} ({method})"))
-    decay_sets = [lr_decays(rows) for _, _, rows in runs]
-    shared = [m for m in decay_sets[0] if all(m in d for d in decay_sets)] if decay_sets else []
+    shared = sorted({m for _, _, rows in runs for m in lr_decays(rows)})  # any run's (an unfinished one lacks its late ones)
     for ax, title in ((axes[0], "natural accuracy"), (axes[1], "robust accuracy (PGD, training eval)")):
         _mark_schedule(ax, shared, None, legend=False)
         ax.set_title(title)
