@@ -22,7 +22,7 @@ from advmem.report.tables import (COLUMNS, MISSING, RunInfo, comparison_rows, ev
 STYLE = """
 body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#111}
 table{border-collapse:collapse;margin:.5em 0 1.5em;font-size:13px}
-th,td{border:1px solid #bbb;padding:3px 7px;text-align:right}th{background:#eee}
+th,td{border:1px solid #bbb;padding:3px 7px;text-align:right}th{background:#eee;white-space:nowrap}
 td:first-child,th:first-child{text-align:left;white-space:nowrap}
 .wide{overflow-x:auto}
 .flagged{background:#ffe1e1;font-weight:bold}.ok{color:#146c2e}
