@@ -158,3 +158,37 @@ def test_export_robustbench_loads_in_fresh_interpreter(run, model, tmp_path):
     assert torch.equal(y["a"], expected) and torch.equal(y["b"], expected)
     info = json.loads(py.with_suffix(".json").read_text())
     assert info["format"] == "robustbench" and info["eps"] == "0.1"
+
+
+def test_external_checkpoint_takes_its_threat_model_from_the_json_sidecar(model, tmp_path):
+    path = tmp_path / "ext.pt"
+    torch.save(model.state_dict(), path)
+    opts = {**EXTERNAL, "norm": None, "mean": None, "std": None, "no_normalize": False}
+    assert build_external(path, **opts)[1]["eps"] == "8/255"  # no sidecar: the default
+    side = path.with_suffix(".json")
+    side.write_text(json.dumps({"format": "robustbench", "threat_model": "L2", "eps": 0.1}))
+    meta = build_external(path, **opts)[1]
+    assert (meta["threat_model"], meta["eps"], meta["threat_model_from"]) == ("L2", "0.1", str(side))
+    meta = build_external(path, **{**opts, "eps": "0.3"})[1]  # --eps wins over the sidecar
+    assert (meta["threat_model"], meta["eps"]) == ("L2", "0.3")
+    meta = build_external(path, **{**opts, "norm": "Linf"})[1]  # another norm: the sidecar's eps is not its budget
+    assert (meta["threat_model"], meta["eps"]) == ("Linf", "8/255")
+    side.write_text(json.dumps({"epochs": 3}))  # a JSON file that says nothing of the threat model
+    assert build_external(path, **opts)[1]["eps"] == "8/255"
+    side.write_text(json.dumps({"threat_model": "Linfinity", "eps": "8/255"}))
+    with pytest.raises(UserError, match="not a threat model advmem knows.*pass --norm and --eps"):
+        build_external(path, **opts)
+
+
+def test_eval_of_an_exported_checkpoint_uses_the_exported_eps(run, tmp_path, capsys):
+    from advmem.cli import main
+
+    assert main(["export", str(run), "--checkpoint", "last", "--out", str(tmp_path), "--name", "m"]) == 0
+    assert json.loads((tmp_path / "m.json").read_text())["eps"] == "0.1"  # the run's attack.eps
+    capsys.readouterr()
+    assert main(["eval", str(tmp_path / "m.pt"), "--arch", "mlp", "--model-kwargs", '{"hidden": [32]}', "--dataset",
+                 "synthetic", "--no-normalize", "--n-examples", "16", "--steps", "2", "--no-checks",
+                 "--device", "cpu"]) == 0
+    result = json.loads((tmp_path / "m.eval.json").read_text())
+    assert (result["threat_model"], result["eps"]) == ("Linf", "0.1")
+    assert f"threat model from {tmp_path / 'm.json'}" in capsys.readouterr().err

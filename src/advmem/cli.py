@@ -80,6 +80,10 @@ def cmd_train(args: argparse.Namespace) -> int:
                                 "or leave --name out to use the recipe's")
             overrides.append(f"name={args.name}")
         recipe = load_recipe(args.recipe, overrides)
+        from advmem.recipe import recipe_warnings
+
+        for warning in recipe_warnings(recipe):
+            print(f"advmem train: warning: {warning}", file=sys.stderr)
         run_dir, summary = train(recipe, overwrite=args.overwrite, quiet=args.quiet)
     if summary:  # empty on DDP ranks other than 0
         print_summary(run_dir.path, summary)
@@ -107,15 +111,18 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def print_summary(path: Path, summary: dict[str, Any]) -> None:
     print(f"\nrun: {path}   (best selected on {summary.get('best_selected_on')})")
-    header = f"{'checkpoint':<12}{'epoch':>6}" + "".join(f"{s + ' nat':>11}{s + ' rob':>11}" for s in ("train", "val", "test"))
+    full = any("test_full_nat_acc" in (summary.get(label) or {}) for label in ("best", "last"))
+    splits = ("train", "val", "test") + (("test_full",) if full else ())  # test_full: the last epoch, whole test set
+    header = f"{'checkpoint':<12}{'epoch':>6}" + "".join(f"{s + ' nat':>{len(s) + 6}}{s + ' rob':>{len(s) + 6}}"
+                                                         for s in splits)
     print(header)
     for label in ("best", "last"):
         row = summary.get(label) or {}
         cells = [f"{label:<12}{row.get('epoch', '-'):>6}"]
-        for s in ("train", "val", "test"):
+        for s in splits:
             for k in ("nat_acc", "rob_acc"):
                 v = row.get(f"{s}_{k}")
-                cells.append(f"{100 * v:>10.1f}%" if v is not None else f"{'-':>11}")
+                cells.append(f"{100 * v:>{len(s) + 5}.1f}%" if v is not None else f"{'-':>{len(s) + 6}}")
         print("".join(cells))
     print(f"curves: {path / 'curves.png'}   metrics: {path / 'metrics.csv'}")
 
@@ -137,23 +144,29 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 @command("recipes")
 def cmd_recipes(args: argparse.Namespace) -> int:
+    """Each shipped recipe's name and path, then its whole description wrapped to the terminal."""
+    import shutil
+    import textwrap
+
     import yaml
 
     from advmem.recipe import shipped_recipes
 
+    width = max(60, min(shutil.get_terminal_size((100, 24)).columns, 120))
     for name, path in shipped_recipes().items():
         try:
             desc = (yaml.safe_load(path.read_text()) or {}).get("description", "")
         except yaml.YAMLError:
             desc = "(unreadable)"
-        print(f"{name:<40} {short_description(desc)}")
+        try:
+            shown = path.relative_to(Path.cwd())
+        except ValueError:
+            shown = path
+        print(f"{name}  ({shown})")
+        for line in textwrap.wrap(" ".join(str(desc or "(no description)").split()), width=width - 4,
+                                  break_on_hyphens=False, break_long_words=False):
+            print(f"    {line}")
     return 0
-
-
-def short_description(text: str, width: int = 90) -> str:
-    """A recipe's description cut to one terminal line at a word boundary."""
-    text = " ".join((text or "").split())
-    return text if len(text) <= width else text[: width - 1].rsplit(" ", 1)[0] + " …"
 
 
 @command("info")
@@ -214,7 +227,8 @@ def build_parser() -> Parser:
     p.add_argument("--set", action="append", metavar="KEY.PATH=VALUE", help="override a recipe value")
     common(p)
 
-    p = sub.add_parser("recipes", help="list shipped recipes", description="List shipped recipes.")
+    p = sub.add_parser("recipes", help="list shipped recipes",
+                       description="List shipped recipes: name, path and the whole description.")
     common(p)
     p = sub.add_parser("info", help="versions, device, datasets found", description="Versions, device and datasets found.")
     p.add_argument("--data-root", default=None, help="also search this directory for datasets")

@@ -1,6 +1,6 @@
 """`advmem export RUN --format robustbench`: weights and a model file any RobustBench-style loader takes.
 
-Writes, into `-o DIR` (default `RUN/export/`):
+Writes, into `--out DIR` (default `RUN/export/`):
 
     <name>.pt     a plain state dict (tensors only, `torch.save`), loadable with weights_only=True
     <name>.py     a self-contained model definition (only torch imported): class `Model` with the
@@ -186,7 +186,8 @@ def add_parser(subparsers, common) -> None:
     p.add_argument("run", help="run directory (or a .safetensors checkpoint)")
     p.add_argument("--format", default="robustbench", help="export format (robustbench)")
     p.add_argument("--checkpoint", choices=["best", "last"], default="best")
-    p.add_argument("-o", "--output", default=None, help="output directory (default RUN/export)")
+    p.add_argument("--out", "-o", "--output", dest="output", default=None, metavar="DIR",
+                   help="output directory (default RUN/export; -o and --output are aliases)")
     p.add_argument("--name", default=None, help="model name (default <run>_<checkpoint>_<arch>)")
     common(p)
     p.set_defaults(func=cmd_export)

@@ -599,3 +599,20 @@ def load_recipe(spec: str | Path, overrides: list[str] | None = None) -> Recipe:
     data = read_recipe_file(path)
     data = apply_overrides(data, overrides or [])
     return recipe_from_dict(data, source=str(path), overrides=overrides)
+
+
+def recipe_warnings(recipe: Recipe) -> list[str]:
+    """Settings that are valid but probably not meant, one line each (`advmem train` prints them).
+
+    A multi-step attack whose step size exceeds eps projects every step back to the ball's
+    boundary, so its steps do not search inside it (a typo such as 8/255 for 2/255). One step
+    larger than eps after a random start is left alone: that is FGSM-RS (step 1.25 eps)."""
+    out = []
+    a, ev = recipe.attack, recipe.eval.attack
+    attacks = [("attack", a.step_size, a.eps, a.steps),
+               ("eval.attack", ev.step_size or a.step_size, ev.eps or a.eps, ev.steps)]
+    for section, step, eps, steps in attacks:
+        if steps > 1 and 0 < budget_value(eps) < budget_value(step):
+            out.append(f"{section}: step size {step} exceeds eps {eps}, so each of its {steps} steps lands on the "
+                       f"boundary of the eps ball; the usual step is eps/4 (e.g. step_size: 2/255 for eps 8/255)")
+    return out

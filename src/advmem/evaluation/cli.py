@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 from typing import Any
 
 from advmem.errors import UserError
@@ -29,7 +30,8 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-checks", dest="checks", action="store_false",
                    help="skip the sanity checks (gradient masking flags)")
     p.add_argument("--n-check", type=int, default=64, help="points used by the sanity checks (default 64)")
-    p.add_argument("--out-dir", default=None, help="write results here instead of next to the checkpoint")
+    p.add_argument("--out", "--out-dir", "-o", dest="out_dir", default=None, metavar="DIR",
+                   help="write results here instead of next to the checkpoint (--out-dir and -o are aliases)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace the earlier results of a checkpoint instead of adding to them (by default a new "
                         "evaluation of the same points adds its attacks and the worst case covers all of them)")
@@ -39,7 +41,9 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--dataset", default=None, help="dataset, e.g. cifar10")
     g.add_argument("--num-classes", type=int, default=None, help="default: the dataset's")
     g.add_argument("--model-kwargs", default=None, help="architecture kwargs as JSON, e.g. '{\"width\": 4}'")
-    g.add_argument("--norm", choices=["Linf", "L2"], default=None, help="threat model (default Linf)")
+    g.add_argument("--norm", choices=["Linf", "L2"], default=None,
+                   help="threat model (default: the threat_model of the JSON sidecar next to the file, as advmem "
+                        "export writes, else Linf; the sidecar's eps likewise replaces the 8/255 default)")
     g.add_argument("--no-normalize", action="store_true",
                    help="the model takes [0,1] inputs as they are (normalization inside, RobustBench style)")
     g.add_argument("--mean", default=None, help="per-channel mean the model expects, comma-separated")
@@ -75,17 +79,25 @@ def run_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def checkpoint_name(path: str) -> str:
+    """A run's checkpoint by its name (best, last, epoch-5); any other file by its file name."""
+    p = Path(path)
+    return p.stem if p.parent.name == "checkpoints" and p.suffix == ".safetensors" else p.name
+
+
 def format_table(results: list[dict[str, Any]]) -> str:
     """One row per checkpoint; a flagged row says FLAGGED and the flags are listed under it."""
     attacks: list[str] = []
     for r in results:
         attacks += [a for a in r["attacks"] if a not in attacks]
-    head = f"{'checkpoint':<28}{'epoch':>6}{'clean':>9}" + "".join(f"{a:>17}" for a in attacks) + f"{'worst-case':>12}  sanity"
+    names = [checkpoint_name(r["checkpoint"]) for r in results]
+    width = max([len("checkpoint")] + [len(n) for n in names]) + 2
+    head = f"{'checkpoint':<{width}}{'epoch':>6}{'clean':>9}" + "".join(f"{a:>17}" for a in attacks) + \
+        f"{'worst-case':>12}  sanity"
     lines = [head]
     notes = []
-    for r in results:
-        name = r["checkpoint"] if len(r["checkpoint"]) <= 27 else "..." + r["checkpoint"][-24:]
-        cells = [f"{name:<28}{str(r.get('epoch') if r.get('epoch') is not None else '-'):>6}{100 * r['clean_acc']:>8.2f}%"]
+    for name, r in zip(names, results):
+        cells = [f"{name:<{width}}{str(r.get('epoch') if r.get('epoch') is not None else '-'):>6}{100 * r['clean_acc']:>8.2f}%"]
         cells += [f"{100 * r['attacks'][a]:>16.2f}%" if a in r["attacks"] else f"{'-':>17}" for a in attacks]
         cells.append(f"{100 * r['robust_acc']:>11.2f}%")
         if not r["sanity"].get("enabled"):
@@ -98,6 +110,10 @@ def format_table(results: list[dict[str, Any]]) -> str:
         else:
             cells.append("  ok")
         lines.append("".join(cells))
+    for name, r in zip(names, results):
+        if r.get("same_weights_as"):
+            lines.append(f"{name} is the same weights as {checkpoint_name(r['same_weights_as'])} (epoch "
+                         f"{r.get('epoch')}): evaluated once, reported for both")
     eps = {(r["threat_model"], r["eps"], r["n_examples"]) for r in results}
     lines.append("threat model: " + "; ".join(f"{t} eps={e}, {n} points" for t, e, n in sorted(eps))
                  + "   results: " + ", ".join(r["eval_json"] for r in results if "eval_json" in r))

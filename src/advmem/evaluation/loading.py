@@ -10,11 +10,14 @@ Layouts accepted: a plain state dict, `{'state_dict': ...}`, `{'model_state_dict
 `{'model': ...}`, `{'net': ...}`, with DataParallel/DDP `module.` prefixes stripped. An
 external file says nothing about its architecture, so the caller names it (`--arch`,
 `--dataset`, normalization). Keys map onto advmem's `Classifier(normalize, net)`: a state
-dict without `net.`/`normalize.` keys is taken to be the bare network.
+dict without `net.`/`normalize.` keys is taken to be the bare network. The threat model is the
+one thing a sidecar `<stem>.json` next to `<stem>.pt` (as `advmem export` writes) may say:
+its `threat_model` and `eps` are used unless --norm/--eps are given.
 """
 
 from __future__ import annotations
 
+import json
 import pickle
 import zipfile
 from pathlib import Path
@@ -117,13 +120,48 @@ def _close(a: list[float], b: list[float]) -> bool:
     return len(a) == len(b) and all(abs(u - v) <= 1e-6 * max(1.0, abs(v)) for u, v in zip(a, b))
 
 
+def sidecar_threat_model(path: Path) -> tuple[str | None, str | None]:
+    """(threat_model, eps as written) from the JSON file next to an external checkpoint, when it has
+    them (`advmem export` writes one); (None, None) when there is no such file or it says nothing of
+    the threat model. A sidecar that names an invalid threat model is refused, not guessed around."""
+    from advmem.engine.io import read_input_text
+    from advmem.recipe import budget_value
+
+    side = path.with_suffix(".json")
+    if path.suffix == ".json" or not side.is_file():
+        return None, None
+    try:
+        data = json.loads(read_input_text(side, "checkpoint sidecar"))
+    except (ValueError, RecursionError):
+        return None, None  # not JSON: some other file that happens to share the name
+    if not isinstance(data, dict) or ("threat_model" not in data and "eps" not in data):
+        return None, None
+    norm, eps = data.get("threat_model"), data.get("eps")
+    try:
+        if norm not in (None, "Linf", "L2") or (eps is not None and budget_value(eps) < 0):
+            raise ValueError
+    except ValueError:
+        raise UserError(f"{side}: threat_model {norm!r} / eps {eps!r} is not a threat model advmem knows (Linf or "
+                        "L2, eps a number or a fraction like 8/255); fix the file, or pass --norm and --eps") from None
+    return norm, (str(eps) if eps is not None else None)
+
+
 def build_external(path: Path, *, arch: str | None, dataset: str | None, num_classes: int | None,
                    model_kwargs: dict[str, Any], mean: list[float] | None, std: list[float] | None,
-                   no_normalize: bool, norm: str, eps: str | None, device: torch.device):
-    """Model and sidecar-like metadata for an external checkpoint (validated before loading)."""
+                   no_normalize: bool, norm: str | None, eps: str | None, device: torch.device):
+    """Model and sidecar-like metadata for an external checkpoint (validated before loading). The
+    threat model: --norm/--eps, else the JSON sidecar's (its eps only with its own norm), else
+    Linf 8/255 (L2 0.5)."""
     from advmem.data import DataConfig, build_data
     from advmem.models import build_model
 
+    side_norm, side_eps = sidecar_threat_model(path)
+    source = None
+    if norm is None and side_norm is not None:
+        norm, source = side_norm, path.with_suffix(".json")
+    norm = norm or "Linf"
+    if eps is None and side_eps is not None and (side_norm is None or side_norm == norm):
+        eps, source = side_eps, path.with_suffix(".json")
     if not arch or not dataset:
         raise UserError(f"{path}: an external checkpoint needs its architecture and dataset named: "
                         "--arch NAME --dataset NAME (e.g. --arch resnet18 --dataset cifar10), and its input "
@@ -174,6 +212,7 @@ def build_external(path: Path, *, arch: str | None, dataset: str | None, num_cla
         "data": data_cfg.model_dump(mode="json"),
         "threat_model": norm,
         "eps": eps or default_eps,
+        "threat_model_from": str(source) if source else None,  # the sidecar it was read from, if any
         "external": True,
         "epoch": None,
     }

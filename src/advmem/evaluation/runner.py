@@ -261,7 +261,7 @@ def load_for_eval(path: Path, opts: dict[str, Any], device: torch.device):
     model, meta, bundle = build_external(
         path, arch=opts.get("arch"), dataset=opts.get("dataset"), num_classes=opts.get("num_classes"),
         model_kwargs=opts.get("model_kwargs") or {}, mean=opts.get("mean"), std=opts.get("std"),
-        no_normalize=bool(opts.get("no_normalize")), norm=opts.get("norm") or "Linf", eps=opts.get("eps"),
+        no_normalize=bool(opts.get("no_normalize")), norm=opts.get("norm"), eps=opts.get("eps"),
         device=device)
     return model, meta, path, bundle
 
@@ -528,8 +528,9 @@ def run_plan(plan: EvalPlan, *, quiet: bool = False) -> dict[str, Any]:
              "(--overwrite reruns)")
     if plan.state.resumed:
         echo(f"advmem eval: resuming {plan.weights.name}: {', '.join(plan.state.resumed)} already done")
+    source = f" (threat model from {meta['threat_model_from']})" if meta.get("threat_model_from") else ""
     echo(f"advmem eval: {plan.weights} on {plan.points['split']} ({len(data)} points), {settings.norm} "
-         f"eps={plan.eps_text}")
+         f"eps={plan.eps_text}{source}")
     final_log, partial_log = Path(f"{stem}.autoattack.log"), Path(f"{stem}.autoattack.log.partial")
     aa_log = partial_log if any(a in AUTOATTACKS for a in plan.to_run) else None
     x = data.all_float()
@@ -608,6 +609,53 @@ def run_plan(plan: EvalPlan, *, quiet: bool = False) -> dict[str, Any]:
     return out
 
 
+def _same_evaluation(plan: EvalPlan) -> str:
+    """What an evaluation of `plan` computes: two plans with the same text (a run whose best and last
+    are one epoch: the same weights, points, attacks and earlier records) get the same result."""
+    return json.dumps({"points": plan.points, "to_run": plan.to_run, "options": plan.options,
+                       "settings": [attack_settings(a, plan.settings) for a in plan.to_run],
+                       "kept": [(r["attack"], r["settings"]) for r in plan.previous.records],
+                       "sanity": plan.previous.sanity is not None}, sort_keys=True, default=str)
+
+
+def write_copy(result: dict[str, Any], plan: EvalPlan, quiet: bool = False) -> dict[str, Any]:
+    """Write `result` (of other checkpoint files with the same weights) as `plan`'s outputs: its
+    eval.json names its own checkpoint and says whose evaluation it shares; flags and AutoAttack log
+    are copied."""
+    echo = (lambda m: None) if quiet else (lambda m: print(m, file=sys.stderr))
+    if plan.previous.dropped:
+        print(f"advmem eval: {plan.previous.dropped}", file=sys.stderr)
+    stem = plan.stem
+    json_path, flags_path, log = Path(f"{stem}.eval.json"), Path(f"{stem}.eval.flags.npz"), Path(f"{stem}.autoattack.log")
+    atomic_write_bytes(flags_path, Path(result["flags_file"]).read_bytes())
+    if result.get("autoattack_log"):
+        atomic_write_bytes(log, Path(result["autoattack_log"]).read_bytes())
+    elif log.exists():
+        log.unlink()
+    out = {k: v for k, v in result.items() if k != "eval_json"}
+    out.update(checkpoint=str(plan.path), flags_file=str(flags_path), replaced=plan.previous.dropped,
+               autoattack_log=str(log) if result.get("autoattack_log") else None,
+               same_weights_as=result["checkpoint"])
+    atomic_write_json(json_path, out)
+    plan.state.finish()
+    echo(f"advmem eval: {plan.weights.name}: the same weights as {Path(result['checkpoint']).name} (epoch "
+         f"{out.get('epoch')}), evaluated once; results written to {json_path.name} too")
+    out["eval_json"] = str(json_path)
+    return out
+
+
+def run_plans(plans: list[EvalPlan], *, quiet: bool = False) -> list[dict[str, Any]]:
+    """Run the plans, each distinct evaluation once: when best and last are the same weights (the best
+    epoch was the last) the second gets a copy of the first's results instead of a second run."""
+    done: dict[str, dict[str, Any]] = {}
+    out = []
+    for plan in plans:
+        key = _same_evaluation(plan)
+        out.append(write_copy(done[key], plan, quiet) if key in done else run_plan(plan, quiet=quiet))
+        done.setdefault(key, out[-1])
+    return out
+
+
 def evaluate_checkpoint(path: Path, options: EvalOptions | None = None, /, **fields: Any) -> dict[str, Any]:
     """Evaluate one checkpoint, adding to its earlier results on the same points (see the module doc).
     `options`, or the fields of an `EvalOptions`."""
@@ -623,7 +671,7 @@ def evaluate_target(target: str, options: EvalOptions | None = None, /, **fields
     paths = checkpoints_of(target, opts.which)
     refuse_external_flags(paths, opts.external or {})
     plans = [prepare_checkpoint(p, opts, dev) for p in paths]
-    return [run_plan(plan, quiet=opts.quiet) for plan in plans]
+    return run_plans(plans, quiet=opts.quiet)
 
 
 def _options(options: EvalOptions | None, fields: dict[str, Any]) -> EvalOptions:

@@ -10,9 +10,9 @@ from advmem.io import atomic_write_text
 
 def cmd_report(args: argparse.Namespace) -> int:
     from advmem.report.html import build_report
-    from advmem.report.tables import load_run
+    from advmem.report.tables import load_targets
 
-    runs = [load_run(p) for p in args.runs]  # validates every path before writing anything
+    runs = load_targets(args.runs)  # validates every path before writing anything
     out = Path(args.output)
     atomic_write_text(out, build_report(runs, title=args.title))
     print(f"report: {out}")
@@ -20,9 +20,9 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from advmem.report.tables import comparison_rows, format_terminal, load_run, to_csv, to_markdown
+    from advmem.report.tables import comparison_rows, format_terminal, load_targets, to_csv, to_markdown
 
-    runs = [load_run(p) for p in args.runs]
+    runs = load_targets(args.runs)
     rows = comparison_rows(runs)
     print(format_terminal(rows))
     if any(r["sanity"].startswith("FLAGGED") for r in rows):
@@ -39,15 +39,18 @@ def add_parser(subparsers, common) -> None:
     p = subparsers.add_parser("report", help="HTML report of one or more runs",
                               description="Write one self-contained HTML file: recipe differences, learning curves, "
                                           "best/last table, evaluation results with sanity flags, memorization outputs.")
-    p.add_argument("runs", nargs="+", metavar="RUN", help="run directories (or study folders)")
-    p.add_argument("-o", "--output", default="report.html", help="output HTML file (default report.html)")
+    p.add_argument("runs", nargs="+", metavar="RUN", help="run directories, or study folders (their runs/ and outputs)")
+    p.add_argument("--out", "-o", "--output", dest="output", metavar="FILE", default="report.html",
+                   help="output HTML file (default report.html; -o and --output are aliases)")
     p.add_argument("--title", default="advmem report")
     common(p)
     p.set_defaults(func=cmd_report)
 
     p = subparsers.add_parser("compare", help="best/last and evaluation table of runs",
-                              description="Print the best/last and evaluation table of runs; --out writes CSV and Markdown.")
-    p.add_argument("runs", nargs="+", metavar="RUN", help="run directories")
-    p.add_argument("--out", default=None, metavar="DIR", help="also write DIR/compare.csv and DIR/compare.md")
+                              description="Print the best/last and evaluation table of runs (with the protocol "
+                                          "behind each robust number); --out writes CSV and Markdown.")
+    p.add_argument("runs", nargs="+", metavar="RUN", help="run directories, or study folders (their runs/)")
+    p.add_argument("--out", "-o", "--output", dest="out", default=None, metavar="DIR",
+                   help="also write DIR/compare.csv and DIR/compare.md (-o and --output are aliases)")
     common(p)
     p.set_defaults(func=cmd_compare)

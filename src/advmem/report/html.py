@@ -1,8 +1,9 @@
 """One self-contained HTML report for one or more runs (figures embedded as base64 PNG).
 
-Sections (each an element with a stable id): recipe differences (`recipe`), learning curves
-(`curves`), best/last table (`best-last`), evaluation results with sanity flags
-(`evaluation`), memorization outputs (`memorization`, when a run or study folder has them).
+Sections (each an element with a stable id): the settings the runs share (`settings`), recipe
+differences (`recipe`), learning curves (`curves`), best/last table (`best-last`), evaluation
+results with sanity flags and the protocol of each robust number (`evaluation`), memorization
+outputs (`memorization`, when a run or study folder has them).
 """
 
 from __future__ import annotations
@@ -15,17 +16,25 @@ from pathlib import Path
 from typing import Any
 
 from advmem import __version__
-from advmem.report.tables import COLUMNS, RunInfo, comparison_rows, pct, recipe_differences, sanity_cell
+from advmem.report.tables import (COLUMNS, MISSING, RunInfo, comparison_rows, eval_stems, legend_lines, pct, protocol,
+                                  protocol_ids, protocol_notes, recipe_differences, sanity_cell, shared_settings)
 
 STYLE = """
 body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#111}
 table{border-collapse:collapse;margin:.5em 0 1.5em;font-size:13px}
-th,td{border:1px solid #bbb;padding:3px 7px;text-align:right}th{background:#eee}
-td:first-child,th:first-child{text-align:left}
+th,td{border:1px solid #bbb;padding:3px 7px;text-align:right}th{background:#eee;white-space:nowrap}
+td:first-child,th:first-child{text-align:left;white-space:nowrap}
+.wide{overflow-x:auto}
 .flagged{background:#ffe1e1;font-weight:bold}.ok{color:#146c2e}
 img{max-width:100%;border:1px solid #ddd;margin:.5em 0}
 .note{color:#555;font-size:13px}
 """
+
+
+def _text(value: Any) -> str:
+    """Text of an element, escaped only where HTML needs it (&, <, >): quotes and non-ASCII characters
+    stay as written, so the page's source reads like the page."""
+    return html.escape(str(value), quote=False)
 
 
 def _img(png: bytes, alt: str) -> str:
@@ -33,52 +42,63 @@ def _img(png: bytes, alt: str) -> str:
 
 
 def _table(header: list[str], rows: list[list[Any]], flag_col: int | None = None) -> str:
-    out = ["<table><tr>" + "".join(f"<th>{html.escape(str(h))}</th>" for h in header) + "</tr>"]
+    out = ['<div class="wide"><table><tr>' + "".join(f"<th>{_text(str(h))}</th>" for h in header) + "</tr>"]
     for row in rows:
         cells = []
         for i, v in enumerate(row):
-            text = html.escape(str(v))
+            text = _text(str(v))
             cls = ""
             if i == flag_col:
                 cls = ' class="flagged"' if str(v).startswith("FLAGGED") else (' class="ok"' if v == "ok" else "")
             cells.append(f"<td{cls}>{text}</td>")
         out.append("<tr>" + "".join(cells) + "</tr>")
-    return "".join(out) + "</table>"
+    return "".join(out) + "</table></div>"
 
 
-def _eval_section(runs: list[RunInfo]) -> str:
-    from advmem.report.plots import bar_chart, method_colour
+def _notes(lines: list[str]) -> str:
+    return "".join(f'<p class="note">{_text(line)}</p>' for line in lines)
 
+
+def _eval_section(runs: list[RunInfo], colour_of: dict[int, str]) -> str:
+    from advmem.report.plots import bar_chart
+
+    ids = protocol_ids(runs)
+    several = len(ids) > 1
     parts, labels, clean, robust, colours = [], [], [], [], []
     for r in runs:
-        for stem, ev in r.evals.items():
+        for stem in eval_stems(r):
+            ev = r.evals[stem]
+            pid = ids[protocol(ev)]
             attacks = ev.get("attacks", {})
-            header = ["run / checkpoint", "epoch", "clean"] + list(attacks) + ["worst case", "threat model", "n", "sanity"]
+            header = ["run / checkpoint", "epoch", "clean"] + list(attacks) + ["worst case", "protocol", "sanity"]
             row = [f"{r.name} / {stem}", ev.get("epoch") or "-", pct(ev["clean_acc"])] + [pct(v) for v in attacks.values()]
-            row += [pct(ev["robust_acc"]), f"{ev['threat_model']} eps={ev['eps']}", ev["n_examples"], sanity_cell(ev)]
+            row += [pct(ev["robust_acc"]), f"{pid}: {protocol(ev)}", sanity_cell(ev)]
             parts.append(_table(header, [row], flag_col=len(row) - 1))
             checks = ev.get("sanity", {}).get("checks", {})
             if checks:
                 parts.append(_table(["sanity check", "flagged", "detail"],
                                     [[c["name"], "FLAGGED" if c["flagged"] else "ok", c["detail"]] for c in checks.values()],
                                     flag_col=1))
-            labels.append(f"{r.name}/{stem}")
+            labels.append(f"{r.name}/{stem}" + (f" [{pid}]" if several else ""))
             clean.append(100 * ev["clean_acc"])
             robust.append(100 * ev["robust_acc"])
-            colours.append(method_colour(r.method))
+            colours.append(colour_of.get(id(r), "#7f7f7f"))
     if not labels:
         return '<p class="note">No evaluation results yet: run <code>advmem eval RUN</code> (writes checkpoints/*.eval.json).</p>'
-    png = bar_chart(labels, {"clean": clean, "worst-case robust": robust}, "accuracy (%)",
-                    "advmem eval: clean and worst-case robust accuracy", colours)
-    return _img(png, "evaluation accuracies") + "".join(parts) + \
-        '<p class="note">Accuracies in %. Worst case = per-sample worst case over all attacks run. ' \
+    title = "advmem eval: clean and worst-case robust accuracy"
+    if several:
+        title += f"\n{len(ids)} protocols ([P1], [P2], ...): compare bars only within one protocol"
+    png = bar_chart(labels, {"clean": clean, "worst-case robust": robust}, "accuracy (%)", title, colours)
+    return _img(png, "evaluation accuracies") + _notes(legend_lines({pid: text for text, pid in ids.items()})) + \
+        "".join(parts) + \
+        '<p class="note">Accuracies in %. Worst case = per-sample worst case over all attacks of the protocol. ' \
         'FLAGGED rows failed a sanity check (possible gradient masking): do not trust their robust numbers.</p>'
 
 
 def _artifact_html(path: Path, root: Path) -> str:
     from advmem.report.plots import line_plot
 
-    rel = html.escape(str(path.relative_to(root)))
+    rel = _text(str(path.relative_to(root)))
     out = [f"<h4>{rel}</h4>"]
     try:
         if path.suffix == ".csv":
@@ -103,7 +123,7 @@ def _artifact_html(path: Path, root: Path) -> str:
             import pyarrow.parquet as pq
 
             table = pq.read_table(path)
-            out.append(f'<p class="note">{table.num_rows} rows; columns: {html.escape(", ".join(table.column_names))}</p>')
+            out.append(f'<p class="note">{table.num_rows} rows; columns: {_text(", ".join(table.column_names))}</p>')
             cols = table.column_names
             if "epoch" in cols:
                 import numpy as np
@@ -116,7 +136,7 @@ def _artifact_html(path: Path, root: Path) -> str:
                     ys = {c: [float(np.mean(df[c][df["epoch"] == e])) for e in epochs] for c in numeric}
                     out.append(_img(line_plot(epochs, ys, "epoch", "mean over samples", path.stem), path.stem))
     except Exception as err:  # a report renders what it can; say what it could not
-        out.append(f'<p class="note">could not render: {html.escape(type(err).__name__)}: {html.escape(str(err)[:200])}</p>')
+        out.append(f'<p class="note">could not render: {_text(type(err).__name__)}: {_text(str(err)[:200])}</p>')
     return "".join(out)
 
 
@@ -131,21 +151,34 @@ def _scalars(data: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def build_report(runs: list[RunInfo], title: str = "advmem report") -> str:
-    from advmem.report.plots import compare_learning_curves
+    from advmem.report.plots import compare_learning_curves, run_colour
 
-    body = [f"<h1>{html.escape(title)}</h1>",
-            f'<p class="note">Runs: {html.escape(", ".join(str(r.path) for r in runs))}. advmem {__version__}.</p>']
+    trained = [r for r in runs if r.is_run]
+    colour_of = {id(r): run_colour(i) for i, r in enumerate(trained)}  # the same colour in every figure
+    body = [f"<h1>{_text(title)}</h1>",
+            f'<p class="note">Runs: {_text(", ".join(str(r.path) for r in runs))}. advmem {__version__}.</p>']
+    settings = shared_settings(runs)
+    body.append('<section id="settings"><h2>Settings</h2>')
+    body.append(_table(["setting", "value"], [list(kv) for kv in settings]) if settings
+                else '<p class="note">No run directories (recipe.yaml) among the inputs.</p>')
+    body.append("</section>")
     header, diff = recipe_differences(runs)
     body.append('<section id="recipe"><h2>Recipe differences</h2>')
     body.append(_table(header, diff) if diff else '<p class="note">The recipes are identical (apart from names).</p>')
+    if any(MISSING in row for row in diff):
+        body.append(f'<p class="note">{MISSING} = the key is not in that run\'s recipe.</p>')
     body.append("</section>")
 
     body.append('<section id="curves"><h2>Learning curves</h2>')
-    curves = [(r.name, r.method, r.rows) for r in runs if r.rows]
+    curves = [r for r in trained if r.rows]
     if curves:
-        body.append(_img(compare_learning_curves(curves), "learning curves"))
-        body.append('<p class="note">Colour = method, line style = split (train solid, val dashed, test dotted). '
-                    'Robust accuracy is the per-epoch PGD evaluation of the recipe\'s eval.attack.</p>')
+        png = compare_learning_curves([(r.name, r.method, r.rows) for r in curves],
+                                      best=[(r.summary.get("best") or {}).get("epoch") for r in curves],
+                                      colours=[colour_of[id(r)] for r in curves])
+        body.append(_img(png, "learning curves"))
+        body.append('<p class="note">Colour = run, line style = split (train solid, val dashed, test dotted); '
+                    'a star marks each run\'s best epoch, dotted grey lines the learning-rate decays. '
+                    'Robust accuracy is the per-epoch PGD evaluation of each recipe\'s eval.attack (see Settings).</p>')
     else:
         body.append('<p class="note">No metrics.jsonl found.</p>')
     body.append("</section>")
@@ -153,11 +186,15 @@ def build_report(runs: list[RunInfo], title: str = "advmem report") -> str:
     body.append('<section id="best-last"><h2>Best and last checkpoints</h2>')
     rows = comparison_rows(runs)
     body.append(_table(COLUMNS, [[r[c] for c in COLUMNS] for r in rows], flag_col=len(COLUMNS) - 1))
+    body.append(_notes(protocol_notes(rows)))
     body.append('<p class="note">"best" is selected on the validation split when the run has one '
-                '(summary.json: best_selected_on); eval_* columns come from <code>advmem eval</code>.</p></section>')
+                '(summary.json: best_selected_on). test_*: the per-epoch test subset (data.test_size); '
+                'test_full_*: the last epoch\'s evaluation on the full test set. eval_* columns come from '
+                '<code>advmem eval</code>; eval_protocol names the attacks and points behind each eval_robust.</p>'
+                '</section>')
 
     body.append('<section id="evaluation"><h2>Evaluation results and sanity flags</h2>')
-    body.append(_eval_section(runs))
+    body.append(_eval_section(runs, colour_of))
     body.append("</section>")
 
     body.append('<section id="memorization"><h2>Memorization outputs</h2>')
@@ -167,11 +204,11 @@ def build_report(runs: list[RunInfo], title: str = "advmem report") -> str:
             body.append(_artifact_html(f, r.path.parent))
             found = True
         for f in r.figures:
-            body.append(f"<h4>{html.escape(str(f.relative_to(r.path.parent)))}</h4>" + _img(f.read_bytes(), f.name))
+            body.append(f"<h4>{_text(str(f.relative_to(r.path.parent)))}</h4>" + _img(f.read_bytes(), f.name))
             found = True
     if not found:
         body.append('<p class="note">None found (measures.csv, grad_stability.json, per_sample.parquet or figures '
                     'from <code>advmem study</code> / <code>advmem analyze</code>).</p>')
     body.append("</section>")
-    return (f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
+    return (f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{_text(title)}</title>"
             f"<style>{STYLE}</style></head><body>{''.join(body)}</body></html>\n")

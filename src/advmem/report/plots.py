@@ -1,4 +1,5 @@
-"""Plots readable in print: labelled axes with units, legends, one colour per split."""
+"""Plots readable in print: labelled axes with units, integer epoch ticks, legends; one colour per split
+(one run) or per run (comparisons), the best epoch and the lr decays marked."""
 
 from __future__ import annotations
 
@@ -28,8 +29,54 @@ def plot_run_curves(run) -> None:
     plot_learning_curves(run.read_metrics(), run.curves_path, title=run.path.name)
 
 
-def plot_learning_curves(rows: list[dict[str, Any]], path: str | Path, title: str = "") -> None:
-    """Natural and robust accuracy against epoch for train/val/test (the robust-overfitting figure)."""
+def best_epoch(rows: list[dict[str, Any]]) -> int | None:
+    """The epoch the trainer keeps as `best` (engine.checkpoint.improved_best, on val, or test when
+    the run has no val split)."""
+    from advmem.engine.checkpoint import improved_best
+
+    split = "val" if any(r.get("val_rob_acc") is not None for r in rows) else "test"
+    best = None
+    for row in rows:
+        best = improved_best(best, row, epoch=row["epoch"], split=split) or best
+    return None if best is None else best["epoch"]
+
+
+def lr_decays(rows: list[dict[str, Any]]) -> list[int]:
+    """Epochs m after which a step schedule lowered the learning rate (its milestones), read from the
+    `lr` column: a drop next to a plateau, or by the same factor as another drop (consecutive
+    milestones). A smooth schedule (cosine) neither plateaus nor repeats a factor, so it has none."""
+    lr = {r["epoch"]: r["lr"] for r in rows if isinstance(r.get("lr"), (int, float)) and r["lr"] > 0}
+    drops = {m: lr[m + 1] / lr[m] for m in sorted(lr) if m + 1 in lr and lr[m + 1] < lr[m]}
+
+    def same(a: float, b: float) -> bool:
+        return abs(a - b) <= 1e-6 * max(abs(a), abs(b))
+
+    return [m for m, f in drops.items()
+            if lr.get(m - 1) == lr[m] or lr.get(m + 2) == lr[m + 1] or any(same(f, g) for k, g in drops.items() if k != m)]
+
+
+def _mark_schedule(ax, decays: list[int], best: int | None, legend: bool) -> None:
+    """Dotted grey lines between the epochs around each lr decay; a dash-dot line at the best epoch."""
+    for i, m in enumerate(decays):
+        ax.axvline(m + 0.5, color="grey", lw=0.9, ls=":", label="lr decay" if legend and i == 0 else None)
+    if best is not None:
+        ax.axvline(best, color="black", lw=0.9, ls="-.", label=f"best (epoch {best})" if legend else None)
+
+
+def _epoch_axis(ax) -> None:
+    from matplotlib.ticker import MaxNLocator
+
+    ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.grid(alpha=0.3)
+
+
+def plot_learning_curves(rows: list[dict[str, Any]], path: str | Path, title: str = "",
+                         best: int | None = None, decays: list[int] | None = None) -> None:
+    """Natural and robust accuracy against epoch for train/val/test (the robust-overfitting figure),
+    with the best epoch and the lr decays marked (derived from `rows` unless given)."""
+    best = best_epoch(rows) if best is None else best
+    decays = lr_decays(rows) if decays is None else decays
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
     for ax, kind, label in ((axes[0], "nat", "natural"), (axes[1], "rob", "robust (PGD)")):
         for split, colour in SPLIT_COLOURS.items():
@@ -37,37 +84,25 @@ def plot_learning_curves(rows: list[dict[str, Any]], path: str | Path, title: st
             if pts:
                 xs, ys = zip(*pts)
                 ax.plot(xs, ys, marker="o" if len(pts) < 30 else None, ms=3, color=colour, label=split)
+        _mark_schedule(ax, decays, best, legend=True)
         ax.set_title(f"{label} accuracy")
-        ax.set_xlabel("epoch")
-        ax.grid(alpha=0.3)
-        ax.legend()
+        _epoch_axis(ax)
+        ax.legend(fontsize=8)
     axes[0].set_ylabel("accuracy (%)")
     if title:
         fig.suptitle(title)
     save_figure(fig, path)
 
 
-# A fixed colour per training method, so the same method has the same colour in every figure
-# of every report (Okabe-Ito palette: distinguishable in colour-blind vision and in greyscale print
-# together with the line styles below).
-METHOD_COLOURS = {
-    "standard": "#000000",
-    "pgd_at": "#0072B2",
-    "trades": "#D55E00",
-    "mart": "#009E73",
-    "awp": "#CC79A7",
-    "te": "#E69F00",
-    "mem_te": "#E69F00",
-    "fgsm_rs": "#56B4E9",
-}
-EXTRA_COLOURS = ["#F0E442", "#7f7f7f", "#8c564b", "#9467bd", "#17becf"]
+# One colour per run (Okabe-Ito, distinguishable in colour-blind vision, then tab10), the same in
+# every figure of a report; line style tells the split apart.
+RUN_COLOURS = ["#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000", "#F0E442",
+               "#8c564b", "#7f7f7f", "#9467bd", "#17becf"]
 SPLIT_STYLES = {"train": "-", "val": "--", "test": ":"}
 
 
-def method_colour(method: str) -> str:
-    if method in METHOD_COLOURS:
-        return METHOD_COLOURS[method]
-    return EXTRA_COLOURS[sum(map(ord, method)) % len(EXTRA_COLOURS)]
+def run_colour(i: int) -> str:
+    return RUN_COLOURS[i % len(RUN_COLOURS)]
 
 
 def figure_png(fig) -> bytes:
@@ -77,41 +112,51 @@ def figure_png(fig) -> bytes:
     return buffer.getvalue()
 
 
-def compare_learning_curves(runs: list[tuple[str, str, list[dict[str, Any]]]]) -> bytes:
-    """Natural and robust accuracy (%) per epoch for several runs: colour = method, line style = split,
-    marker = run (when two runs share a method)."""
+def compare_learning_curves(runs: list[tuple[str, str, list[dict[str, Any]]]],
+                            best: list[int | None] | None = None, colours: list[str] | None = None) -> bytes:
+    """Natural and robust accuracy (%) per epoch for several runs: colour = run (`colours`, else
+    `run_colour` of its position), line style = split; a star on each run's robust curve at its best epoch (`best`, one per
+    run, e.g. from summary.json; None: derived from the rows) and the runs' lr decays as dotted lines."""
+    from matplotlib.lines import Line2D
+
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
-    markers = ["o", "s", "^", "D", "v", "P", "X"]
-    seen: dict[str, int] = {}
-    for name, method, rows in runs:
-        k = seen.get(method, 0)
-        seen[method] = k + 1
+    handles = []
+    for i, (name, method, rows) in enumerate(runs):
+        colour = colours[i] if colours else run_colour(i)
+        epoch = (best[i] if best else None) or best_epoch(rows)
         for ax, kind in ((axes[0], "nat"), (axes[1], "rob")):
             for split, style in SPLIT_STYLES.items():
                 pts = [(r["epoch"], 100 * r[f"{split}_{kind}_acc"]) for r in rows
                        if r.get(f"{split}_{kind}_acc") is not None]
                 if pts:
-                    xs, ys = zip(*pts)
-                    ax.plot(xs, ys, linestyle=style, color=method_colour(method), marker=markers[k % len(markers)],
-                            ms=3, markevery=max(1, len(xs) // 10), label=f"{name} ({method}) {split}")
-    from matplotlib.ticker import MaxNLocator
-
+                    ax.plot(*zip(*pts), linestyle=style, color=colour)
+        sel = "val" if any(r.get("val_rob_acc") is not None for r in rows) else "test"
+        at = [100 * r[f"{sel}_rob_acc"] for r in rows if r["epoch"] == epoch and r.get(f"{sel}_rob_acc") is not None]
+        if at:
+            axes[1].plot([epoch], at[:1], marker="*", ms=11, color=colour, markeredgecolor="black", ls="none")
+        handles.append(Line2D([], [], color=colour, lw=2, label=f"{name} ({method})"))
+    shared = sorted({m for _, _, rows in runs for m in lr_decays(rows)})  # any run's (an unfinished one lacks its late ones)
     for ax, title in ((axes[0], "natural accuracy"), (axes[1], "robust accuracy (PGD, training eval)")):
+        _mark_schedule(ax, shared, None, legend=False)
         ax.set_title(title)
-        ax.set_xlabel("epoch")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.grid(alpha=0.3)
+        _epoch_axis(ax)
     axes[0].set_ylabel("accuracy (%)")
-    axes[1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    handles += [Line2D([], [], color="grey", ls=style, label=split) for split, style in SPLIT_STYLES.items()]
+    handles.append(Line2D([], [], marker="*", ms=10, color="grey", markeredgecolor="black", ls="none",
+                          label="best epoch"))
+    if shared:
+        handles.append(Line2D([], [], color="grey", ls=":", lw=0.9, label="lr decay"))
+    axes[1].legend(handles=handles, fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     return figure_png(fig)
 
 
 def bar_chart(labels: list[str], series: dict[str, list[float]], ylabel: str, title: str,
               colours: list[str] | None = None) -> bytes:
-    """Grouped bars (e.g. clean / robust accuracy per checkpoint)."""
+    """Grouped bars (e.g. clean / robust accuracy per checkpoint); the legend sits above the axes, so
+    it never covers a bar, and labels are drawn whole (rotated, never wrapped)."""
     import numpy as np
 
-    fig, ax = plt.subplots(figsize=(max(5, 1.2 * len(labels) + 2), 3.8))
+    fig, ax = plt.subplots(figsize=(max(5, 0.9 * len(labels) + 3), 4.2))
     width = 0.8 / max(1, len(series))
     xs = np.arange(len(labels))
     hatches = ["", "//", "..", "xx"]
@@ -119,11 +164,11 @@ def bar_chart(labels: list[str], series: dict[str, list[float]], ylabel: str, ti
         ax.bar(xs + i * width - 0.4 + width / 2, values, width, label=name, hatch=hatches[i % len(hatches)],
                color=colours if colours else None, edgecolor="black", alpha=0.85 if i == 0 else 0.55)
     ax.set_xticks(xs)
-    ax.set_xticklabels(labels, rotation=20, ha="right", fontsize=8)
+    ax.set_xticklabels(labels, rotation=30, ha="right", rotation_mode="anchor", fontsize=8)
     ax.set_ylabel(ylabel)
-    ax.set_title(title)
+    ax.set_title(title, pad=28)
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=len(series), frameon=False)
     return figure_png(fig)
 
 

@@ -613,6 +613,7 @@ def plot(results: dict[str, Any], out: Path) -> None:
     for i, res in enumerate(results["methods"].values()):
         seed_band(ax, [e["hard"] for e in res["per_seed"].values()], f"C{i}", res["label"])
     mark_decays(ax, milestones)
+    ax.set_ylim(bottom=0)  # an accuracy: a 0% curve must not sit in the middle of the plot
     ax.set_xlabel("epoch")
     ax.set_ylabel("robust accuracy (%)")
     ax.set_title(f"hardest {int(100 * results['settings']['hard_fraction'])}% training samples{band}", fontsize=9)
