@@ -47,8 +47,8 @@ class UserError(ValueError):
     pass
 
 
-def register_model(name, aliases=None):  # stand-in for advmem's registry decorator
-    return lambda builder: builder
+class MODELS:  # stand-in for advmem's model registry: its decorator returns the builder unchanged
+    register = staticmethod(lambda name, aliases=None: lambda builder: builder)
 
 
 '''
@@ -106,12 +106,12 @@ def model_source(arch: str) -> tuple[str, str]:
     from advmem.models import registry
     from advmem.models.normalize import Normalize
 
-    builder, _ = registry._lookup(arch)
+    builder = registry.MODELS.get(arch).builder
     module = inspect.getmodule(builder)
     body, helpers = _strip_module(inspect.getsource(module))
     parts = [inspect.getsource(Normalize)]
     for name in helpers:
-        if name in ("register_model", "UserError"):
+        if name in ("MODELS", "UserError"):
             continue
         obj = getattr(registry, name, None)
         if obj is None:
