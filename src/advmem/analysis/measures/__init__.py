@@ -13,9 +13,9 @@ accuracy - test accuracy, from summary.json, else recomputed on the checkpoint),
 tau between every measure and the gaps across the runs given.
 
 Writes measures.csv (one row per run), measures_kendall.csv and measures.md. A measure family
-is one module of this package behind `compute(ctx) -> {name: value}` (see base.py); the
-definitions and the choices made (BN folding, conv spectral norms, margins <= 0) are in the
-module docstrings and docs/analysis.md.
+is one module of this package behind `compute(ctx) -> {name: value}`, registered in `MEASURES`
+(see base.py and names.py); the definitions and the choices made (BN folding, conv spectral
+norms, margins <= 0) are in the module docstrings and docs/analysis.md.
 """
 
 from __future__ import annotations
