@@ -41,3 +41,35 @@ def test_measure_families_table_names_exactly_the_registered_families():
 
     assert len(set(FAMILIES)) == len(FAMILIES)
     assert sorted(FAMILIES) == MEASURES.names(), "add the new family's name to names.py::FAMILIES"
+
+
+def test_import_package_registers_every_module_of_a_package(tmp_path, monkeypatch):
+    """A new entry is one file: the package's load imports it without any list naming it."""
+    import sys
+
+    pkg = tmp_path / "widgets_pkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("from advmem.registry import Registry, import_package\n"
+                                     "WIDGETS = Registry('widget', load=import_package('widgets_pkg'))\n")
+    for name in ("alpha", "beta"):
+        (pkg / f"{name}.py").write_text(f"from widgets_pkg import WIDGETS\n\n@WIDGETS.register({name!r})\n"
+                                        f"def make():\n    return {name!r}\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    try:
+        widgets = __import__("widgets_pkg").WIDGETS
+        assert widgets.names() == ["alpha", "beta"] and widgets.get("beta")() == "beta"
+    finally:
+        for mod in [m for m in sys.modules if m == "widgets_pkg" or m.startswith("widgets_pkg.")]:
+            del sys.modules[mod]
+
+
+def test_every_command_and_group_entry_is_registered():
+    from advmem.analysis.cli import ANALYSES
+    from advmem.cli import build_parser
+    from advmem.commands import COMMANDS
+    from advmem.studies.cli import STUDIES
+
+    build_parser()
+    assert COMMANDS.names() == ["analyze", "demo", "eval", "export", "info", "recipes", "report", "study", "sweep", "train"]
+    assert STUDIES.names() == ["random-labels", "random-labels-boundary", "robust-overfitting"]
+    assert ANALYSES.names() == ["grad-same-weights", "grad-stability", "measures"]

@@ -21,6 +21,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from advmem.commands import COMMANDS
 from advmem.engine.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from advmem.errors import UserError
 
@@ -179,6 +180,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+@COMMANDS.register("export")
 def add_parser(subparsers, common) -> None:
     p = subparsers.add_parser("export", help="export a checkpoint (RobustBench-style state dict + model file)",
                               description="Write a plain state dict (.pt) and a self-contained model definition "

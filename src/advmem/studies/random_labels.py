@@ -35,6 +35,7 @@ from typing import Any
 
 from advmem.engine.io import atomic_write_json, atomic_write_text
 from advmem.errors import UserError
+from advmem.studies.cli import STUDIES
 from advmem.studies.reproduction import reproduction_target, smoke_note, update_reproduction
 
 SECTION = "random-labels"
@@ -588,6 +589,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--no-reproduction", action="store_true", help="do not update REPRODUCTION.md")
 
 
+@STUDIES.register("random-labels")
 def run(args) -> int:
     t0 = time.time()
     scale = args.scale

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from advmem.engine.io import atomic_write_json, atomic_write_text
 from advmem.errors import UserError
+from advmem.studies.cli import STUDIES
 
 if TYPE_CHECKING:  # torch is imported where it is used, so building the CLI's parser does not import it
     import torch
@@ -484,6 +485,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--no-reproduction", action="store_true", help="do not update REPRODUCTION.md")
 
 
+@STUDIES.register("robust-overfitting")
 def run(args) -> int:
     t0 = time.time()
     scale = args.scale

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from advmem.analysis.cli import ANALYSES
 from advmem.analysis.common import CHECKPOINT_HELP, add_device_argument, default_out
 from advmem.analysis.measures.names import FAMILIES
 
@@ -60,6 +61,7 @@ def add_arguments(parser) -> None:
     add_device_argument(parser)
 
 
+@ANALYSES.register("measures")
 def run(args) -> int:
     from advmem.analysis.measures.api import measure_runs
     from advmem.analysis.measures.base import MeasureSettings
