@@ -121,13 +121,13 @@ def test_killing_one_rank_stops_the_other_with_a_clear_message(tmp_path):
 
 def _spawned(rank: int, world: int, port: int, root: str) -> None:
     from advmem.methods.base import AdvContext, Method, accuracy_log
-    from advmem.methods.registry import register_method
+    from advmem.methods.registry import METHODS
     from advmem.recipe import MethodConfig
 
     class SeenConfig(MethodConfig):
         name: Literal["count_seen"] = "count_seen"
 
-    @register_method("count_seen")
+    @METHODS.register("count_seen")
     class CountSeen(Method):
         """Counts, per training sample, how often it was trained on (a stand-in for TE's buffer)."""
 

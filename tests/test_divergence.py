@@ -14,7 +14,7 @@ from advmem.engine.checkpoint import load_resume_state
 from advmem.training import train
 from advmem.errors import RunFailure
 from advmem.methods.base import AdvContext, Method, accuracy_log
-from advmem.methods.registry import METHODS, register_method
+from advmem.methods.registry import METHODS
 from advmem.recipe import MethodConfig, recipe_from_dict
 
 
@@ -81,9 +81,9 @@ class NaNInject(Method):
 
 @pytest.fixture(autouse=True)
 def registered():
-    register_method("nan_inject")(NaNInject)
+    METHODS.register("nan_inject")(NaNInject)
     yield
-    METHODS.pop("nan_inject", None)
+    METHODS.unregister("nan_inject")
 
 
 def recipe(tmp_path, model=None, on_nonfinite="stop", lr=0.05, **method):

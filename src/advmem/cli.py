@@ -12,23 +12,11 @@ import json
 import sys
 import traceback
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from advmem import __version__
+from advmem.commands import COMMANDS
 from advmem.errors import Interrupted, RunFailure, UserError
-
-COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
-
-# Commands that live in their own modules. Each module defines `add_parser(subparsers)`, which
-# adds its parser(s) and sets `func=<callable(args) -> int>` with `set_defaults`. A module that
-# is not there (yet) is skipped, so a command is one new file plus one line here.
-PLUGIN_MODULES = [
-    "advmem.studies.cli",    # advmem study random-labels | robust-overfitting
-    "advmem.analysis.cli",   # advmem analyze grad-stability | measures
-    "advmem.report.cli",     # advmem report / compare
-    "advmem.export",         # advmem export
-    "advmem.sweep",          # advmem sweep
-]
 
 
 class Parser(argparse.ArgumentParser):
@@ -38,19 +26,33 @@ class Parser(argparse.ArgumentParser):
         raise UserError(f"{self.prog}: {message} (see '{self.prog} --help')")
 
 
-def command(name: str):
-    def wrap(fn):
-        COMMANDS[name] = fn
-        return fn
-
-    return wrap
-
-
 # -------------------------------------------------------------------------------------------
 # train / demo
 
 
-@command("train")
+@COMMANDS.register("train")
+def add_train(sub, common) -> None:
+    p = sub.add_parser("train", help="train from a recipe", description="Train from a recipe into runs/<name>/.")
+    p.add_argument("recipe", nargs="?", help="recipe file or shipped recipe name (see 'advmem recipes')")
+    p.add_argument("--set", action="append", metavar="KEY.PATH=VALUE", help="override a recipe value (repeatable)")
+    p.add_argument("--name", help="run name (directory under output_root)")
+    p.add_argument("--resume", metavar="RUN", help="continue the run in RUN after its last completed epoch")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing run directory of the same name")
+    common(p)
+    p.set_defaults(func=cmd_train)
+
+
+@COMMANDS.register("eval")
+def add_eval(sub, common) -> None:
+    from advmem.evaluation.cli import add_eval_arguments
+
+    p = sub.add_parser("eval", help="evaluate a run or checkpoint",
+                       description="Evaluate a run (best and last checkpoints) or one checkpoint.")
+    add_eval_arguments(p)
+    common(p)
+    p.set_defaults(func=cmd_eval)
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from advmem.engine.rundir import RunDir
     from advmem.training import train
@@ -90,7 +92,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-@command("demo")
+@COMMANDS.register("demo")
+def add_demo(sub, common) -> None:
+    p = sub.add_parser("demo", help="run the quickstart recipe (a few minutes on CPU)",
+                       description="PGD-AT on a Fashion-MNIST subset with small_cnn; prints best/last and writes curves.png.")
+    p.add_argument("--set", action="append", metavar="KEY.PATH=VALUE", help="override a recipe value")
+    common(p)
+    p.set_defaults(func=cmd_demo)
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from advmem.training import train
     from advmem.recipe import load_recipe
@@ -131,7 +141,6 @@ def print_summary(path: Path, summary: dict[str, Any]) -> None:
 # eval
 
 
-@command("eval")
 def cmd_eval(args: argparse.Namespace) -> int:
     from advmem.evaluation.cli import run_eval
 
@@ -142,7 +151,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
 # recipes / info
 
 
-@command("recipes")
+@COMMANDS.register("recipes")
+def add_recipes(sub, common) -> None:
+    p = sub.add_parser("recipes", help="list shipped recipes",
+                       description="List shipped recipes: name, path and the whole description.")
+    common(p)
+    p.set_defaults(func=cmd_recipes)
+
+
 def cmd_recipes(args: argparse.Namespace) -> int:
     """Each shipped recipe's name and path, then its whole description wrapped to the terminal."""
     import shutil
@@ -169,7 +185,14 @@ def cmd_recipes(args: argparse.Namespace) -> int:
     return 0
 
 
-@command("info")
+@COMMANDS.register("info")
+def add_info(sub, common) -> None:
+    p = sub.add_parser("info", help="versions, device, datasets found", description="Versions, device and datasets found.")
+    p.add_argument("--data-root", default=None, help="also search this directory for datasets")
+    common(p)
+    p.set_defaults(func=cmd_info)
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     import platform
 
@@ -207,39 +230,8 @@ def build_parser() -> Parser:
         p.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
         p.add_argument("--debug", action="store_true", help="show full tracebacks for errors")
 
-    p = sub.add_parser("train", help="train from a recipe", description="Train from a recipe into runs/<name>/.")
-    p.add_argument("recipe", nargs="?", help="recipe file or shipped recipe name (see 'advmem recipes')")
-    p.add_argument("--set", action="append", metavar="KEY.PATH=VALUE", help="override a recipe value (repeatable)")
-    p.add_argument("--name", help="run name (directory under output_root)")
-    p.add_argument("--resume", metavar="RUN", help="continue the run in RUN after its last completed epoch")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing run directory of the same name")
-    common(p)
-
-    p = sub.add_parser("eval", help="evaluate a run or checkpoint",
-                       description="Evaluate a run (best and last checkpoints) or one checkpoint.")
-    from advmem.evaluation.cli import add_eval_arguments
-
-    add_eval_arguments(p)
-    common(p)
-
-    p = sub.add_parser("demo", help="run the quickstart recipe (a few minutes on CPU)",
-                       description="PGD-AT on a Fashion-MNIST subset with small_cnn; prints best/last and writes curves.png.")
-    p.add_argument("--set", action="append", metavar="KEY.PATH=VALUE", help="override a recipe value")
-    common(p)
-
-    p = sub.add_parser("recipes", help="list shipped recipes",
-                       description="List shipped recipes: name, path and the whole description.")
-    common(p)
-    p = sub.add_parser("info", help="versions, device, datasets found", description="Versions, device and datasets found.")
-    p.add_argument("--data-root", default=None, help="also search this directory for datasets")
-    common(p)
-
-    from advmem.plugins import import_optional
-
-    for module_name in PLUGIN_MODULES:
-        module = import_optional(module_name)
-        if module is not None:
-            module.add_parser(sub, common)
+    for name in COMMANDS:  # registration order: cli.py's own, then commands.MODULES
+        COMMANDS.get(name)(sub, common)
     return parser
 
 
@@ -256,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command is None:
             parser.print_help()
             return 2
-        func = getattr(args, "func", None) or COMMANDS.get(args.command)
+        func = getattr(args, "func", None)
         if func is None:
             raise UserError(f"advmem {args.command}: choose a subcommand (see 'advmem {args.command} --help')")
         return func(args)

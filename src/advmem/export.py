@@ -21,6 +21,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from advmem.commands import COMMANDS
 from advmem.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from advmem.errors import UserError
 
@@ -47,8 +48,8 @@ class UserError(ValueError):
     pass
 
 
-def register_model(name, aliases=None):  # stand-in for advmem's registry decorator
-    return lambda builder: builder
+class MODELS:  # stand-in for advmem's model registry: its decorator returns the builder unchanged
+    register = staticmethod(lambda name, aliases=None: lambda builder: builder)
 
 
 '''
@@ -106,12 +107,12 @@ def model_source(arch: str) -> tuple[str, str]:
     from advmem.models import registry
     from advmem.models.normalize import Normalize
 
-    builder, _ = registry._lookup(arch)
+    builder = registry.MODELS.get(arch).builder
     module = inspect.getmodule(builder)
     body, helpers = _strip_module(inspect.getsource(module))
     parts = [inspect.getsource(Normalize)]
     for name in helpers:
-        if name in ("register_model", "UserError"):
+        if name in ("MODELS", "UserError"):
             continue
         obj = getattr(registry, name, None)
         if obj is None:
@@ -179,6 +180,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+@COMMANDS.register("export")
 def add_parser(subparsers, common) -> None:
     p = subparsers.add_parser("export", help="export a checkpoint (RobustBench-style state dict + model file)",
                               description="Write a plain state dict (.pt) and a self-contained model definition "

@@ -29,6 +29,7 @@ from typing import Any
 
 import yaml
 
+from advmem.commands import COMMANDS
 from advmem.errors import UserError
 
 
@@ -406,6 +407,7 @@ def write_table(table: list[dict[str, Any]], keys: list[str], out: Path) -> str:
 # --------------------------------------------------------------------------------------- CLI
 
 
+@COMMANDS.register("sweep")
 def add_parser(sub, common) -> None:
     p = sub.add_parser("sweep", help="run a grid of recipe overrides x seeds and compare them",
                        description="Run a grid of recipe overrides times seeds (locally or on Slurm), skip complete "

@@ -1,15 +1,14 @@
-"""`advmem analyze NAME`: each analysis is one module with `add_arguments(parser)` and `run(args) -> int`."""
+"""`advmem analyze NAME`: each analysis is one module of this package with `@ANALYSES.register("name")`
+on its `run(args) -> int`, next to `add_arguments(parser)` and a docstring."""
 
 from __future__ import annotations
 
-from advmem.plugins import add_group
+from advmem.commands import COMMANDS, add_group
+from advmem.registry import Registry, import_package
 
-ANALYSES = {
-    "grad-stability": "advmem.analysis.grad_stability",
-    "grad-same-weights": "advmem.analysis.same_weights",
-    "measures": "advmem.analysis.measures",
-}
+ANALYSES = Registry("analysis", load=import_package("advmem.analysis"))
 
 
+@COMMANDS.register("analyze")
 def add_parser(sub, common) -> None:
     add_group(sub, common, name="analyze", help="analyse trained runs", dest="analysis", entries=ANALYSES)

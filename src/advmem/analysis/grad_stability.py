@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
+from advmem.analysis.cli import ANALYSES
 from advmem.analysis.common import (CHECKPOINT_HELP, add_probe_batch_arguments, check_runs, default_out, load_run,
                                     positive_int, seeded_rows)
 from advmem.io import atomic_write_bytes, atomic_write_json
@@ -221,6 +222,7 @@ def add_arguments(parser) -> None:
     add_probe_batch_arguments(parser)
 
 
+@ANALYSES.register("grad-stability")
 def run(args) -> int:
     from advmem.device import resolve_device
 

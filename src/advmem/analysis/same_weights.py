@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 
+from advmem.analysis.cli import ANALYSES
 from advmem.analysis.common import (CHECKPOINT_HELP, add_probe_batch_arguments, check_runs, default_out, load_run,
                                     positive_int, resolve_checkpoint)
 from advmem.analysis.grad_stability import gradient_change, parse_alphas, probe_batch
@@ -304,6 +305,7 @@ def add_arguments(parser) -> None:
     add_probe_batch_arguments(parser)
 
 
+@ANALYSES.register("grad-same-weights")
 def run(args) -> int:
     from advmem.device import resolve_device
 

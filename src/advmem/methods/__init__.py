@@ -3,19 +3,13 @@
 from __future__ import annotations
 
 from advmem.methods.config import AttackConfig, MethodConfig, method_config
-from advmem.methods.registry import (
-    METHODS,
-    method_class,
-    method_config_class,
-    method_names,
-    register_method,
-)
+from advmem.methods.registry import METHODS, method_config_class, method_names
 
 
 def build_method(cfg, attack, *, num_train: int, num_classes: int, device, label_smoothing: float = 0.0):
-    return method_class(cfg.name)(cfg, attack, num_train=num_train, num_classes=num_classes,
-                                  device=device, label_smoothing=label_smoothing)
+    return METHODS.get(cfg.name)(cfg, attack, num_train=num_train, num_classes=num_classes,
+                                 device=device, label_smoothing=label_smoothing)
 
 
-__all__ = ["METHODS", "AttackConfig", "MethodConfig", "build_method", "method_class", "method_config",
-           "method_config_class", "method_names", "register_method"]
+__all__ = ["METHODS", "AttackConfig", "MethodConfig", "build_method", "method_config", "method_config_class",
+           "method_names"]

@@ -30,7 +30,7 @@ from pydantic import Field, SerializeAsAny, field_validator
 from advmem.attacks.pgd import current_grad_scale
 from advmem.methods.base import Method, WrapsBase
 from advmem.methods.config import MethodConfig, method_config
-from advmem.methods.registry import method_class, register_method
+from advmem.methods.registry import METHODS
 
 AWP_BASES = ("pgd_at", "trades", "mart", "te")
 
@@ -72,14 +72,14 @@ def perturbed_weights(model: torch.nn.Module) -> list[torch.Tensor]:
     return [p for name, p in model.named_parameters() if name.endswith("weight") and p.dim() > 1 and p.requires_grad]
 
 
-@register_method("awp")
+@METHODS.register("awp")
 class AWP(WrapsBase, Method):
     Config = AWPConfig
 
     def __init__(self, cfg: AWPConfig, attack, *, num_train, num_classes, device="cpu", label_smoothing=0.0):
         super().__init__(cfg, attack, num_train=num_train, num_classes=num_classes, device=device,
                          label_smoothing=label_smoothing)
-        self.base = method_class(cfg.base.name)(cfg.base, attack, num_train=num_train, num_classes=num_classes,
+        self.base = METHODS.get(cfg.base.name)(cfg.base, attack, num_train=num_train, num_classes=num_classes,
                                                 device=device, label_smoothing=label_smoothing)
         self.gamma = cfg.resolved_gamma
         self.warmup = cfg.resolved_warmup

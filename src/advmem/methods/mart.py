@@ -21,7 +21,7 @@ from pydantic import Field
 from advmem.attacks import cross_entropy
 from advmem.methods.base import Method, accuracy_log
 from advmem.methods.config import MethodConfig
-from advmem.methods.registry import register_method
+from advmem.methods.registry import METHODS
 
 
 class MARTConfig(MethodConfig):
@@ -44,7 +44,7 @@ def mart_loss(nat_logits: torch.Tensor, adv_logits: torch.Tensor, y: torch.Tenso
     return loss_adv + beta * loss_robust
 
 
-@register_method("mart")
+@METHODS.register("mart")
 class MART(Method):
     Config = MARTConfig
     default_start = "gaussian"

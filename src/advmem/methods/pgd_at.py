@@ -7,14 +7,14 @@ from typing import Literal
 from advmem.attacks import cross_entropy
 from advmem.methods.base import Method, accuracy_log
 from advmem.methods.config import MethodConfig
-from advmem.methods.registry import register_method
+from advmem.methods.registry import METHODS
 
 
 class PGDATConfig(MethodConfig):
     name: Literal["pgd_at"] = "pgd_at"
 
 
-@register_method("pgd_at")
+@METHODS.register("pgd_at")
 class PGDAT(Method):
     Config = PGDATConfig
     default_start = "uniform"

@@ -6,14 +6,14 @@ from typing import Literal
 
 from advmem.methods.base import AdvContext, Method, accuracy_log
 from advmem.methods.config import MethodConfig
-from advmem.methods.registry import register_method
+from advmem.methods.registry import METHODS
 
 
 class StandardConfig(MethodConfig):
     name: Literal["standard"] = "standard"
 
 
-@register_method("standard")
+@METHODS.register("standard")
 class Standard(Method):
     Config = StandardConfig
     fits_labels_on = "natural"

@@ -58,7 +58,7 @@ from advmem.attacks import attack_mode
 from advmem.attacks.attack_view import attack_model
 from advmem.methods.base import AdvContext, Method, WrapsBase
 from advmem.methods.config import MethodConfig
-from advmem.methods.registry import method_class, register_method
+from advmem.methods.registry import METHODS
 
 
 class TEConfig(MethodConfig):
@@ -93,7 +93,7 @@ class TEConfig(MethodConfig):
     def resolved_outer_target(self) -> str:
         if self.outer_target != "auto":
             return self.outer_target
-        return method_class(self.base).fits_labels_on
+        return METHODS.get(self.base).fits_labels_on
 
 
 def te_attack(attack):
@@ -128,14 +128,14 @@ def te_penalty(probs: torch.Tensor, target: torch.Tensor, units: str) -> torch.T
     return sq / probs.shape[1] if units == "code" else sq
 
 
-@register_method("te")
+@METHODS.register("te")
 class TemporalEnsembling(WrapsBase, Method):
     Config = TEConfig
 
     def __init__(self, cfg: TEConfig, attack, *, num_train, num_classes, device="cpu", label_smoothing=0.0):
         super().__init__(cfg, attack, num_train=num_train, num_classes=num_classes, device=device,
                          label_smoothing=label_smoothing)
-        base_cls = method_class(cfg.base)
+        base_cls = METHODS.get(cfg.base)
         base_cfg = {"name": cfg.base, **({"beta": cfg.beta} if "beta" in base_cls.Config.model_fields else {})}
         self.base = base_cls(base_cls.Config.model_validate(base_cfg), te_attack(attack),
                              num_train=num_train, num_classes=num_classes, device=device,

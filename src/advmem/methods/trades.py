@@ -20,7 +20,7 @@ from advmem.attacks import attack_mode, kl_to_clean
 from advmem.attacks.attack_view import attack_model
 from advmem.methods.base import Method, accuracy_log
 from advmem.methods.config import MethodConfig
-from advmem.methods.registry import register_method
+from advmem.methods.registry import METHODS
 
 
 class TRADESConfig(MethodConfig):
@@ -33,7 +33,7 @@ def trades_kl(nat_logits: torch.Tensor, adv_logits: torch.Tensor) -> torch.Tenso
     return F.kl_div(F.log_softmax(adv_logits, dim=1), F.softmax(nat_logits, dim=1), reduction="batchmean")
 
 
-@register_method("trades")
+@METHODS.register("trades")
 class TRADES(Method):
     Config = TRADESConfig
     default_start = "gaussian"

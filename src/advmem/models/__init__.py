@@ -6,20 +6,16 @@ logits. Every family adapts to any image size, channel count and class count.
 """
 
 from advmem.models.normalize import Classifier, Normalize
-from advmem.models.registry import build_model, count_parameters, model_kwargs_of, register_model
+from advmem.models.registry import MODELS, build_model, count_parameters, model_kwargs_of
 
-# Importing the family modules registers them.
-from advmem.models import mlp, small_cnn, preact_resnet, resnet, wide_resnet, vgg  # noqa: E402,F401
-from advmem.models.registry import _names
-
-MODEL_NAMES: list[str] = _names()
+MODEL_NAMES: list[str] = MODELS.names()  # imports the family modules (one file each in this package)
 
 __all__ = [
+    "MODELS",
     "MODEL_NAMES",
     "Classifier",
     "Normalize",
     "build_model",
     "count_parameters",
     "model_kwargs_of",
-    "register_model",
 ]

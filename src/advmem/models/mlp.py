@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from torch import nn
 
-from advmem.models.registry import check_positive, register_model
+from advmem.models.registry import MODELS, check_positive
 
 
-@register_model("mlp")
+@MODELS.register("mlp")
 def mlp(in_channels: int, num_classes: int, image_size: tuple[int, int], *, hidden: tuple[int, ...] = (256, 256)) -> nn.Module:
     """Flatten, then Linear+ReLU per entry of `hidden`, then a Linear head (`hidden=()` is linear)."""
     check_positive("mlp", hidden=hidden)

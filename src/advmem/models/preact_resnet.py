@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from advmem.models.registry import check_positive, register_model
+from advmem.models.registry import MODELS, check_positive
 
 
 class PreActBlock(nn.Module):
@@ -62,7 +62,7 @@ class PreActResNet(nn.Module):
         return self.linear(out)
 
 
-@register_model("preact_resnet18")
+@MODELS.register("preact_resnet18")
 def preact_resnet18(in_channels: int, num_classes: int, image_size: tuple[int, int], *, width: int = 64) -> nn.Module:
     """PreAct ResNet-18; `width` is the stem width (stages width, 2w, 4w, 8w)."""
     check_positive("preact_resnet18", width=width)

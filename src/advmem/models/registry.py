@@ -1,4 +1,4 @@
-"""Model registry: name -> builder, with kwargs checked against the builder's signature.
+"""Model registry (`MODELS`): name -> builder, with kwargs checked against the builder's signature.
 
 Builders have the signature `builder(in_channels, num_classes, image_size, *, kw=default, ...)`;
 the keyword-only parameters are the model's user-facing kwargs (recipe `model.kwargs`). Their
@@ -10,32 +10,39 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 from torch import nn
 
 from advmem.errors import UserError
 from advmem.models.normalize import Classifier, Normalize
-
-# name -> (builder, default overrides); aliases share a builder with different defaults.
-_REGISTRY: dict[str, tuple[Callable[..., nn.Module], dict[str, Any]]] = {}
+from advmem.registry import Registry, import_package
 
 
-def register_model(name: str, aliases: dict[str, dict[str, Any]] | None = None):
-    """Decorator: register `builder` as `name`, plus aliases that preset some kwargs."""
+class Model(NamedTuple):
+    builder: Callable[..., nn.Module]
+    presets: dict[str, Any]  # kwargs an alias sets (wrn_28_10: depth 28, widen_factor 10)
 
-    def deco(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-        accepted = _signature_defaults(builder)
-        for n, overrides in [(name, {})] + list((aliases or {}).items()):
-            if n in _REGISTRY:
-                raise ValueError(f"model {n!r} registered twice")
-            unknown = set(overrides) - set(accepted)
-            if unknown:
-                raise ValueError(f"alias {n!r} presets unknown kwargs {sorted(unknown)}")
-            _REGISTRY[n] = (builder, dict(overrides))
-        return builder
 
-    return deco
+class ModelRegistry(Registry):
+    """A `Registry` of `Model`s whose `register` also takes aliases: names that preset some kwargs."""
+
+    def register(self, name: str, aliases: dict[str, dict[str, Any]] | None = None):  # type: ignore[override]
+        def deco(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+            accepted = _signature_defaults(builder)
+            for n, presets in [(name, {})] + list((aliases or {}).items()):
+                unknown = set(presets) - set(accepted)
+                if unknown:
+                    raise ValueError(f"alias {n!r} presets unknown kwargs {sorted(unknown)}")
+                self.add(n, Model(builder, dict(presets)))
+            return builder
+
+        return deco
+
+
+# Every module of the package is imported on first lookup; a new family is one file with
+# `@MODELS.register("name")` on its builder.
+MODELS = ModelRegistry("model", load=import_package("advmem.models"))
 
 
 def _signature_defaults(builder: Callable[..., nn.Module]) -> dict[str, Any]:
@@ -43,20 +50,10 @@ def _signature_defaults(builder: Callable[..., nn.Module]) -> dict[str, Any]:
     return {p.name: p.default for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY}
 
 
-def _names() -> list[str]:
-    return sorted(_REGISTRY)
-
-
-def _lookup(name: str) -> tuple[Callable[..., nn.Module], dict[str, Any]]:
-    if name not in _REGISTRY:
-        raise UserError(f"unknown model {name!r}; choose one of: {', '.join(_names())}")
-    return _REGISTRY[name]
-
-
 def model_kwargs_of(name: str) -> dict[str, Any]:
     """Accepted kwargs of `name` with their defaults (alias presets applied)."""
-    builder, overrides = _lookup(name)
-    return {**_signature_defaults(builder), **overrides}
+    builder, presets = MODELS.get(name)
+    return {**_signature_defaults(builder), **presets}
 
 
 def _coerce(name: str, key: str, value: Any, default: Any) -> Any:
@@ -105,7 +102,7 @@ def build_model(
     **kwargs: Any,
 ) -> nn.Module:
     """Build `Classifier(Normalize(mean, std), net)`: [0,1] NCHW inputs -> (N, num_classes) logits."""
-    builder, overrides = _lookup(name)
+    builder, presets = MODELS.get(name)
     accepted = model_kwargs_of(name)
     for key, value in kwargs.items():
         if key not in accepted:
@@ -117,7 +114,7 @@ def build_model(
             raise UserError(f"{key} must be a positive integer; got {value!r}")
     if len(mean) != in_channels or len(std) != in_channels:
         raise UserError(f"mean and std need {in_channels} entries (one per channel); got {list(mean)} and {list(std)}")
-    net = builder(in_channels, num_classes, _image_hw(image_size), **{**overrides, **kwargs})
+    net = builder(in_channels, num_classes, _image_hw(image_size), **{**presets, **kwargs})
     model = Classifier(Normalize(mean, std), net)
     model.arch_name = name  # for sidecars and logs
     model.arch_kwargs = {**accepted, **kwargs}

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from advmem.models.registry import check_positive, register_model
+from advmem.models.registry import MODELS, check_positive
 
 
 class BasicBlock(nn.Module):
@@ -60,7 +60,7 @@ class ResNet(nn.Module):
         return self.linear(out)
 
 
-@register_model("resnet18")
+@MODELS.register("resnet18")
 def resnet18(in_channels: int, num_classes: int, image_size: tuple[int, int], *, width: int = 64) -> nn.Module:
     """CIFAR ResNet-18; `width` is the stem width (stages width, 2w, 4w, 8w)."""
     check_positive("resnet18", width=width)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from torch import nn
 
-from advmem.models.registry import check_positive, pool_fits, register_model
+from advmem.models.registry import MODELS, check_positive, pool_fits
 
 
-@register_model("small_cnn")
+@MODELS.register("small_cnn")
 def small_cnn(in_channels: int, num_classes: int, image_size: tuple[int, int], *, width: int = 32, hidden: int = 256) -> nn.Module:
     """Three conv3x3-BN-ReLU blocks (width, 2w, 4w), each followed by a 2x2 max-pool while the
     feature map is still >= 2 pixels, then an adaptive average pool to at most 2x2, Linear(hidden),

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 from torch import nn
 
-from advmem.models.registry import pool_fits, register_model
+from advmem.models.registry import MODELS, pool_fits
 
 VGG16_CFG: tuple[int | str, ...] = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M")
 
 
-@register_model("vgg16")
+@MODELS.register("vgg16")
 def vgg16(in_channels: int, num_classes: int, image_size: tuple[int, int], *, batch_norm: bool = True) -> nn.Module:
     """VGG-16 features (conv3x3[-BN]-ReLU), then global average pool and a linear head."""
     layers: list[nn.Module] = []

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from advmem.errors import UserError
-from advmem.models.registry import check_positive, register_model
+from advmem.models.registry import MODELS, check_positive
 
 
 class WideBasicBlock(nn.Module):
@@ -74,7 +74,7 @@ class WideResNet(nn.Module):
         return self.fc(out)
 
 
-@register_model(
+@MODELS.register(
     "wide_resnet",
     aliases={"wrn_28_10": {"depth": 28, "widen_factor": 10}, "wrn_34_10": {"depth": 34, "widen_factor": 10}},
 )

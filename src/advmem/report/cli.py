@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from advmem.commands import COMMANDS
 from advmem.io import atomic_write_text
 
 
@@ -35,6 +36,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+@COMMANDS.register("report")
 def add_parser(subparsers, common) -> None:
     p = subparsers.add_parser("report", help="HTML report of one or more runs",
                               description="Write one self-contained HTML file: recipe differences, learning curves, "

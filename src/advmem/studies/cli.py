@@ -1,16 +1,14 @@
-"""`advmem study NAME`: each study is one module with `add_arguments(parser)` and `run(args) -> int`."""
+"""`advmem study NAME`: each study is one module of this package with `@STUDIES.register("name")` on
+its `run(args) -> int`, next to `add_arguments(parser)` and a docstring."""
 
 from __future__ import annotations
 
-from advmem.plugins import add_group
+from advmem.commands import COMMANDS, add_group
+from advmem.registry import Registry, import_package
 
-STUDIES = {
-    "measures": "advmem.studies.measures",
-    "random-labels": "advmem.studies.random_labels",
-    "random-labels-boundary": "advmem.studies.random_labels_boundary",
-    "robust-overfitting": "advmem.studies.robust_overfitting",
-}
+STUDIES = Registry("study", load=import_package("advmem.studies"))
 
 
+@COMMANDS.register("study")
 def add_parser(sub, common) -> None:
     add_group(sub, common, name="study", help="run a paper study end to end", dest="study", entries=STUDIES)

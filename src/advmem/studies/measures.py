@@ -42,8 +42,9 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from advmem.io import atomic_write_json, atomic_write_text
 from advmem.errors import UserError
+from advmem.io import atomic_write_json, atomic_write_text
+from advmem.studies.cli import STUDIES
 from advmem.studies.random_labels import (METHODS, TRUE_LABEL_OVERRIDES, check_seed_sets, ensure_trained, log,
                                           run_state, seed_overrides, verdict)
 from advmem.studies.reproduction import reproduction_target, smoke_note, update_reproduction
@@ -444,6 +445,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--no-reproduction", action="store_true", help="do not update REPRODUCTION.md")
 
 
+@STUDIES.register("measures")
 def run(args) -> int:
     t0 = time.time()
     scale = args.scale

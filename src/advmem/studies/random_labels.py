@@ -39,6 +39,7 @@ from typing import Any
 from advmem.io import atomic_write_json, atomic_write_text
 from advmem.errors import UserError
 from advmem.studies import grad_along
+from advmem.studies.cli import STUDIES
 from advmem.studies.reproduction import reproduction_target, smoke_note, update_reproduction
 
 SECTION = "random-labels"
@@ -637,6 +638,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--no-reproduction", action="store_true", help="do not update REPRODUCTION.md")
 
 
+@STUDIES.register("random-labels")
 def run(args) -> int:
     t0 = time.time()
     scale = args.scale

@@ -33,6 +33,7 @@ from typing import Any
 
 from advmem.io import atomic_write_json, atomic_write_text
 from advmem.errors import RunFailure, UserError
+from advmem.studies.cli import STUDIES
 from advmem.studies.reproduction import reproduction_target, smoke_note, update_reproduction
 from advmem.studies import random_labels as rl
 
@@ -299,6 +300,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--no-reproduction", action="store_true", help="do not update REPRODUCTION.md")
 
 
+@STUDIES.register("random-labels-boundary")
 def run(args) -> int:
     from advmem.sweep import launch_local, parse_grid, run_status
 

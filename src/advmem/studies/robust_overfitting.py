@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 from advmem.io import atomic_write_json, atomic_write_text
 from advmem.errors import UserError
+from advmem.studies.cli import STUDIES
 
 if TYPE_CHECKING:  # torch is imported where it is used, so building the CLI's parser does not import it
     import torch
@@ -699,6 +700,7 @@ def check_sets(sets: list[str]) -> None:
                             "run's seed, 0..N-1); use --seeds N")
 
 
+@STUDIES.register("robust-overfitting")
 def run(args) -> int:
     t0 = time.time()
     scale = args.scale

@@ -13,15 +13,16 @@ accuracy - test accuracy, from summary.json, else recomputed on the checkpoint),
 tau between every measure and the gaps across the runs given.
 
 Writes measures.csv (one row per run), measures_kendall.csv and measures.md. A measure family
-is one module of this package behind `compute(ctx) -> {name: value}` (see base.py); the
-definitions and the choices made (BN folding, conv spectral norms, margins <= 0) are in the
-module docstrings and docs/analysis.md.
+is one module of this package behind `compute(ctx) -> {name: value}`, registered in `MEASURES`
+(see base.py and names.py); the definitions and the choices made (BN folding, conv spectral
+norms, margins <= 0) are in the module docstrings and docs/analysis.md.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from advmem.analysis.cli import ANALYSES
 from advmem.analysis.common import CHECKPOINT_HELP, add_device_argument, default_out
 from advmem.analysis.measures.names import FAMILIES
 
@@ -60,6 +61,7 @@ def add_arguments(parser) -> None:
     add_device_argument(parser)
 
 
+@ANALYSES.register("measures")
 def run(args) -> int:
     from advmem.analysis.measures.api import measure_runs
     from advmem.analysis.measures.base import MeasureSettings

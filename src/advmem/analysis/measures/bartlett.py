@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 
+from advmem.analysis.measures.names import MEASURES
 from advmem.analysis.measures.norms import spectral_norm
 
 MARGIN_NORMALIZED = {"log_bartlett_complexity": "log"}
@@ -30,5 +31,6 @@ def log_spectral_complexity(matrices) -> float:
     return log_prod + 1.5 * math.log(ratio_sum)
 
 
+@MEASURES.register("bartlett")
 def compute(ctx) -> dict[str, float]:
     return {"log_bartlett_complexity": log_spectral_complexity([layer.matrix for layer in ctx.folded.layers])}

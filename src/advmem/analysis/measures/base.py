@@ -1,4 +1,5 @@
-"""The measure interface: a measure family is one module with `compute(ctx) -> {name: value}`.
+"""The measure interface: a measure family is one module with `compute(ctx) -> {name: value}`,
+registered with `@MEASURES.register(name)` (names.py).
 
 Each family module also declares `MARGIN_NORMALIZED = {name: kind}` for the values that scale
 with the weights, so the driver can add the margin-normalized variants uniformly:
@@ -20,8 +21,8 @@ runs that do not fit 90% of their (adversarial) training samples be normalized t
 
 from __future__ import annotations
 
-import importlib
 import math
+import sys
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
@@ -33,7 +34,7 @@ from torch import nn
 from advmem.attacks import cross_entropy, pgd
 from advmem.engine.evaluate import EvalAttack, margins
 
-from advmem.analysis.measures.names import FAMILIES  # noqa: E402 (re-exported)
+from advmem.analysis.measures.names import FAMILIES, MEASURES  # noqa: E402 (FAMILIES re-exported)
 MARGIN_QUANTILE = 0.1
 
 
@@ -139,19 +140,15 @@ def normalize_by_margin(value: float, kind: str, gamma: float) -> float:
     raise ValueError(f"unknown margin normalization {kind!r}")
 
 
-def family(name: str):
-    return importlib.import_module(f"advmem.analysis.measures.{name}")
-
-
 def compute_all(ctx: MeasureContext, families: tuple[str, ...] = FAMILIES) -> dict[str, Any]:
     """Every family's measures, their margin-normalized variants, and the margins themselves."""
     out: dict[str, Any] = {"clean_margin": ctx.clean_margin, "adv_margin": ctx.adv_margin,
                            "train_nat_acc_sample": ctx.accuracy(ctx.x), "train_rob_acc_sample": ctx.accuracy(ctx.x_adv)}
     for name in families:
-        module = family(name)
-        values = module.compute(ctx)
+        compute = MEASURES.get(name)
+        values = compute(ctx)
         out.update(values)
-        for key, kind in getattr(module, "MARGIN_NORMALIZED", {}).items():
+        for key, kind in getattr(sys.modules[compute.__module__], "MARGIN_NORMALIZED", {}).items():
             out[f"{key}_over_clean_margin"] = normalize_by_margin(values[key], kind, ctx.clean_margin)
             out[f"{key}_over_adv_margin"] = normalize_by_margin(values[key], kind, ctx.adv_margin)
     return out

@@ -7,6 +7,8 @@ import math
 
 import torch
 
+from advmem.analysis.measures.names import MEASURES
+
 MARGIN_NORMALIZED = {"dist_from_init": "lin"}
 
 
@@ -20,6 +22,7 @@ def distance(model: torch.nn.Module, init_model: torch.nn.Module) -> float:
     return math.sqrt(total)
 
 
+@MEASURES.register("distance")
 def compute(ctx) -> dict[str, float]:
     if ctx.init_model is None:
         return {"dist_from_init": float("nan")}

@@ -23,6 +23,8 @@ import math
 
 import torch
 
+from advmem.analysis.measures.names import MEASURES
+
 MARGIN_NORMALIZED: dict[str, str] = {}
 
 
@@ -62,6 +64,7 @@ def pacbayes_sigma(ctx, robust: bool) -> tuple[float, bool]:
     return sigma, upper == s.flatness_sigma_max  # capped: never reached the allowed drop
 
 
+@MEASURES.register("flatness")
 def compute(ctx) -> dict[str, float]:
     out: dict[str, float] = {}
     for kind, robust in (("clean", False), ("robust", True)):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from advmem.analysis.measures.names import MEASURES
 from advmem.attacks import attack_mode
 
 MARGIN_NORMALIZED: dict[str, str] = {}
@@ -22,5 +23,6 @@ def mean_input_grad_norm(ctx, x: torch.Tensor) -> float:
     return float(torch.cat(norms).mean())
 
 
+@MEASURES.register("input_grad")
 def compute(ctx) -> dict[str, float]:
     return {"input_grad_clean": mean_input_grad_norm(ctx, ctx.x), "input_grad_adv": mean_input_grad_norm(ctx, ctx.x_adv)}

@@ -15,6 +15,7 @@ import math
 
 import torch
 
+from advmem.analysis.measures.names import MEASURES
 from advmem.models import count_parameters
 
 MARGIN_NORMALIZED = {"frobenius_sq_sum": "sq", "log_prod_spectral_sq": "log_sq"}
@@ -24,6 +25,7 @@ def spectral_norm(matrix: torch.Tensor) -> float:
     return float(torch.linalg.matrix_norm(matrix.double(), ord=2))
 
 
+@MEASURES.register("norms")
 def compute(ctx) -> dict[str, float]:
     layers = ctx.folded.layers
     fro_sq = [float(layer.matrix.double().pow(2).sum()) for layer in layers]

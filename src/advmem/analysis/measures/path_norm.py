@@ -14,6 +14,7 @@ import copy
 import torch
 
 from advmem.analysis.measures.layers import BN_TYPES, bn_scale
+from advmem.analysis.measures.names import MEASURES
 
 MARGIN_NORMALIZED = {"path_norm": "sq"}
 
@@ -38,5 +39,6 @@ def path_norm(folded_net: torch.nn.Module, input_shape: tuple[int, ...], device)
     return float(net(x).sum())
 
 
+@MEASURES.register("path_norm")
 def compute(ctx) -> dict[str, float]:
     return {"path_norm": path_norm(ctx.folded.net, tuple(ctx.x.shape[1:]), ctx.x.device)}

@@ -17,6 +17,8 @@ import copy
 import torch
 import torch.nn.functional as F
 
+from advmem.analysis.measures.names import MEASURES
+
 MARGIN_NORMALIZED: dict[str, str] = {}
 
 
@@ -58,6 +60,7 @@ def robust_sharpness(ctx) -> tuple[float, float]:
     return worst - base, base
 
 
+@MEASURES.register("sharpness")
 def compute(ctx) -> dict[str, float]:
     sharpness, base = robust_sharpness(ctx)
     return {"robust_sharpness": sharpness, "robust_train_loss": base}
