@@ -124,7 +124,7 @@ def sidecar_threat_model(path: Path) -> tuple[str | None, str | None]:
     """(threat_model, eps as written) from the JSON file next to an external checkpoint, when it has
     them (`advmem export` writes one); (None, None) when there is no such file or it says nothing of
     the threat model. A sidecar that names an invalid threat model is refused, not guessed around."""
-    from advmem.engine.io import read_input_text
+    from advmem.io import read_input_text
     from advmem.recipe import budget_value
 
     side = path.with_suffix(".json")
