@@ -294,8 +294,9 @@ def test_hardest_samples_plot_starts_at_zero_and_labels_the_decay(monkeypatch, t
     figures = []
     monkeypatch.setattr(plots, "save_figure", lambda fig, path: figures.append((fig, path)))
     curve = [{"epoch": e, "test_rob_acc": 0.3, "train_rob_acc": 0.4} for e in range(1, 7)]
-    results = {"settings": {"milestones": [3, 5], "hard_fraction": 0.1},
-               "methods": {"pgd_at": {"label": "PGD-AT", "curve": curve, "hard": [(3, 0.0), (6, 0.02)]}}}
+    results = {"settings": {"milestones": [3, 5], "hard_fraction": 0.1, "seeds": [0]},
+               "methods": {"pgd_at": {"label": "PGD-AT",
+                                      "per_seed": {"0": {"curve": curve, "hard": [(3, 0.0), (6, 0.02)]}}}}}
     robust_overfitting.plot(results, tmp_path)
     (curves, _), (hard, path) = figures
     assert path.name == "hardest_train_rob_acc.png"

@@ -583,7 +583,7 @@ def seed_band(ax, curves: list[list[tuple[int, float]]], colour: str, label: str
 
 def mark_decays(ax, milestones: list[int]) -> None:
     for i, m in enumerate(milestones):
-        ax.axvline(m + 0.5, color="grey", lw=0.8, ls=":", label="lr decay (x0.1)" if i == 0 else None)
+        ax.axvline(m + 0.5, color="grey", lw=0.8, ls=":", label="lr decay" if i == 0 else None)
 
 
 def plot(results: dict[str, Any], out: Path) -> None:
