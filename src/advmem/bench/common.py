@@ -260,6 +260,16 @@ def make_trainer(recipe: dict[str, Any], settings: Settings):
     return trainer
 
 
+def common_evaluator(model: torch.nn.Module, test, eps: float) -> dict[str, float]:
+    """Natural and PGD-20 (step eps/4, uniform start, seeded) accuracy: the one evaluator of every row."""
+    from advmem.engine.evaluate import EvalAttack, clean_per_sample, robust_per_sample, summarize
+
+    attack = EvalAttack(eps=eps, step_size=eps / 4, steps=20)
+    nat = summarize(clean_per_sample(model, test, 256))["acc"]
+    rob = summarize(robust_per_sample(model, test, attack, 256, generator=torch.Generator().manual_seed(0)))["acc"]
+    return {"nat": nat, "pgd20": rob}
+
+
 def fresh_sums(device: torch.device) -> dict[str, torch.Tensor]:
     return {k: torch.zeros((), device=device) for k in ("loss", "acc", "grad_norm_sq")}
 

@@ -35,11 +35,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from advmem.bench.common import Goal, Section, Settings, data_section, fresh_sums, interleaved, make_trainer, median
-from advmem.bench.common import ratio, table
+from advmem.bench.common import Goal, Section, Settings, common_evaluator, data_section, fresh_sums, interleaved
+from advmem.bench.common import make_trainer, median, ratio, table
 from advmem.bench.paper_loop import paper_epoch, paper_step
 from advmem.bench.reference_loop import loader_from_device_dataset
-from advmem.engine.evaluate import EvalAttack, clean_per_sample, robust_per_sample, summarize
 
 EPS, ALPHA, STEPS, BETA = 0.1, 0.025, 10, 6.0
 METHODS = {"pgd_at": "PGD-AT", "trades": f"TRADES (beta {BETA:g})"}
@@ -93,14 +92,6 @@ def peer_module(name: str):
 
 def not_installed(module: str, method: str) -> Variant:
     return Variant(module, method, missing=f"not installed (pip install {PEER_PACKAGES[module]}, or 'advmem[bench]')")
-
-
-def common_evaluator(model: nn.Module, test, eps: float) -> dict[str, float]:
-    """Natural and PGD-20 (step eps/4, uniform start, seeded) accuracy: the one evaluator of every row."""
-    attack = EvalAttack(eps=eps, step_size=eps / 4, steps=20)
-    nat = summarize(clean_per_sample(model, test, 256))["acc"]
-    rob = summarize(robust_per_sample(model, test, attack, 256, generator=torch.Generator().manual_seed(0)))["acc"]
-    return {"nat": nat, "pgd20": rob}
 
 
 def _recipe(settings: Settings, method: str, epochs: int) -> dict:
