@@ -12,8 +12,8 @@ import torch
 from advmem.bench.gpu import NOT_MEASURED
 from conftest import SRC
 
-SECTIONS = ["## Goal metrics", "## Step cost: R_step", "## Epoch: speedup over a reference-style loop",
-            "## Evaluation: AutoAttack", "## Scale: epoch time and memory", "## GPU: PreActResNet-18 PGD-10 epoch"]
+SECTIONS = ["## Goal metrics", "## Peers: advmem against torchattacks", "## Step cost: R_step",
+            "## Epoch: speedup over a reference-style loop", "## Evaluation: AutoAttack", "## Scale: epoch time and memory", "## GPU: PreActResNet-18 PGD-10 epoch"]
 
 
 def test_harness_writes_every_section(tmp_path):
@@ -24,13 +24,15 @@ def test_harness_writes_every_section(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(SRC), ONEDNN_MAX_CPU_ISA="AVX2")
     cmd = [sys.executable, "-m", "advmem.bench", "all", "--tiny", "--device", "cpu", "--threads", "1", "--out", str(out)]
     try:
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=420)
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     except subprocess.TimeoutExpired as e:
-        pytest.fail(f"bench all --tiny hung (> 420 s); last output: {(e.stderr or b'')[-1500:]!r}")
+        pytest.fail(f"bench all --tiny hung (> 600 s); last output: {(e.stderr or b'')[-1500:]!r}")
     assert proc.returncode == 0, f"exit {proc.returncode}: {proc.stderr[-2000:]}"
     text = out.read_text()
     for heading in SECTIONS:
         assert heading in text, heading
+    goals = text.split("## Goal metrics")[1]
+    assert goals.index("row / advmem epoch time") < goals.index("| metric | value |"), "peers table on top"
     assert "python3 -m advmem.bench all --tiny" in text or "python -m advmem.bench all --tiny" in text
     for fact in ("- Git commit:", "- CPU:", "- Date (UTC):", "torch " + torch.__version__, "Load average"):
         assert fact in text, fact

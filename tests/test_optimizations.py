@@ -144,16 +144,17 @@ def test_train_epoch_reads_the_device_once_per_epoch(tmp_path, monkeypatch):
     assert calls == {"item": 0, "tolist": 1, "bool": 0, "float": 0, "int": 0, "cpu": 0, "numpy": 0}
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="torch.cuda.set_sync_debug_mode needs a GPU")
 def test_train_step_has_no_cuda_sync(tmp_path):
     trainer = make_trainer(tmp_path, device="cuda")
     data = next(trainer.bundle.train.batches(32, shuffle=True, generator=torch.Generator().manual_seed(0)))
     sums = {k: torch.zeros((), device="cuda") for k in ("loss", "acc", "grad_norm_sq")}
-    trainer.train_step(data, 1, sums)  # warm-up (lazy init may sync)
+    trainer.train_step(data, 1, 1, sums)  # warm-up (lazy init may sync)
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
-        trainer.train_step(data, 1, sums)
+        trainer.train_step(data, 1, 2, sums)
     finally:
         torch.cuda.set_sync_debug_mode("default")
 

@@ -1,8 +1,9 @@
-"""`python -m advmem.bench [step|epoch|eval|scale|all] [--device cpu|cuda] [--quick] [--out BENCHMARKS.md]`
+"""`python -m advmem.bench [peers|step|epoch|eval|scale|gpu|all|gpu-check] [--device cpu|cuda] [--quick] [--out BENCHMARKS.md]`
 
 Measures speed side by side in one process and writes a Markdown report (machine, versions,
-date, git commit, load average and the exact command first; then a table of goal metrics;
-then one section per benchmark family). Speed is measured here, never asserted in tests.
+date, git commit, load average and the exact command first; then the peers table and a table
+of goal metrics; then one section per benchmark family). Speed is measured here, never
+asserted in tests. `gpu-check` validates a CUDA machine in one call (`gpu_check.py`).
 """
 
 from __future__ import annotations
@@ -18,12 +19,12 @@ import torch
 from advmem.bench.common import Section, Settings, git_commit, load_average, machine_lines, python_module_command
 from advmem.io import atomic_write_text
 
-FAMILIES = ("step", "epoch", "eval", "scale")
+FAMILIES = ("peers", "step", "epoch", "eval", "scale")
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m advmem.bench", description=__doc__.splitlines()[0])
-    p.add_argument("what", nargs="?", default="all", choices=FAMILIES + ("gpu", "all"),
+    p.add_argument("what", nargs="?", default="all", choices=FAMILIES + ("gpu", "all", "gpu-check"),
                    help="which benchmark family to run (default: all)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--quick", action="store_true", help="smaller sizes and fewer rounds (minutes on 2 CPU cores)")
@@ -34,6 +35,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--data-root", default=None, help="where Fashion-MNIST / CIFAR-10 live (else defaults)")
     p.add_argument("--peak-tflops", type=float, default=None, help="device bf16 peak for MFU if not in the table")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--json", default=None, help="gpu-check: where to write the JSON of everything "
+                                                "(default: gpu-check.json next to --out)")
     return p.parse_args(argv)
 
 
@@ -44,7 +47,8 @@ def render(sections: list[Section], header: list[str]) -> str:
            "variants timed side by side in one process (interleaved rounds after a warm-up, in forward/reverse pairs; "
            "median [range] over pairs), "
            "so it holds on a noisy machine; absolute times are for context only.", "", *header, "",
-           "## Goal metrics", "", "| metric | value | goal | verdict |", "|---|---|---|---|",
+           "## Goal metrics", "", *[line for s in sections for line in s.summary],
+           "| metric | value | goal | verdict |", "|---|---|---|---|",
            *[g.row() for g in goals], ""]
     out += [s.markdown() for s in sections]
     return "\n".join(out).rstrip() + "\n"
@@ -53,6 +57,10 @@ def render(sections: list[Section], header: list[str]) -> str:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
+    if args.what == "gpu-check":
+        from advmem.bench import gpu_check
+
+        return gpu_check.main(args, argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         print("python -m advmem.bench: --device cuda but no CUDA GPU is available; use --device cpu", file=sys.stderr)
         return 2
@@ -63,9 +71,9 @@ def main(argv: list[str] | None = None) -> int:
     settings = Settings(device=device, quick=args.quick, tiny=args.tiny, repeats=args.repeats,
                         data_root=args.data_root, peak_tflops=args.peak_tflops)
     load_start, started, commit = load_average(), time.time(), git_commit()
-    from advmem.bench import epoch, eval as eval_bench, gpu, scale, step
+    from advmem.bench import epoch, eval as eval_bench, gpu, peers, scale, step
 
-    modules = {"step": step, "epoch": epoch, "eval": eval_bench, "scale": scale}
+    modules = {"peers": peers, "step": step, "epoch": epoch, "eval": eval_bench, "scale": scale}
     chosen = list(FAMILIES) if args.what == "all" else [args.what] if args.what != "gpu" else []
     sections: list[Section] = []
     try:

@@ -85,10 +85,12 @@ def sync(device: torch.device) -> None:
 
 
 def interleaved(variants: dict[str, Callable[[], Any]], *, rounds: int, warmup: int, device: torch.device,
-                before: Callable[[str], None] | None = None) -> dict[str, list[float]]:
+                before: Callable[[str], None] | None = None,
+                clock: Callable[[], float] = time.perf_counter) -> dict[str, list[float]]:
     """Seconds per call of each variant, `rounds` interleaved rounds after `warmup` untimed rounds.
 
-    `before(name)` runs untimed before each call (e.g. to reset the weights).
+    `before(name)` runs untimed before each call (e.g. to reset the weights). `clock`:
+    `time.process_time` for CPU time, which other processes on a shared machine do not inflate.
     """
     names = list(variants)
     for _ in range(warmup):
@@ -103,10 +105,10 @@ def interleaved(variants: dict[str, Callable[[], Any]], *, rounds: int, warmup: 
             if before:
                 before(name)
             sync(device)
-            t0 = time.perf_counter()
+            t0 = clock()
             variants[name]()
             sync(device)
-            times[name].append(time.perf_counter() - t0)
+            times[name].append(clock() - t0)
     return times
 
 
@@ -157,9 +159,12 @@ class Goal:
 
 @dataclass
 class Section:
+    """`summary`: lines shown at the top of the report's goal metrics (the peers table)."""
+
     title: str
     lines: list[str] = field(default_factory=list)
     goals: list[Goal] = field(default_factory=list)
+    summary: list[str] = field(default_factory=list)
 
     def add(self, *lines: str) -> None:
         self.lines.extend(lines)
@@ -253,6 +258,16 @@ def make_trainer(recipe: dict[str, Any], settings: Settings):
     trainer = Trainer(r, RunDir(settings.workdir / "unused"), quiet=True, log=lambda msg: None)
     trainer.setup(resume=False)
     return trainer
+
+
+def common_evaluator(model: torch.nn.Module, test, eps: float) -> dict[str, float]:
+    """Natural and PGD-20 (step eps/4, uniform start, seeded) accuracy: the one evaluator of every row."""
+    from advmem.engine.evaluate import EvalAttack, clean_per_sample, robust_per_sample, summarize
+
+    attack = EvalAttack(eps=eps, step_size=eps / 4, steps=20)
+    nat = summarize(clean_per_sample(model, test, 256))["acc"]
+    rob = summarize(robust_per_sample(model, test, attack, 256, generator=torch.Generator().manual_seed(0)))["acc"]
+    return {"nat": nat, "pgd20": rob}
 
 
 def fresh_sums(device: torch.device) -> dict[str, torch.Tensor]:
