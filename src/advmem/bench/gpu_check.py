@@ -39,7 +39,7 @@ import yaml
 from advmem.bench.common import Goal, Section, Settings, common_evaluator, git_commit, make_trainer
 from advmem.bench.common import python_module_command
 from advmem.bench.gpu import cifar_data, device_peak, mfu, pgd_recipe, timed_epoch, warm_up
-from advmem.engine.io import atomic_write_text
+from advmem.io import atomic_write_text
 
 BUDGET_S = 540  # 9 minutes for the whole check
 REFUSAL = ("python -m advmem.bench gpu-check: needs a CUDA GPU, and torch sees none "

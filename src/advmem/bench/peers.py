@@ -110,7 +110,7 @@ class Factory:
     """Builds every variant from one advmem trainer: its data, architecture, initial weights and optimizer."""
 
     def __init__(self, settings: Settings, epochs: int):
-        from advmem.engine.trainer import model_normalization
+        from advmem.engine.checkpoint import model_normalization
 
         self.settings, self.epochs = settings, epochs
         self.base = make_trainer(_recipe(settings, "pgd_at", epochs), settings)
