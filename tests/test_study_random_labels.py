@@ -178,7 +178,7 @@ def test_more_seeds_reuse_the_completed_ones_and_train_in_parallel(tiny_study, t
     shutil.copytree(out / "runs", copy / "runs")
     before = {run: (copy / "runs" / run / "metrics.jsonl").read_bytes() for run in RUNS}
     res = run_cli(["study", "random-labels", "--scale", "tiny", "--seeds", "3", "--parallel", "2", "--out", str(copy),
-                   "--no-reproduction", "--no-along", "--quiet"], tmp_path)
+                   "--no-reproduction", "--skip", "along", "--quiet"], tmp_path)
     assert res.returncode == 0, res.stderr[-2000:]
     assert res.stderr.count("complete, skipped") == 8
     assert before == {run: (copy / "runs" / run / "metrics.jsonl").read_bytes() for run in RUNS}
@@ -194,7 +194,8 @@ def test_more_seeds_reuse_the_completed_ones_and_train_in_parallel(tiny_study, t
 def test_bad_seed_options_are_one_line_errors(tmp_path):
     out = tmp_path / "out"
     for extra, needle in ((["--seeds", "0"], "--seeds 0"), (["--set", "seed=3"], "use --seeds"),
-                          (["--set", "data.label_noise.seed=3"], "use --seeds"), (["--parallel", "0"], "--parallel")):
+                          (["--set", "data.label_noise.seed=3"], "use --seeds"), (["--parallel", "0"], "--parallel"),
+                          (["--skip", "probes"], "--skip probes")):
         res = run_cli(["study", "random-labels", "--scale", "tiny", "--out", str(out), *extra], tmp_path)
         assert res.returncode == 2, (extra, res.stderr)
         assert needle in res.stderr and "Traceback" not in res.stderr and len(res.stderr.strip().splitlines()) == 1

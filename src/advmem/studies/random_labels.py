@@ -17,7 +17,7 @@ skipped with a note if this advmem lacks them) and writes one folder:
     grad-stability/           the probe's JSON and log-log plot (each run's own loss at its last weights)
     along/, grad-along/       F2 along training (studies/grad_along.py): replays of every run to its
                               early epochs, and the same-weights probe of both losses at init, those
-                              epochs and the last checkpoint; grad_along.png (--no-along skips them)
+                              epochs and the last checkpoint; grad_along.png (--skip along leaves them out)
     measures/                 the complexity-measure table
     results.json, README.md   the numbers (mean +- std over seeds per run), and what they show
 
@@ -580,6 +580,17 @@ def run_measures(run_paths: list[Path], out_dir: Path, opts: dict[str, Any], not
     return measure_runs(run_paths, out_dir, **opts)
 
 
+SKIPPABLE = ("along", "grad-stability", "measures")
+
+
+def skipped_parts(text: str) -> set[str]:
+    parts = {p.strip() for p in (text or "").split(",") if p.strip()}
+    unknown = sorted(parts - set(SKIPPABLE))
+    if unknown:
+        raise UserError(f"--skip {unknown[0]}: choose from {', '.join(SKIPPABLE)}")
+    return parts
+
+
 def along_replay_sets(recipes: dict[tuple[str, str, int], Any], scale: str) -> list[str]:
     """The replays' --set overrides (the same for every run: checked against each recipe)."""
     sets = [grad_along.replay_sets(recipe, grad_along.ALONG_EPOCHS[scale], grad_along.PROBES[scale]["batch_size"])
@@ -629,9 +640,11 @@ def add_arguments(parser) -> None:
     parser.add_argument("--parallel", type=int, default=1,
                         help="runs trained at a time: 1 (default) trains in this process; N > 1 starts N "
                              "`advmem train` subprocesses with cores/N threads each, logs in OUT/runs/logs")
-    parser.add_argument("--no-along", action="store_true",
-                        help="skip the along-training protocol (replays of every run to its early epochs, the "
-                             "same-weights probe there and the training-time signal)")
+    parser.add_argument("--skip", default="", metavar="PART[,PART]",
+                        help="analyses to leave out, comma-separated: along (the replays of every run to its "
+                             "early epochs, the same-weights probe there and the training-time signal), "
+                             "grad-stability (each run's own loss at its last weights), measures (complexity "
+                             "measures; `advmem study measures` is their study); the README says what was skipped")
     parser.add_argument("--reproduction", default=None,
                         help="REPRODUCTION.md to update (default: at scale small or paper, the REPRODUCTION.md "
                              "of the advmem checkout holding the current directory; tiny never by default)")
@@ -652,7 +665,8 @@ def run(args) -> int:
                                                 default_scales=REPRODUCTION_SCALES)
     out = Path(args.out or f"studies/random-labels-{scale}")
     runs_dir = out / "runs"
-    with_along = not getattr(args, "no_along", False)
+    skip = skipped_parts(getattr(args, "skip", ""))
+    with_along = "along" not in skip
     replays = build_recipes(scale, args.device, list(args.set) + along_replay_sets(recipes, scale), seeds) \
         if with_along else {}
     for recipe in recipes.values():  # refuse foreign run directories before training anything
@@ -671,8 +685,10 @@ def run(args) -> int:
     run_paths = [paths[(m, l, seed)] for m, l in order for seed in seeds]
     along = train_and_probe_along(scale, args, recipes, replays, paths, order, seeds, out, parallel) \
         if with_along else None
-    probe = run_probe(run_paths, out / "grad-stability", cfg["probe"], args.device, notes)
-    measures = run_measures(run_paths, out / "measures", cfg["measures"], notes)
+    probe = None if "grad-stability" in skip else run_probe(run_paths, out / "grad-stability", cfg["probe"],
+                                                            args.device, notes)
+    measures = None if "measures" in skip else run_measures(run_paths, out / "measures", cfg["measures"], notes)
+    notes += [f"{part} skipped (--skip)" for part in SKIPPABLE if part in skip]
     measures_md = None
     if measures is not None:
         md_files = sorted((out / "measures").glob("*.md"))
