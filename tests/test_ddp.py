@@ -121,7 +121,7 @@ def test_killing_one_rank_stops_the_other_with_a_clear_message(tmp_path):
 
 def _spawned(rank: int, world: int, port: int, root: str) -> None:
     from advmem.methods.base import AdvContext, Method, accuracy_log
-    from advmem.methods.registry import METHODS
+    from advmem.recipe.method import METHODS
     from advmem.recipe import MethodConfig
 
     class SeenConfig(MethodConfig):

@@ -14,7 +14,7 @@ from advmem.engine.checkpoint import load_resume_state
 from advmem.training import train
 from advmem.errors import RunFailure
 from advmem.methods.base import AdvContext, Method, accuracy_log
-from advmem.methods.registry import METHODS
+from advmem.recipe.method import METHODS
 from advmem.recipe import MethodConfig, recipe_from_dict
 
 

@@ -2,16 +2,23 @@
 
 Pydantic v2 with `extra="forbid"` so a misspelt key is an error rather than a silent default;
 range checks are `Field` constraints so the recipe layer can format them with the rest of the
-validation errors.
+validation errors. `DATASETS` lives here so the `dataset` check looks names up without this
+module importing the readers: they register themselves in data/sources.py, which the registry
+imports on first lookup (it imports numpy, which reading a recipe does not need).
 """
 
 from __future__ import annotations
 
+import importlib
+from functools import partial
 from typing import Literal
 
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
+from advmem.registry import Registry
 from advmem.strict import StrictNumbers
+
+DATASETS = Registry("dataset", load=partial(importlib.import_module, "advmem.data.sources"))
 
 AUGMENT_KINDS = ("default", "none", "crop_flip", "crop", "flip")
 
@@ -32,7 +39,7 @@ class DataConfig(StrictNumbers):
     """Which dataset, where it lives, and how it is split, subset and augmented."""
 
     model_config = ConfigDict(extra="forbid")
-    dataset: str = "fashion-mnist"  # a name registered in advmem.data.sources.DATASETS
+    dataset: str = "fashion-mnist"  # a name registered in DATASETS (data/sources.py)
     # Searched first, in torchvision's on-disk layout.
     data_root: str | None = None
     # Opt-in; needs torchvision (used only to fetch the files, which our readers then parse).
@@ -58,9 +65,6 @@ class DataConfig(StrictNumbers):
     @field_validator("dataset")
     @classmethod
     def _known_dataset(cls, value: str) -> str:
-        # on first use: the readers' module imports numpy, which reading a recipe does not need
-        from advmem.data.sources import DATASETS
-
         if value not in DATASETS:
             raise ValueError(f"unknown dataset '{value}'; choose one of: {', '.join(DATASETS)}")
         return value

@@ -20,17 +20,12 @@ import os
 import pickle
 import zlib
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
 
+from advmem.data.config import DATASETS, DataConfig, SyntheticConfig
 from advmem.errors import UserError
-from advmem.registry import Registry
-
-if TYPE_CHECKING:
-    from advmem.data.config import DataConfig, SyntheticConfig
-
-DATASETS = Registry("dataset")
 
 DEBIAN_FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
 FASHION_MNIST_FILES = {

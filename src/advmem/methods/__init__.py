@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from advmem.methods.config import AttackConfig, MethodConfig, method_config
-from advmem.methods.registry import METHODS, method_config_class, method_names
+from advmem.recipe.method import METHODS, AttackConfig, MethodConfig, method_config, method_config_class, method_names
 
 
 def build_method(cfg, attack, *, num_train: int, num_classes: int, device, label_smoothing: float = 0.0):

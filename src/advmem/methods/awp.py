@@ -29,8 +29,7 @@ from pydantic import Field, SerializeAsAny, field_validator
 
 from advmem.attacks.pgd import current_grad_scale
 from advmem.methods.base import Method, WrapsBase
-from advmem.methods.config import MethodConfig, method_config
-from advmem.methods.registry import METHODS
+from advmem.recipe.method import METHODS, MethodConfig, method_config
 
 AWP_BASES = ("pgd_at", "trades", "mart", "te")
 

@@ -23,7 +23,7 @@ from torch import nn
 
 from advmem.attacks import pgd
 from advmem.attacks.objectives import Objective
-from advmem.methods.config import AttackConfig, MethodConfig
+from advmem.recipe.method import AttackConfig, MethodConfig
 
 
 @dataclass

@@ -20,8 +20,7 @@ from pydantic import Field
 
 from advmem.attacks import cross_entropy
 from advmem.methods.base import Method, accuracy_log
-from advmem.methods.config import MethodConfig
-from advmem.methods.registry import METHODS
+from advmem.recipe.method import METHODS, MethodConfig
 
 
 class MARTConfig(MethodConfig):

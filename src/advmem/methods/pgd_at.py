@@ -6,8 +6,7 @@ from typing import Literal
 
 from advmem.attacks import cross_entropy
 from advmem.methods.base import Method, accuracy_log
-from advmem.methods.config import MethodConfig
-from advmem.methods.registry import METHODS
+from advmem.recipe.method import METHODS, MethodConfig
 
 
 class PGDATConfig(MethodConfig):

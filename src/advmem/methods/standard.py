@@ -5,8 +5,7 @@ from __future__ import annotations
 from typing import Literal
 
 from advmem.methods.base import AdvContext, Method, accuracy_log
-from advmem.methods.config import MethodConfig
-from advmem.methods.registry import METHODS
+from advmem.recipe.method import METHODS, MethodConfig
 
 
 class StandardConfig(MethodConfig):

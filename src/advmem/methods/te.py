@@ -57,8 +57,7 @@ from pydantic import Field, model_validator
 from advmem.attacks import attack_mode
 from advmem.attacks.attack_view import attack_model
 from advmem.methods.base import AdvContext, Method, WrapsBase
-from advmem.methods.config import MethodConfig
-from advmem.methods.registry import METHODS
+from advmem.recipe.method import METHODS, MethodConfig
 
 
 class TEConfig(MethodConfig):

@@ -19,8 +19,7 @@ from pydantic import Field
 from advmem.attacks import attack_mode, kl_to_clean
 from advmem.attacks.attack_view import attack_model
 from advmem.methods.base import Method, accuracy_log
-from advmem.methods.config import MethodConfig
-from advmem.methods.registry import METHODS
+from advmem.recipe.method import METHODS, MethodConfig
 
 
 class TRADESConfig(MethodConfig):

@@ -1,4 +1,4 @@
-"""The `track:` section of a recipe: what the trainer records per training sample."""
+"""The `track:` section of a recipe: what the trainer records per training sample (advmem.track does it)."""
 
 from __future__ import annotations
 

@@ -1,7 +1,8 @@
-"""The configs a method is built from: its own `method:` section and the training `attack:`.
+"""The `method:` and `attack:` sections of a recipe, and the registry of methods.
 
-Both live here, below recipe.py and every method file, so methods import them without importing
-the recipe (which looks methods up by name when it validates `method:`).
+They live here, at the recipe's layer below every method file: methods import their config
+base and register into `METHODS`; the recipe looks a method's config up by name without
+importing the methods (the registry imports them on first lookup).
 """
 
 from __future__ import annotations
@@ -10,8 +11,25 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import ConfigDict, Field, model_validator
 
-from advmem.methods.registry import method_config_class
+from advmem.errors import UserError
+from advmem.registry import Registry, import_package
 from advmem.strict import Budget, Section, StrictNumbers, budget_value
+
+# Loaded on first lookup, not at import: the method files import torch, and `import advmem.recipe`
+# (advmem --help) must not.
+METHODS = Registry("method", load=import_package("advmem.methods"))
+
+
+def method_config_class(name: str):
+    """The config class of method `name`; ValueError (reported by the recipe validator) if unknown."""
+    try:
+        return METHODS.get(name).Config
+    except UserError as err:
+        raise ValueError(str(err)) from None
+
+
+def method_names() -> list[str]:
+    return METHODS.names()
 
 
 class AttackConfig(Section):

@@ -27,10 +27,9 @@ from typing_extensions import Annotated
 
 from advmem.data.config import DataConfig
 from advmem.errors import UserError
-from advmem.methods.config import AttackConfig, MethodConfig, method_config
-from advmem.methods.registry import method_config_class
+from advmem.recipe.method import AttackConfig, MethodConfig, method_config, method_config_class
+from advmem.recipe.track import TrackConfig
 from advmem.strict import Budget, Section, budget_value
-from advmem.track.config import TrackConfig
 
 class ScheduleConfig(Section):
     """Learning-rate schedule, applied per epoch. Epochs are 1-indexed: with milestones [100]
@@ -363,7 +362,7 @@ def _method_body(cfg: "MethodConfig") -> dict[str, Any]:
 
 def shipped_recipes_dir() -> Path:
     """Recipes shipped with advmem: inside the package when installed, else the checkout's."""
-    here = Path(__file__).resolve().parent
+    here = Path(__file__).resolve().parents[1]  # the advmem package
     for candidate in (here / "recipes", here.parents[1] / "recipes"):
         if candidate.is_dir():
             return candidate
