@@ -20,7 +20,7 @@ from advmem.engine.ema import WeightEMA
 from advmem.engine.rundir import RunDir
 from advmem.engine.safety import GracefulStop, RunLock
 from advmem.engine.trainer import Trainer
-from advmem.errors import Interrupted, RunFailure
+from advmem.errors import RunFailure
 from advmem.recipe import Recipe
 from advmem.track.corruption import CorruptionRecorder
 from advmem.track.grad_consistency import GradConsistency
@@ -56,21 +56,32 @@ def plot_run_curves(run: RunDir) -> None:
     plot(run)
 
 
-class Curves(Callback):
-    """curves.png while training, so an interrupted run has one: after the first epoch this fit
-    commits, then at most every `every` seconds (drawing takes ~0.1-0.3 s, a tiny epoch less; see
-    docs/reliability.md). The last epoch is left to `train`, which draws after the final summary."""
+CURVES_EVERY = 30.0  # seconds between redraws of curves.png while training
+CURVES_SHARE = 0.02  # and at most this share of the time: a draw took 0.3-1.5 s on a loaded 2-core CPU
 
-    def __init__(self, run: RunDir, every: float = 30.0) -> None:
-        self.run, self.every = run, every
-        self.drawn: float | None = None
+
+class Curves(Callback):
+    """curves.png while training, so a run killed outright (OOM, kill -9) still has one: once an
+    epoch is committed and CURVES_EVERY seconds have passed since the fit started or the last draw
+    (longer when drawing is slow: at most CURVES_SHARE of the time). A run stopped cleanly draws
+    when it stops, and `train` draws the final one after the last epoch."""
+
+    def __init__(self, run: RunDir) -> None:
+        self.run = run
+        self.drawn = time.monotonic()
+        self.cost = 0.0
+
+    def on_fit_start(self, view) -> None:
+        self.drawn = time.monotonic()
 
     def on_epoch_saved(self, view, epoch: int) -> None:
         if epoch == view.recipe.optim.epochs:
             return
-        if self.drawn is None or time.monotonic() - self.drawn >= self.every:
+        if time.monotonic() - self.drawn >= max(CURVES_EVERY, self.cost / CURVES_SHARE):
+            start = time.monotonic()
             plot_run_curves(self.run)
             self.drawn = time.monotonic()
+            self.cost = self.drawn - start
 
 
 def start_message(run: RunDir, start_epoch: int, epochs: int) -> str:
@@ -119,9 +130,9 @@ def train(recipe: Recipe, *, run_root: Path | None = None, resume: bool = False,
                     run.prepare(recipe, trainer.bundle.info, overwrite=overwrite and not resume)
                 try:
                     summary = trainer.fit()
-                except (Interrupted, RunFailure):
+                except Exception:  # a stop (Interrupted), a failure, a crash: curves.png up to the last committed epoch
                     if comm.is_main and getattr(trainer, "committed_epoch", 0) > 0:
-                        _refresh_curves(run)  # a clean stop leaves curves.png up to its last committed epoch
+                        _refresh_curves(run)
                     raise
                 if comm.is_main:
                     plot_run_curves(run)  # curves.png, drawn from metrics.jsonl as written
