@@ -23,7 +23,8 @@ HOOKS = ("setup", "on_fit_start", "on_step_end", "on_epoch_end", "on_epoch_saved
 class TrainerView:
     """What a callback may read of the trainer (the objects themselves, not copies): the recipe, the
     run directory, the data bundle, the eager model (saved and evaluated), the method, the
-    evaluation attack and the first epoch of this fit."""
+    evaluation attack, the first epoch of this fit, and the running epoch's progress display
+    (`progress`, for `evaluate_split(..., progress=view.progress)`; None outside an epoch)."""
 
     __slots__ = ("_trainer",)
 
@@ -37,6 +38,7 @@ class TrainerView:
     method = property(lambda self: self._trainer.method)
     eval_attack = property(lambda self: self._trainer.eval_attack)
     start_epoch = property(lambda self: self._trainer.start_epoch)
+    progress = property(lambda self: getattr(self._trainer, "phase", None))
 
 
 class Callback:

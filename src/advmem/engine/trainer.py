@@ -114,6 +114,7 @@ class Trainer:
         self.committed_epoch = self.start_epoch - 1
         self.train_model = self.comm.wrap(self.step_model, self.device)
         self._first_bad = torch.zeros(2, device=self.device)  # see _check_step
+        self.phase: Progress | None = None  # the running epoch's progress display
 
     def _train_eval_subset(self):
         n = len(self.bundle.train)
@@ -175,6 +176,7 @@ class Trainer:
             t0 = time.perf_counter()
             row: dict[str, Any] = {"epoch": epoch}
             with Progress(f"epoch {epoch}/{r.optim.epochs}", enabled=not self.quiet) as phase:
+                self.phase = phase  # callbacks show their own passes in it (TrainerView.progress)
                 row.update(self.train_epoch(epoch, phase))
                 if main and (epoch % r.eval.every == 0 or epoch == r.optim.epochs):
                     e0 = time.perf_counter()
@@ -182,9 +184,10 @@ class Trainer:
                     if epoch == r.optim.epochs and r.eval.final_full and r.data.test_size is not None:
                         row.update(self.evaluate_full_test(epoch, phase))
                     row["eval_time"] = time.perf_counter() - e0
-            if main:
-                for callback in self.callbacks:
-                    callback.on_epoch_end(self.view, epoch, row)
+                if main:
+                    for callback in self.callbacks:
+                        callback.on_epoch_end(self.view, epoch, row)
+            self.phase = None
             if self.comm.enabled:
                 row["world_size"] = self.comm.world_size
             row["epoch_time"] = time.perf_counter() - t0
