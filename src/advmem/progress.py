@@ -88,10 +88,12 @@ class Progress:
         self.closed = False
         self._bar = None
         if _parent is None:
-            self.mode = "off"
-            if enabled:
-                self.mode = "bar" if stderr_is_terminal() else "plain" if interval() > 0 else "off"
-            self._interval = interval() if self.mode == "plain" else TERMINAL_REFRESH
+            self.mode, self._interval = "off", TERMINAL_REFRESH
+            if enabled and stderr_is_terminal():
+                self.mode = "bar"
+            elif enabled:
+                self._interval = interval()
+                self.mode = "plain" if self._interval > 0 else "off"
             self._open: list[Progress] = []
             self._last_line = since.root._last_line if since is not None else self.start
             self._lock = threading.Lock()

@@ -495,6 +495,10 @@ def add_parser(sub, common) -> None:
 
 def run(args) -> int:
     log = (lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr))
+    if not args.quiet:
+        from advmem.progress import interval
+
+        interval()  # a bad ADVMEM_PROGRESS_INTERVAL is refused before anything is written
     if args.parallel is not None and args.parallel < 1:
         raise UserError("--parallel must be at least 1")
     grid = parse_grid(args.grid)
