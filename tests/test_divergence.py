@@ -114,7 +114,9 @@ def test_nonfinite_stops_at_the_step_and_keeps_last_good_state(tmp_path, quantit
     assert all(torch.isfinite(t).all() for t in load_file(str(run / "checkpoints" / "last.safetensors")).values())
     assert load_resume_state(run / "resume.pt")["epoch"] == 1
     assert [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()] == [1]
-    assert not (run / "summary.json").exists() and not (run / ".lock").exists()
+    summary = json.loads((run / "summary.json").read_text())  # the interrupted run's summary: epoch 1, unfinished
+    assert (summary["complete"], summary["epochs_completed"], summary["last"]["epoch"]) == (False, 1, 1)
+    assert not (run / ".lock").exists()
 
 
 def test_cli_exit_code_1_and_resume_with_skip_batch(tmp_path, capsys):

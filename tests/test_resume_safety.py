@@ -234,9 +234,9 @@ def test_sigterm_during_the_final_full_test_evaluation_stops_it(tmp_path, monkey
     recipe.write_text(yaml.safe_dump(recipe_dict(tmp_path, **extra)))
     original, seen = trainer_module.Trainer.evaluate_full_test, []
 
-    def signalled(self, epoch):
+    def signalled(self, epoch, *progress):
         os.kill(os.getpid(), signal.SIGTERM)
-        return original(self, epoch)
+        return original(self, epoch, *progress)
 
     def counting(model, dataset, *args, **kwargs):
         seen.append(len(dataset))

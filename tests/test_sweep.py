@@ -7,6 +7,7 @@ import csv
 import json
 import math
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -49,7 +50,8 @@ def test_expansion_helpers():
         "attack.steps": "attack_steps", "eval.attack.steps": "eval_attack_steps", "optim.lr": "lr"}
 
 
-def test_local_sweep_skips_resumes_and_tabulates(recipe, tmp_path, capsys):
+def test_local_sweep_skips_resumes_and_tabulates(recipe, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("ADVMEM_PROGRESS_INTERVAL", "0.05")  # the progress lines of a sweep in a log
     out = tmp_path / "sweep"
     argv = ["sweep", str(recipe), "--grid", "optim.lr=0.05,0.1", "--seeds", "0,1", "--parallel", "2",
             "--out", str(out)]
@@ -59,8 +61,12 @@ def test_local_sweep_skips_resumes_and_tabulates(recipe, tmp_path, capsys):
     for name in names:
         recorded = yaml.safe_load((out / name / "recipe.yaml").read_text())
         assert recorded["seed"] == int(name[-1]) and str(recorded["optim"]["lr"]) in name
-    printed = capsys.readouterr().out
+    captured = capsys.readouterr()
+    printed = captured.out
     assert "| optim.lr | seeds |" in printed and "2/2" in printed
+    lines = [line for line in captured.err.splitlines() if line.startswith("sweep: ")]
+    assert lines and re.fullmatch(r"sweep: 100% 8/8 \[.*, 4/4 runs done\]", lines[-1]), captured.err
+    assert any(re.search(r"running sw_lr-\S+ \d/2", line) for line in lines), lines
 
     with open(out / "sweep.csv") as fh:
         table = {row["optim.lr"]: row for row in csv.DictReader(fh)}

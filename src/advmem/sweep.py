@@ -188,10 +188,65 @@ def usable_cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def launch_local(runs: list[SweepRun], spec: str, out: Path, parallel: int, log) -> None:
+def epochs_done(path: Path) -> int:
+    """The last epoch a run directory has completed (its metrics.jsonl); 0 when none can be read."""
+    from advmem.engine.rundir import RunDir
+
+    try:
+        rows = RunDir(path).read_metrics()
+    except (UserError, OSError):
+        return 0
+    return max((r["epoch"] for r in rows if isinstance(r.get("epoch"), int)), default=0)
+
+
+def sweep_postfix(finished: int, total: int, running: list[tuple[str, int, int]]) -> str:
+    """What the sweep's progress line says after its rate: runs finished, then each running run's epoch."""
+    shown = ", ".join(f"{name} {done}/{epochs}" for name, done, epochs in running[:3])
+    more = f" +{len(running) - 3} more" if len(running) > 3 else ""
+    return f"{finished}/{total} runs done" + (f"; running {shown}{more}" if running else "")
+
+
+POLL_S = 2.0  # how often the progress display rereads each running run's metrics.jsonl
+
+
+class RunsProgress:
+    """The progress of runs trained by other processes, read from their metrics.jsonl: epochs done
+    over all runs (rate and time left from the epochs this process saw done), runs finished, and
+    each running run's epoch of how many. `runs`: name -> (run directory, epochs)."""
+
+    def __init__(self, runs: dict[str, tuple[Path, int]], *, desc: str = "sweep", enabled: bool = True) -> None:
+        from advmem.progress import Progress
+
+        self.runs = runs
+        self.epochs = {name: epochs_done(path) for name, (path, _) in runs.items()}
+        self.finished = 0
+        self.bar = Progress(desc, sum(n for _, n in runs.values()), unit="epoch", enabled=enabled,
+                            initial=sum(self.epochs.values()))
+        self.polled = 0.0
+
+    def run_ended(self, name: str) -> None:
+        self.finished += 1
+        self.epochs[name] = epochs_done(self.runs[name][0])
+
+    def poll(self, running: list[str], *, force: bool = False) -> None:
+        """Reread the running runs' metrics (at most every POLL_S seconds unless `force`)."""
+        if not force and time.monotonic() - self.polled < POLL_S:
+            return
+        self.polled = time.monotonic()
+        for name in running:
+            self.epochs[name] = epochs_done(self.runs[name][0])
+        self.bar.set(sum(self.epochs.values()), sweep_postfix(self.finished, len(self.runs), [
+            (name, self.epochs[name], self.runs[name][1]) for name in running]))
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def launch_local(runs: list[SweepRun], spec: str, out: Path, parallel: int, log, *, quiet: bool = False) -> None:
     """N `advmem train` subprocesses at a time; output to DIR/logs/NAME.log. With several CUDA
     devices each concurrent run gets its own (CUDA_VISIBLE_DEVICES); each run gets cores/N CPU
-    threads unless OMP_NUM_THREADS is set."""
+    threads unless OMP_NUM_THREADS is set. Unless `quiet`, a progress display (RunsProgress)."""
+
     gpus = 0
     try:
         import torch
@@ -204,6 +259,7 @@ def launch_local(runs: list[SweepRun], spec: str, out: Path, parallel: int, log)
     active: list[tuple[subprocess.Popen, SweepRun, int, float, Any]] = []
     free_slots = list(range(parallel))
     total, done = len(runs), 0
+    progress = RunsProgress({run.name: (out / run.name, run.epochs) for run in runs}, enabled=not quiet)
     try:
         while pending or active:
             while pending and free_slots:
@@ -233,12 +289,16 @@ def launch_local(runs: list[SweepRun], spec: str, out: Path, parallel: int, log)
                 run.result = "ok" if proc.returncode == 0 else f"exit {proc.returncode}"
                 log(f"[{done}/{total}] {'done' if proc.returncode == 0 else 'FAILED'} {run.name} "
                     f"({time.monotonic() - t0:.0f}s){'' if proc.returncode == 0 else f' see {run.log}'}")
+                progress.run_ended(run.name)
+            progress.poll([run.name for _, run, *_ in active], force=not (pending or active))
     except KeyboardInterrupt:
         for proc, run, *_ in active:
             proc.terminate()  # each run stops cleanly after its current step
         for proc, run, *_ in active:
             proc.wait()
         raise
+    finally:
+        progress.close()
 
 
 class TrainJob:
@@ -437,6 +497,10 @@ def add_parser(sub, common) -> None:
 
 def run(args) -> int:
     log = (lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr))
+    if not args.quiet:
+        from advmem.progress import interval
+
+        interval()  # a bad ADVMEM_PROGRESS_INTERVAL is refused before anything is written
     if args.parallel is not None and args.parallel < 1:
         raise UserError("--parallel must be at least 1")
     grid = parse_grid(args.grid)
@@ -466,7 +530,7 @@ def run(args) -> int:
         atomic_write_json(out / "sweep.json", {"recipe": args.recipe, "grid": grid, "seeds": sorted({r.seed for r in runs}),
                                                "set": args.set, "runs": [r.name for r in runs]})
         if args.launcher == "local":
-            launch_local(todo, args.recipe, out, args.parallel or 1, log)
+            launch_local(todo, args.recipe, out, args.parallel or 1, log, quiet=args.quiet)
         else:
             params = slurm_parameters(args, base.launcher)
             cluster = "local" if args.launcher == "submitit-local" else "slurm"

@@ -6,6 +6,8 @@ Every hook of every callback is called (the base class makes each a no-op), in l
     on_fit_start(view)                rank 0, when training (re)starts: `view.start_epoch` is known
     on_step_end(view, epoch)          every rank, after each optimizer step that was taken
     on_epoch_end(view, epoch, row)    rank 0, after the epoch's evaluation; may add keys to `row`
+    on_epoch_saved(view, epoch)       rank 0, once the epoch is committed (metrics, checkpoints and
+                                      resume state written): for files drawn from the run directory
     state_dict() / load_state_dict()  saved in and restored from the resume state (None: nothing to save)
 
 `advmem.training.run_callbacks` assembles the list a recipe asks for.
@@ -15,13 +17,14 @@ from __future__ import annotations
 
 from typing import Any
 
-HOOKS = ("setup", "on_fit_start", "on_step_end", "on_epoch_end", "state_dict", "load_state_dict")
+HOOKS = ("setup", "on_fit_start", "on_step_end", "on_epoch_end", "on_epoch_saved", "state_dict", "load_state_dict")
 
 
 class TrainerView:
     """What a callback may read of the trainer (the objects themselves, not copies): the recipe, the
     run directory, the data bundle, the eager model (saved and evaluated), the method, the
-    evaluation attack and the first epoch of this fit."""
+    evaluation attack, the first epoch of this fit, and the running epoch's progress display
+    (`progress`, for `evaluate_split(..., progress=view.progress)`; None outside an epoch)."""
 
     __slots__ = ("_trainer",)
 
@@ -35,6 +38,7 @@ class TrainerView:
     method = property(lambda self: self._trainer.method)
     eval_attack = property(lambda self: self._trainer.eval_attack)
     start_epoch = property(lambda self: self._trainer.start_epoch)
+    progress = property(lambda self: getattr(self._trainer, "phase", None))
 
 
 class Callback:
@@ -55,6 +59,9 @@ class Callback:
         pass
 
     def on_epoch_end(self, view: TrainerView, epoch: int, row: dict[str, Any]) -> None:
+        pass
+
+    def on_epoch_saved(self, view: TrainerView, epoch: int) -> None:
         pass
 
     def state_dict(self) -> dict[str, Any] | None:

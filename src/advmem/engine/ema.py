@@ -66,7 +66,8 @@ class WeightEMA(Callback):
             if data is None or len(data) == 0:
                 continue
             row.update(evaluate_split(self.model, f"ema_{name}", data, view.eval_attack, r.eval.batch_size,
-                                      epoch_generator(r.seed, epoch, stream=EVAL_STREAMS[name])))
+                                      epoch_generator(r.seed, epoch, stream=EVAL_STREAMS[name]),
+                                      progress=view.progress))
         ckpt = view.run.checkpoints
         meta = checkpoint_meta(r, view.bundle, view.model, epoch, row)
         meta["weights"] = f"ema(decay={self.decay}, start_epoch={self.start_epoch})"

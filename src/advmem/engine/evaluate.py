@@ -9,13 +9,14 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from advmem.attacks import OBJECTIVES, pgd
+from advmem.progress import Progress, pass_of
 from advmem.strict import budget_value
 
 
@@ -51,7 +52,9 @@ def margins(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 @full_fp32()
-def clean_per_sample(model: nn.Module, dataset, batch_size: int = 256) -> dict[str, torch.Tensor]:
+def clean_per_sample(model: nn.Module, dataset, batch_size: int = 256,
+                     on_batch: Callable[[int], None] | None = None) -> dict[str, torch.Tensor]:
+    """`on_batch(n)`: called after each batch of n images (a progress display)."""
     was_training = model.training
     model.eval()
     out = {"correct": [], "loss": [], "margin": [], "index": []}
@@ -62,13 +65,17 @@ def clean_per_sample(model: nn.Module, dataset, batch_size: int = 256) -> dict[s
             out["loss"].append(F.cross_entropy(logits, batch.y, reduction="none"))
             out["margin"].append(margins(logits, batch.y))
             out["index"].append(batch.index)
+            if on_batch is not None:
+                on_batch(batch.y.shape[0])
     model.train(was_training)
     return {k: torch.cat(v) if v else torch.empty(0) for k, v in out.items()}
 
 
 @full_fp32()
 def robust_per_sample(model: nn.Module, dataset, attack: EvalAttack, batch_size: int = 256,
-                      generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+                      generator: torch.Generator | None = None,
+                      on_batch: Callable[[int], None] | None = None) -> dict[str, torch.Tensor]:
+    """`on_batch(n)`: called after each batch of n images, all its restarts done."""
     was_training = model.training
     model.eval()
     out = {"correct": [], "loss": [], "margin": [], "index": []}
@@ -89,6 +96,8 @@ def robust_per_sample(model: nn.Module, dataset, attack: EvalAttack, batch_size:
         out["loss"].append(worst_loss)
         out["margin"].append(worst_margin)
         out["index"].append(batch.index)
+        if on_batch is not None:
+            on_batch(batch.y.shape[0])
     model.train(was_training)
     return {k: torch.cat(v) if v else torch.empty(0) for k, v in out.items()}
 
@@ -101,16 +110,21 @@ def summarize(per_sample: dict[str, torch.Tensor]) -> dict[str, float]:
 
 
 def evaluate_split(model: nn.Module, name: str, dataset, attack: EvalAttack, batch_size: int,
-                   generator: torch.Generator, *, robust_set=None) -> dict[str, float]:
+                   generator: torch.Generator, *, robust_set=None, progress: Progress | None = None) -> dict[str, float]:
     """Clean accuracy and loss on `dataset`, then robust ones under `attack` on `robust_set` (default
     `dataset`; skipped when empty), as `{name}_nat_acc`, `{name}_nat_loss`, `{name}_rob_acc`,
-    `{name}_rob_loss`: the one per-split evaluation of the trainer, the EMA and the callbacks."""
+    `{name}_rob_loss`: the one per-split evaluation of the trainer, the EMA and the callbacks.
+    `progress`: the phase whose display shows each pass."""
     robust_set = dataset if robust_set is None else robust_set
-    clean = summarize(clean_per_sample(model, dataset, batch_size))
+    with pass_of(progress, f"{name} clean", len(dataset)) as bar:
+        clean = summarize(clean_per_sample(model, dataset, batch_size, on_batch=bar.update))
     out = {f"{name}_nat_acc": clean["acc"], f"{name}_nat_loss": clean["loss"]}
     if len(robust_set) == 0:
         return out
-    rob = summarize(robust_per_sample(model, robust_set, attack, batch_size, generator=generator))
+    label = f"{name} PGD-{attack.steps}" + (f"x{attack.restarts}" if attack.restarts > 1 else "")
+    with pass_of(progress, label, len(robust_set)) as bar:
+        rob = summarize(robust_per_sample(model, robust_set, attack, batch_size, generator=generator,
+                                          on_batch=bar.update))
     out[f"{name}_rob_acc"], out[f"{name}_rob_loss"] = rob["acc"], rob["loss"]
     return out
 

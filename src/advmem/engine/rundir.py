@@ -5,8 +5,10 @@
                 metrics.jsonl/.csv one row per completed epoch (rewritten atomically)
                 checkpoints/       best.*, last.*, init.* (safetensors + JSON sidecar)
                 resume.pt          optimizer, RNG and method state for --resume
-                curves.png         learning curves (drawn by report/plots.py from metrics.jsonl)
-                summary.json       best and last numbers
+                curves.png         learning curves (drawn by report/plots.py from metrics.jsonl; refreshed
+                                   during training, at most every 30 s, and at the end)
+                summary.json       best and last numbers (rewritten after every epoch; "complete": false
+                                   until the last epoch is done)
                 .lock              pid and host of the process writing the run (engine/safety.py)
                 failure.json       only after a failure: what, where (epoch, step)
 """
@@ -66,11 +68,20 @@ class RunDir:
         return True
 
     def finished(self, epochs: int) -> bool:
-        """Trained to its last epoch: a summary was written and the metrics end at `epochs`."""
-        if not self.summary_path.exists():
+        """Trained to its last epoch: the final summary was written and the metrics end at `epochs`."""
+        if not self.summary_complete():
             return False
         rows = self.read_metrics()
         return bool(rows) and rows[-1].get("epoch") == epochs
+
+    def summary_complete(self) -> bool:
+        """summary.json is the final one (those of an unfinished run say "complete": false; one
+        written before that key existed was final)."""
+        try:
+            summary = json.loads(self.summary_path.read_text())
+        except (OSError, ValueError):
+            return False
+        return isinstance(summary, dict) and summary.get("complete", True) is True
 
     def check_readable(self) -> None:
         """Raise UserError unless this is an advmem run directory this version can read."""
@@ -167,7 +178,8 @@ class RunDir:
         prove that epoch k - 1 (or the last epoch) was committed. Returns (epoch, which file)."""
         if self.summary_path.is_file():
             try:
-                last = (json.loads(self.summary_path.read_text()).get("last") or {}).get("epoch")
+                summary = json.loads(self.summary_path.read_text())
+                last = summary.get("epochs_completed") or (summary.get("last") or {}).get("epoch")
             except (OSError, ValueError, AttributeError):
                 last = None
             return (last if isinstance(last, int) and last > 0 else 1), self.summary_path.name
@@ -207,7 +219,10 @@ class RunDir:
         atomic_write_text(self.metrics_csv, buffer.getvalue())
 
     # -- summary and plots -------------------------------------------------------------------
-    def write_summary(self, rows: list[dict[str, Any]], best: dict[str, Any] | None, recipe) -> dict[str, Any]:
+    def write_summary(self, rows: list[dict[str, Any]], best: dict[str, Any] | None, recipe, *,
+                      complete: bool = True) -> dict[str, Any]:
+        """summary.json: best and last evaluated numbers; `complete`: False for the summary an
+        unfinished run keeps after each epoch."""
         evaluated = [row for row in rows if "test_nat_acc" in row]
         last = evaluated[-1] if evaluated else {}
         best_row = next((row for row in evaluated if best and row["epoch"] == best["epoch"]), {})
@@ -224,6 +239,8 @@ class RunDir:
             "threat_model": recipe.attack.norm,
             "eps": recipe.attack.eps,
             "epochs": recipe.optim.epochs,
+            "epochs_completed": rows[-1]["epoch"] if rows else 0,
+            "complete": complete,
             "best_selected_on": best["split"] if best else None,
             "best": pick(best_row),
             "last": pick(last),

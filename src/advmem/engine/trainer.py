@@ -6,8 +6,9 @@ for the method's loss, backward, the non-finite check, the optimizer step, the c
 `on_step_end`. Step metrics (loss, accuracy, squared global gradient norm) are accumulated on the
 device and read once per epoch, so the step never waits on the host. One epoch: the steps, then
 (rank 0) clean and robust accuracy on train (fixed subset), val and test, the callbacks'
-`on_epoch_end`, checkpoints `best`/`last`, metrics, and the resume state last (the commit point:
-a killed run continues where its last completed epoch ended).
+`on_epoch_end`, checkpoints `best`/`last`, metrics, and the resume state (the commit point:
+a killed run continues where its last completed epoch ended), then summary.json and the callbacks'
+`on_epoch_saved`.
 
 Elsewhere: `advmem.training.train` builds a Trainer and its callbacks and owns the run directory's
 lock; `engine.resume` the resume state; `engine.seeding` every random stream; `engine.safety`
@@ -44,6 +45,7 @@ from advmem.io import atomic_write_json
 from advmem.limits import check_fits
 from advmem.methods import build_method
 from advmem.models import build_model
+from advmem.progress import Progress, format_duration, interval, pass_of
 from advmem.recipe import Recipe
 
 
@@ -63,6 +65,8 @@ class Trainer:
     def setup(self, resume: bool) -> None:
         """Everything that can fail on bad input happens here, before the run directory is touched."""
         r = self.recipe
+        if not self.quiet:
+            interval()  # a bad ADVMEM_PROGRESS_INTERVAL is refused here, before the run directory is touched
         self.device = resolve_device(r.device, self.comm.local_rank if self.comm.enabled else 0)
         if r.deterministic:
             use_deterministic(self.device)
@@ -110,6 +114,7 @@ class Trainer:
         self.committed_epoch = self.start_epoch - 1
         self.train_model = self.comm.wrap(self.step_model, self.device)
         self._first_bad = torch.zeros(2, device=self.device)  # see _check_step
+        self.phase: Progress | None = None  # the running epoch's progress display
 
     def _train_eval_subset(self):
         n = len(self.bundle.train)
@@ -166,19 +171,23 @@ class Trainer:
                      "metrics.csv from resume.pt")
             self.run.write_metrics(self.rows)
         split = best_split(self.bundle)
+        fit_start = time.perf_counter()
         for epoch in range(self.start_epoch, r.optim.epochs + 1):
             t0 = time.perf_counter()
             row: dict[str, Any] = {"epoch": epoch}
-            row.update(self.train_epoch(epoch))
-            if main and (epoch % r.eval.every == 0 or epoch == r.optim.epochs):
-                e0 = time.perf_counter()
-                row.update(self.evaluate_epoch(epoch))
-                if epoch == r.optim.epochs and r.eval.final_full and r.data.test_size is not None:
-                    row.update(self.evaluate_full_test(epoch))
-                row["eval_time"] = time.perf_counter() - e0
-            if main:
-                for callback in self.callbacks:
-                    callback.on_epoch_end(self.view, epoch, row)
+            with Progress(f"epoch {epoch}/{r.optim.epochs}", enabled=not self.quiet) as phase:
+                self.phase = phase  # callbacks show their own passes in it (TrainerView.progress)
+                row.update(self.train_epoch(epoch, phase))
+                if main and (epoch % r.eval.every == 0 or epoch == r.optim.epochs):
+                    e0 = time.perf_counter()
+                    row.update(self.evaluate_epoch(epoch, phase))
+                    if epoch == r.optim.epochs and r.eval.final_full and r.data.test_size is not None:
+                        row.update(self.evaluate_full_test(epoch, phase))
+                    row["eval_time"] = time.perf_counter() - e0
+                if main:
+                    for callback in self.callbacks:
+                        callback.on_epoch_end(self.view, epoch, row)
+            self.phase = None
             if self.comm.enabled:
                 row["world_size"] = self.comm.world_size
             row["epoch_time"] = time.perf_counter() - t0
@@ -197,8 +206,13 @@ class Trainer:
                 self.run.write_metrics(self.rows)
                 save_resume_state(self.run.resume_path, state)
                 self.committed_epoch = epoch  # the commit point: named if a later write fails (disk full)
+                if epoch < r.optim.epochs:  # an interrupted run keeps a summary; the final one is written below
+                    self.run.write_summary(self.rows, self.best, r, complete=False)
+                for callback in self.callbacks:
+                    callback.on_epoch_saved(self.view, epoch)
             if not self.quiet and main:
-                self.log(format_row(row))
+                done = epoch - self.start_epoch + 1  # run ETA: mean wall time of this fit's epochs x epochs left
+                self.log(format_row(row, eta=(time.perf_counter() - fit_start) / done * (r.optim.epochs - epoch)))
             pending = torch.tensor([float(bool(self.stop and self.stop.requested))], device=self.device)
             if epoch < r.optim.epochs and self.comm.all_reduce(pending, op="max").item() > 0:
                 raise StopRequested(epoch, 0)
@@ -207,10 +221,11 @@ class Trainer:
         self.method.save_artifacts(self.run.path)
         return self.run.write_summary(self.rows, self.best, self.recipe)
 
-    def train_epoch(self, epoch: int) -> dict[str, float]:
+    def train_epoch(self, epoch: int, phase: Progress | None = None) -> dict[str, float]:
         """One pass over the training set (this rank's shard under DDP) at the epoch's learning rate,
         the data order drawn from (seed, epoch); returns the epoch's training metrics (one device
-        read at the end: the step sums and the first non-finite step together)."""
+        read at the end: the step sums and the first non-finite step together). `phase`: the
+        epoch's progress display."""
         r, method, opt = self.recipe, self.method, self.optimizer
         lr = lr_at(r.optim, epoch)
         for group in opt.param_groups:
@@ -225,13 +240,7 @@ class Trainer:
         batches = self.bundle.train.batches(r.optim.batch_size // world, shuffle=True, generator=gen,
                                             augment=self.bundle.augment, rank=self.comm.rank, world_size=world)
         total = math.ceil(len(self.bundle.train) / r.optim.batch_size)
-        bar = None
-        if not self.quiet:
-            from tqdm import tqdm  # the progress bar: only when not quiet
-
-            bar = tqdm(total=len(self.bundle.train), unit="img", unit_scale=True, leave=False,
-                       desc=f"epoch {epoch}/{r.optim.epochs}", file=sys.stderr, dynamic_ncols=True,
-                       disable=None)
+        bar = pass_of(phase, "train", len(self.bundle.train))  # rank 0 counts its shard x world size
         start = time.perf_counter()
         skipped = 0
         self._first_bad = torch.zeros(2, device=dev)  # (step, 1 loss | 2 gradient) of the first non-finite step
@@ -244,13 +253,11 @@ class Trainer:
                 continue
             n_batches += 1
             n_images += batch.y.shape[0]
-            if bar is not None:
-                bar.update(batch.y.shape[0])
+            bar.update(batch.y.shape[0] * world)
         if dev.type == "cuda":
             torch.cuda.synchronize()
         train_time = time.perf_counter() - start
-        if bar is not None:
-            bar.close()
+        bar.close()
         # One device read per epoch: the step sums and the first non-finite step, together.
         sums_and_flag = torch.cat([torch.stack([sums["loss"], sums["acc"], sums["grad_norm_sq"]]), self._first_bad])
         totals = self.comm.all_reduce(sums_and_flag).tolist()
@@ -359,7 +366,8 @@ class Trainer:
         if code > 0:
             raise NonFinite(epoch, int(step), "loss" if code == 1 else "gradient")
 
-    def evaluate_epoch(self, epoch: int) -> dict[str, float]:
+    def evaluate_epoch(self, epoch: int, phase: Progress | None = None) -> dict[str, float]:
+        """Clean and robust accuracy on the train subset, val and test (rank 0); `phase`: the display."""
         r, model = self.recipe, self.model
         bs = r.eval.batch_size
         row: dict[str, float] = {}
@@ -370,15 +378,16 @@ class Trainer:
                 continue
             row.update(evaluate_split(model, name, self._stoppable(clean_set, epoch), self.eval_attack, bs,
                                       epoch_generator(r.seed, epoch, stream=EVAL_STREAMS[name]),
-                                      robust_set=self._stoppable(robust_set, epoch)))
+                                      robust_set=self._stoppable(robust_set, epoch), progress=phase))
         return row
 
-    def evaluate_full_test(self, epoch: int) -> dict[str, float]:
+    def evaluate_full_test(self, epoch: int, phase: Progress | None = None) -> dict[str, float]:
         """The last epoch's evaluation on the full test set when data.test_size subsets it."""
         r = self.recipe
         full = self._stoppable(build_data(r.data.model_copy(update={"test_size": None}), self.device).test, epoch)
         return evaluate_split(self.model, "test_full", full, self.eval_attack, r.eval.batch_size,
-                              epoch_generator(r.seed, epoch, stream=EVAL_STREAMS["test"]))
+                              epoch_generator(r.seed, epoch, stream=EVAL_STREAMS["test"]),
+                              progress=phase)
 
     def _stoppable(self, dataset, epoch: int):
         """`dataset` for an evaluation pass that a SIGTERM/SIGINT stops before its next batch (single
@@ -432,7 +441,8 @@ def check_model_size(name: str, kwargs: dict[str, Any], bundle: DataBundle, devi
                "lower its size in model.kwargs", available=available, where=where)
 
 
-def format_row(row: dict[str, Any]) -> str:
+def format_row(row: dict[str, Any], eta: float | None = None) -> str:
+    """The epoch's log line; `eta`: seconds the run has left (shown when positive)."""
     parts = [f"epoch {row['epoch']:>3}", f"lr {row['lr']:.4g}", f"loss {row['train_loss']:.4f}"]
     for split in ("train", "val", "test"):
         if f"{split}_nat_acc" in row:
@@ -440,4 +450,6 @@ def format_row(row: dict[str, Any]) -> str:
             parts.append(f"{split} {100 * row[f'{split}_nat_acc']:.1f}/" + (f"{100 * rob:.1f}" if rob is not None else "-"))
     parts.append(f"{row['images_per_s']:.0f} img/s")
     parts.append(f"{row['epoch_time']:.1f}s")
+    if eta:
+        parts.append(f"run ETA {format_duration(eta)}")
     return "  ".join(parts)

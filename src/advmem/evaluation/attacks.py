@@ -9,6 +9,7 @@ not ANDed with clean correctness: the caller does that for the worst case, and t
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from torch import nn
@@ -35,7 +36,10 @@ class AttackSettings:
         return self.step_size if self.step_size is not None else self.eps / 4
 
 
-def predict(model: nn.Module, x: torch.Tensor, batch_size: int) -> torch.Tensor:
+OnBatch = Callable[[int], None] | None  # called with each batch's size (a progress display)
+
+
+def predict(model: nn.Module, x: torch.Tensor, batch_size: int, on_batch: OnBatch = None) -> torch.Tensor:
     """argmax of the logits in eval mode, batched, on the CPU."""
     was_training = model.training
     model.eval()
@@ -44,17 +48,21 @@ def predict(model: nn.Module, x: torch.Tensor, batch_size: int) -> torch.Tensor:
     with torch.no_grad():
         for i in range(0, len(x), batch_size):
             out.append(model(x[i:i + batch_size].to(device)).argmax(1).cpu())
+            if on_batch is not None:
+                on_batch(len(out[-1]))
     model.train(was_training)
     return torch.cat(out) if out else torch.empty(0, dtype=torch.long)
 
 
-def clean_correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor, s: AttackSettings) -> torch.Tensor:
-    return predict(model, x, s.batch_size) == y.cpu()
+def clean_correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor, s: AttackSettings,
+                  on_batch: OnBatch = None) -> torch.Tensor:
+    return predict(model, x, s.batch_size, on_batch) == y.cpu()
 
 
 def pgd_correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor, s: AttackSettings, *, objective: str = "ce",
                 steps: int | None = None, restarts: int | None = None, eps: float | None = None,
-                step_size: float | None = None, start: str = "uniform", count: str = "any") -> torch.Tensor:
+                step_size: float | None = None, start: str = "uniform", count: str = "any",
+                on_batch: OnBatch = None) -> torch.Tensor:
     """Per-sample correctness under PGD; with restarts a point must survive all of them.
 
     `count="any"` (evaluation): a point is broken if *any* iterate misclassifies it, since
@@ -62,6 +70,7 @@ def pgd_correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor, s: AttackSet
     nothing, the logits of each iterate are computed anyway). `count="last"`: only the final
     iterate counts (the sanity checks use it to see whether more steps help).
     The random starts come from a generator seeded with `s.seed`, so a rerun gives the same flags.
+    `on_batch(n)`: after each batch of each restart.
     """
     steps = s.steps if steps is None else steps
     restarts = s.restarts if restarts is None else restarts
@@ -78,6 +87,8 @@ def pgd_correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor, s: AttackSet
             ok = _pgd_batch(model, xb, yb, obj, eps=eps, step_size=step_size, steps=steps, norm=s.norm, start=start,
                             generator=generator, count=count)
             correct[i:i + s.batch_size] &= ok.cpu()
+            if on_batch is not None:
+                on_batch(len(xb))
     return correct
 
 
@@ -97,13 +108,19 @@ def _pgd_batch(model: nn.Module, x: torch.Tensor, y: torch.Tensor, objective, *,
     return correct
 
 
-def run_white_box(name: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor, s: AttackSettings) -> torch.Tensor:
+def passes(name: str, s: AttackSettings) -> int:
+    """How many times `run_white_box(name, ...)` goes over the points (its restarts)."""
+    return s.restarts if name in ("pgd", "pgd-cw") else 1
+
+
+def run_white_box(name: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor, s: AttackSettings,
+                  on_batch: OnBatch = None) -> torch.Tensor:
     if name == "clean":
-        return clean_correct(model, x, y, s)
+        return clean_correct(model, x, y, s, on_batch)
     if name == "fgsm":
-        return pgd_correct(model, x, y, s, steps=1, restarts=1, step_size=s.eps, start="none")
+        return pgd_correct(model, x, y, s, steps=1, restarts=1, step_size=s.eps, start="none", on_batch=on_batch)
     if name == "pgd":
-        return pgd_correct(model, x, y, s, objective="ce")
+        return pgd_correct(model, x, y, s, objective="ce", on_batch=on_batch)
     if name == "pgd-cw":
-        return pgd_correct(model, x, y, s, objective="cw")
+        return pgd_correct(model, x, y, s, objective="cw", on_batch=on_batch)
     raise ValueError(name)

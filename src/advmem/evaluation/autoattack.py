@@ -20,13 +20,16 @@ log file next to the results; its warnings are also returned so they reach eval.
 from __future__ import annotations
 
 import logging
+import re
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 from torch import nn
 
 from advmem.engine.evaluate import full_fp32
+from advmem.progress import Progress, pass_of
 
 TIERS = {"standard": ["apgd-ce", "apgd-t", "fab-t", "square"], "lite": ["apgd-ce", "apgd-t"]}
 
@@ -98,14 +101,43 @@ class aa_logging:
         self.logger.info(message)
 
 
+# What pyautoattack 0.2.0 logs after each batch of an attack (at DEBUG): the one place its loop
+# tells how far it is. Another wording only loses the per-batch count, not the component's.
+BATCH_DONE = re.compile(r"^\S+ - \d+/\d+ - \d+ out of (\d+) successfully perturbed")
+
+
+class _CountBatches(logging.Handler):
+    def __init__(self, bar: Progress) -> None:
+        super().__init__(level=logging.DEBUG)
+        self.bar = bar
+
+    def emit(self, record: logging.LogRecord) -> None:
+        found = BATCH_DONE.match(record.getMessage())
+        if found:
+            self.bar.update(int(found.group(1)))
+
+
+@contextmanager
+def counting_batches(logger: logging.Logger, bar: Progress) -> Iterator[None]:
+    """`bar` advances by each batch's points as pyautoattack logs the batch done."""
+    handler = _CountBatches(bar)
+    logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+
+
 @full_fp32()
 def run_autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, tier: str, eps: float, norm: str,
                    seed: int, batch_size: int, num_classes: int, log_path: Path | None = None,
                    done: dict[str, list[bool]] | None = None,
                    on_stage: Callable[[str, torch.Tensor], None] | None = None,
-                   echo: Callable[[str], None] | None = None) -> tuple[torch.Tensor, dict[str, float], list[str]]:
+                   echo: Callable[[str], None] | None = None,
+                   progress: Progress | None = None) -> tuple[torch.Tensor, dict[str, float], list[str]]:
     """Per-sample robust flags under AutoAttack (`tier`), the accuracy after each component,
-    and the package's warnings. `done` holds flags of components completed earlier (resume)."""
+    and the package's warnings. `done` holds flags of components completed earlier (resume);
+    `progress`: the phase whose display shows each component, batch by batch."""
     done = dict(done or {})
     was_training = model.training
     model.eval()
@@ -130,7 +162,9 @@ def run_autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, tier: 
                     if echo:
                         echo(f"  autoattack-{tier}: {component} on {len(idx)} points")
                     aa.attacks_to_run = [component]
-                    _, y_adv = aa.run_standard_evaluation(x[idx], y[idx], batch_size=batch_size)
+                    with pass_of(progress, f"autoattack-{tier} {component}", len(idx)) as bar, \
+                            counting_batches(logs.logger, bar):
+                        _, y_adv = aa.run_standard_evaluation(x[idx], y[idx], batch_size=batch_size)
                     robust = robust.clone()
                     robust[idx] = y_adv.cpu() == y[idx]
                 if on_stage is not None:

@@ -44,7 +44,8 @@ from advmem import __version__
 from advmem.device import resolve_device
 from advmem.io import atomic_write_bytes, atomic_write_json
 from advmem.errors import UserError
-from advmem.evaluation.attacks import WHITE_BOX, AttackSettings, run_white_box
+from advmem.evaluation.attacks import WHITE_BOX, AttackSettings, passes, run_white_box
+from advmem.progress import Progress, pass_of
 from advmem.recipe import budget_value
 
 AUTOATTACKS = {"autoattack": "standard", "autoattack-lite": "lite"}
@@ -110,8 +111,9 @@ class EvalState:
 def evaluate_model(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, attacks: list[str],
                    settings: AttackSettings, num_classes: int, checks: bool = True, n_check: int = 64,
                    state: EvalState | None = None, aa_log: Path | None = None,
-                   echo: Callable[[str], None] = lambda m: None) -> dict[str, Any]:
-    """Run `attacks` on (x, y); returns accuracies, per-sample flags and sanity checks."""
+                   echo: Callable[[str], None] = lambda m: None, progress: Progress | None = None) -> dict[str, Any]:
+    """Run `attacks` on (x, y); returns accuracies, per-sample flags and sanity checks. `progress`:
+    the phase whose display shows each attack (rate and ETA)."""
     from advmem.evaluation.autoattack import run_autoattack
 
     state = state or EvalState(None, {})
@@ -132,13 +134,15 @@ def evaluate_model(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, 
             robust, after, warnings = run_autoattack(
                 model, x, y, tier=tier, eps=settings.eps, norm=settings.norm, seed=settings.seed,
                 batch_size=settings.batch_size, num_classes=num_classes, log_path=aa_log,
-                done=state.aa_done(tier), on_stage=lambda comp, f, t=tier: state.aa_put(t, comp, f), echo=echo)
+                done=state.aa_done(tier), on_stage=lambda comp, f, t=tier: state.aa_put(t, comp, f), echo=echo,
+                progress=progress)
             raw[name] = robust
             aa_info[name] = {"version": tier, "accuracy_after": after, "warnings": warnings}
             state.put(name, robust)
         else:
             echo(f"  {name}: {len(x)} points")
-            raw[name] = run_white_box(name, model, x, y, settings)
+            with pass_of(progress, name, len(x) * passes(name, settings)) as bar:
+                raw[name] = run_white_box(name, model, x, y, settings, on_batch=bar.update)
             state.put(name, raw[name])
         flags[name] = raw[name] & raw["clean"]
     robust = raw["clean"].clone()
@@ -157,7 +161,8 @@ def evaluate_model(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, 
     white_raw = {k: v for k, v in result["attacks_raw"].items() if k in WHITE_BOX}
     warnings = [msg for aa in aa_info.values() for msg in aa["warnings"]]
     result.update(sanity_checks(model, x, y, settings, num_classes=num_classes, clean_acc=clean_acc,
-                                white_raw=white_raw, aa_warnings=warnings, n_check=n_check, echo=echo)
+                                white_raw=white_raw, aa_warnings=warnings, n_check=n_check, echo=echo,
+                                progress=progress)
                   if checks else {"sanity": {"enabled": False}, "sanity_flags": []})
     result["flagged"] = bool(result["sanity_flags"])
     return result
@@ -165,14 +170,16 @@ def evaluate_model(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, 
 
 def sanity_checks(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, settings: AttackSettings, *,
                   num_classes: int, clean_acc: float, white_raw: dict[str, float], aa_warnings: list[str],
-                  n_check: int, echo: Callable[[str], None] = lambda m: None) -> dict[str, Any]:
+                  n_check: int, echo: Callable[[str], None] = lambda m: None,
+                  progress: Progress | None = None) -> dict[str, Any]:
     """The sanity checks (`sanity`, `sanity_flags`); `white_raw` and `aa_warnings` come from every
     attack in the results, so a check sees the whole evaluation."""
     from advmem.evaluation.checks import Check, run_checks
 
     echo(f"  sanity checks on {min(n_check, len(x))} points")
-    found = run_checks(model, x, y, settings, num_classes=num_classes, full_clean_acc=clean_acc,
-                       full_raw_accs=white_raw, n=n_check)
+    with pass_of(progress, "sanity checks"):  # no count: the display shows the time spent
+        found = run_checks(model, x, y, settings, num_classes=num_classes, full_clean_acc=clean_acc,
+                           full_raw_accs=white_raw, n=n_check)
     for msg in aa_warnings:  # AutoAttack's own warnings are flags too
         if "zero gradient" in msg or "Square Attack" in msg or "randomized" in msg or "probability" in msg:
             found.append(Check("autoattack_warning", True, f"pyautoattack: {msg}"))
@@ -535,8 +542,11 @@ def run_plan(plan: EvalPlan, *, quiet: bool = False) -> dict[str, Any]:
     aa_log = partial_log if any(a in AUTOATTACKS for a in plan.to_run) else None
     x = data.all_float()
     num_classes = meta["architecture"]["num_classes"]
-    result = evaluate_model(plan.model, x, data.y, attacks=["clean"] + plan.to_run, settings=settings,
-                            num_classes=num_classes, checks=False, state=plan.state, aa_log=aa_log, echo=echo)
+    shown = f"{meta['run']}/{plan.weights.stem}" if meta.get("run") else plan.weights.stem
+    with Progress(f"eval {shown}", enabled=not quiet) as phase:
+        result = evaluate_model(plan.model, x, data.y, attacks=["clean"] + plan.to_run, settings=settings,
+                                num_classes=num_classes, checks=False, state=plan.state, aa_log=aa_log, echo=echo,
+                                progress=phase)
     when = time.strftime("%Y-%m-%dT%H:%M:%S")
     records = [{k: v for k, v in r.items()} for r in prev.records]
     for name in plan.to_run:
@@ -552,8 +562,10 @@ def run_plan(plan: EvalPlan, *, quiet: bool = False) -> dict[str, Any]:
     if plan.options.checks:
         white_raw = {r["label"]: r["acc_raw"] for r in records if r["attack"] in WHITE_BOX}
         warnings = [m for r in records if r.get("autoattack") for m in r["autoattack"].get("warnings", [])]
-        sanity = sanity_checks(plan.model, x, data.y, settings, num_classes=num_classes, clean_acc=result["clean_acc"],
-                               white_raw=white_raw, aa_warnings=warnings, n_check=plan.options.n_check, echo=echo)
+        with Progress(f"eval {shown}", enabled=not quiet, since=phase) as checks:
+            sanity = sanity_checks(plan.model, x, data.y, settings, num_classes=num_classes,
+                                   clean_acc=result["clean_acc"], white_raw=white_raw, aa_warnings=warnings,
+                                   n_check=plan.options.n_check, echo=echo, progress=checks)
     elif prev.sanity is not None:
         sanity = {"sanity": prev.sanity, "sanity_flags": sorted(n for n, c in prev.sanity.get("checks", {}).items()
                                                                 if c.get("flagged"))}

@@ -234,7 +234,7 @@ def is_complete(run, recipe) -> bool:
     summary = json.loads(run.summary_path.read_text())
     from advmem.engine.resume import recipe_hash_matches
 
-    return (recipe_hash_matches(recipe, summary.get("recipe_hash"))
+    return (recipe_hash_matches(recipe, summary.get("recipe_hash")) and summary.get("complete", True) is True
             and (summary.get("last") or {}).get("epoch") == recipe.optim.epochs)
 
 
@@ -266,30 +266,41 @@ def _train_in_worker(recipe, runs_dir: str, hard_fraction: float, threads: int) 
     return str(ensure_trained(recipe, Path(runs_dir), hard_fraction=hard_fraction, quiet=True).path)
 
 
-def train_parallel(recipes: list, runs_dir: Path, *, hard_fraction: float, parallel: int) -> None:
+def train_parallel(recipes: list, runs_dir: Path, *, hard_fraction: float, parallel: int, quiet: bool = False) -> None:
     """Train the runs `parallel` at a time in spawned worker processes, each with cores/N threads
     (small models on a CPU scale poorly across threads, so two 1-thread runs beat one 2-thread
     run); the callbacks stay in-process in each worker. The first failure cancels the runs not
-    yet started and is raised (a worker that died: RunFailure)."""
+    yet started and is raised (a worker that died: RunFailure). Unless `quiet`, the runs' progress
+    (sweep.RunsProgress)."""
     import multiprocessing
     from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
     from concurrent.futures.process import BrokenProcessPool
 
     from advmem.errors import RunFailure
-    from advmem.sweep import usable_cores
+    from advmem.sweep import POLL_S, RunsProgress, usable_cores
 
     workers = min(parallel, len(recipes))
     threads = max(1, usable_cores() // workers)
     pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
+    progress = RunsProgress({r.name: (runs_dir / r.name, r.optim.epochs) for r in recipes}, desc="training",
+                            enabled=not quiet)
     try:
-        futures = [pool.submit(_train_in_worker, recipe, str(runs_dir), hard_fraction, threads) for recipe in recipes]
-        done, _ = wait(futures, return_when=FIRST_EXCEPTION)
+        futures = {pool.submit(_train_in_worker, recipe, str(runs_dir), hard_fraction, threads): recipe.name
+                   for recipe in recipes}
+        done, pending = set(), set(futures)
+        while pending and not any(f.exception() is not None for f in done):
+            finished, pending = wait(pending, timeout=POLL_S, return_when=FIRST_EXCEPTION)
+            for future in finished:
+                progress.run_ended(futures[future])
+            done |= finished
+            progress.poll([futures[f] for f in pending if f.running()], force=True)
         for future in futures:
             if future in done and future.exception() is not None:
                 raise future.exception()
     except BrokenProcessPool as err:
         raise RunFailure(f"a training worker process died ({err}); run the study again to resume") from None
     finally:
+        progress.close()
         pool.shutdown(wait=True, cancel_futures=True)
 
 
@@ -754,7 +765,7 @@ def run(args) -> int:
     todo = [r for _, _, r in recipes if not is_complete(RunDir(runs_dir / r.name), r)]
     if parallel > 1 and len(todo) > 1:
         log(f"training {len(todo)} runs, {parallel} at a time")
-        train_parallel(todo, runs_dir, hard_fraction=hard_fraction, parallel=parallel)
+        train_parallel(todo, runs_dir, hard_fraction=hard_fraction, parallel=parallel, quiet=args.quiet)
     results: dict[str, Any] = {"methods": {}}
     for spec, seed, recipe in recipes:
         r = ensure_trained(recipe, runs_dir, hard_fraction=hard_fraction, quiet=args.quiet)

@@ -33,6 +33,7 @@ from advmem.engine.callbacks import Callback, TrainerView
 from advmem.engine.evaluate import clean_per_sample, robust_per_sample
 from advmem.engine.seeding import PER_SAMPLE_TRACKER, TRACKED_SUBSET, epoch_generator, subset_generator
 from advmem.io import atomic_write
+from advmem.progress import pass_of
 from advmem.errors import UserError
 
 PER_SAMPLE_FILE = "per_sample.parquet"
@@ -137,9 +138,12 @@ class PerSampleTracker(Callback):
         if not self.is_tracked(epoch):
             return
         model = view.model
-        clean = clean_per_sample(model, self.dataset, self.batch_size)
+        with pass_of(view.progress, "per-sample clean", len(self.dataset)) as bar:
+            clean = clean_per_sample(model, self.dataset, self.batch_size, on_batch=bar.update)
         gen = epoch_generator(self.seed, epoch, stream=PER_SAMPLE_TRACKER)
-        rob = robust_per_sample(model, self.dataset, view.eval_attack, self.batch_size, generator=gen)
+        with pass_of(view.progress, f"per-sample PGD-{view.eval_attack.steps}", len(self.dataset)) as bar:
+            rob = robust_per_sample(model, self.dataset, view.eval_attack, self.batch_size, generator=gen,
+                                    on_batch=bar.update)
         values = {f"{kind}_{key}": res[key].float().cpu().numpy() if key != "correct" else res[key].cpu().numpy()
                   for kind, res in (("nat", clean), ("rob", rob)) for key in ("correct", "loss", "margin")}
         s = self.static
