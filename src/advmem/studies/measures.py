@@ -45,8 +45,8 @@ from typing import Any
 from advmem.errors import UserError
 from advmem.io import atomic_write_json, atomic_write_text
 from advmem.studies.cli import STUDIES
-from advmem.studies.random_labels import (METHODS, TRUE_LABEL_OVERRIDES, check_seed_sets, ensure_trained, log,
-                                          run_state, seed_overrides, verdict)
+from advmem.studies.random_labels import (METHODS, TRUE_LABEL_OVERRIDES, check_seed_sets, ensure_trained,
+                                          launch_runs, log, run_state, seed_overrides, verdict)
 from advmem.studies.reproduction import reproduction_target, smoke_note, update_reproduction
 
 SECTION = "measures"
@@ -156,24 +156,8 @@ def build_recipes(scale: str, device: str | None, extra: list[str], seeds: list[
 
 def train_subprocesses(jobs: list[tuple[dict, Any, list[str]]], runs_dir: Path, parallel: int) -> None:
     """The runs not yet complete as `advmem train` subprocesses, `parallel` at a time (sweep machinery)."""
-    from advmem.errors import RunFailure
-    from advmem.sweep import SweepRun, launch_local, run_status
-
-    todo = []
-    for point, recipe, overrides in jobs:
-        run = SweepRun(name=recipe.name, point={}, seed=point["seed"], overrides=overrides + [f"output_root={runs_dir}"],
-                       recipe_hash=recipe.hash(), epochs=recipe.optim.epochs, spec=RECIPES[point["method"]])
-        run.status = run_status(run, runs_dir)
-        if run.status == "complete":
-            log(f"{recipe.name}: complete, skipped")
-        else:
-            todo.append(run)
-    if todo:
-        launch_local(todo, "", runs_dir, parallel, log)
-    bad = [r.name for r in todo if run_status(r, runs_dir) != "complete"]
-    if bad:
-        raise RunFailure(f"{len(bad)} runs did not finish ({', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''}); "
-                         f"see {runs_dir / 'logs'}, then run the same command again to resume them")
+    launch_runs([(recipe, RECIPES[point["method"]], point["seed"], overrides) for point, recipe, overrides in jobs],
+                runs_dir, parallel)
 
 
 # -------------------------------------------------------------------------------------------------

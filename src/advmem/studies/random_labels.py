@@ -175,14 +175,22 @@ def run_state(run_path: Path, recipe) -> str:
 def train_parallel(recipes: dict[tuple[str, str, int], Any], scale: str, device: str | None, extra: list[str],
                    runs_dir: Path, parallel: int) -> None:
     """Train the runs not yet complete as `advmem train` subprocesses, `parallel` at a time (sweep machinery)."""
+    launch_runs([(recipe, SCALES[scale]["recipes"][method], seed,
+                  recipe_overrides(scale, method, labels, seed, device, extra))
+                 for (method, labels, seed), recipe in recipes.items()], runs_dir, parallel)
+
+
+def launch_runs(jobs: list[tuple[Any, str, int, list[str]]], runs_dir: Path, parallel: int) -> None:
+    """`jobs`: (recipe, its recipe spec, seed, --set overrides). The runs not yet complete in `runs_dir`
+    are trained as `advmem train` subprocesses, `parallel` at a time (the sweep's launcher); a run
+    that does not finish is a RunFailure naming its log."""
     from advmem.errors import RunFailure
     from advmem.sweep import SweepRun, launch_local, run_status
 
     todo = []
-    for (method, labels, seed), recipe in recipes.items():
-        overrides = recipe_overrides(scale, method, labels, seed, device, extra) + [f"output_root={runs_dir}"]
-        run = SweepRun(name=recipe.name, point={}, seed=seed, overrides=overrides, recipe_hash=recipe.hash(),
-                       epochs=recipe.optim.epochs, spec=SCALES[scale]["recipes"][method])
+    for recipe, spec, seed, overrides in jobs:
+        run = SweepRun(name=recipe.name, point={}, seed=seed, overrides=overrides + [f"output_root={runs_dir}"],
+                       recipe_hash=recipe.hash(), epochs=recipe.optim.epochs, spec=spec)
         run.status = run_status(run, runs_dir)
         if run.status == "complete":
             log(f"{recipe.name}: complete, skipped")
