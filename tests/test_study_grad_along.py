@@ -79,4 +79,6 @@ def test_verdicts_count_the_seeds_where_pgd_at_is_less_stable():
     assert "| PGD-AT, random labels | init | 0.00135 ± 0.0015 (1e-06 ± 0) | 0.25 ± 0 |" in text
     assert "| 2 of 3 seeds |" in text and "| 0 of 3 seeds |" in text
     assert "in **8 of 12** (run, checkpoint, seed) cases" in text  # 2 + 0 + 3 + 3
-    assert "random labels): PGD-AT's gradient is less consistent" in text and "0.500 vs 0.900" in text
+    # the signal's verdict is a paired difference over the seeds: constant -0.4 is distinguishable
+    assert "random labels): PGD-AT − TRADES mean cosine -0.4000 [-0.4000, -0.4000] (paired over 3 seeds" in text
+    assert "PGD-AT's gradient is **less** consistent" in text

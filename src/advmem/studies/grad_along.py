@@ -24,8 +24,9 @@ import math
 from pathlib import Path
 from typing import Any
 
-from advmem.io import atomic_write_json
+from advmem.analysis.stats import paired_difference
 from advmem.errors import UserError
+from advmem.io import atomic_write_json
 
 # Epochs whose weights the replays keep (init and the study run's last checkpoint are added).
 ALONG_EPOCHS = {"tiny": (1,), "small": (1, 5, 20), "paper": (1, 5, 20)}
@@ -195,7 +196,7 @@ def markdown_lines(along: dict[str, Any], method_names: dict[str, str], label_na
     n = len(next(iter(along["runs"].values()))["checkpoints"][0]["epoch"])
     alpha, batch = min(opts["alphas"]), opts["batch_size"]
     lines = [
-        "", "Gradient instability, same weights and both losses, along training (issue protocol F2):", "",
+        "", "Gradient instability (the paper's second finding), same weights and both losses, along training:", "",
         f"At each checkpoint of each run, the gradient of the PGD-AT loss and of the TRADES loss at the same "
         f"weights, on the same {batch}-sample training batch and the same filter-normalized directions; the number is "
         f"||g(θ+αd) − g(θ)|| / ||g(θ)|| at α = {alpha:g} with the inner maximization re-solved at θ+αd (the "
@@ -233,7 +234,7 @@ def consistency_lines(along: dict[str, Any], method_names: dict[str, str], label
              "inner maximizer's part separated by the control. Mean over the replay's epochs, then ± std over "
              "seeds.", "",
              "| run | cos, x_adv re-solved | cos, x_adv fixed | relative change |", "|---|---|---|---|"]
-    means: dict[str, float | None] = {}
+    per_run: dict[str, list[float | None]] = {}
     for key, entry in along["runs"].items():
         method, labels = key.split("/")
         per_seed = {k: [] for k in ("grad_cos_step", "grad_cos_step_fixed", "grad_rel_step")}
@@ -241,16 +242,24 @@ def consistency_lines(along: dict[str, Any], method_names: dict[str, str], label
             for k in per_seed:
                 vals = [p[k] for p in curve if p.get(k) is not None]
                 per_seed[k].append(sum(vals) / len(vals) if vals else None)
-        means[key] = mean_sd(per_seed["grad_cos_step"])[0]
+        per_run[key] = per_seed["grad_cos_step"]
         lines.append(f"| {method_names[method]}, {label_names[labels]} | {pm(per_seed['grad_cos_step'])} | "
                      f"{pm(per_seed['grad_cos_step_fixed'])} | {pm(per_seed['grad_rel_step'])} |")
     lines.append("")
     for labels in ("random", "true"):
-        p, t = means.get(f"pgd_at/{labels}"), means.get(f"trades/{labels}")
-        if p is not None and t is not None:
-            lines.append(f"- Verdict (training-time signal, {label_names[labels]}): PGD-AT's gradient is "
-                         f"{'less' if p < t else 'not less'} consistent from one step to the next than TRADES' "
-                         f"(mean cosine {p:.3f} vs {t:.3f}).")
+        p, t = per_run.get(f"pgd_at/{labels}"), per_run.get(f"trades/{labels}")
+        if p is None or t is None:
+            continue
+        d = paired_difference(dict(enumerate(p)), dict(enumerate(t)))  # the same seed: same init, labels, order
+        if d["lo"] is None:
+            lines.append(f"- Verdict (training-time signal, {label_names[labels]}): {d['verdict']}.")
+            continue
+        lower = d["distinguishable"] and d["mean"] < 0
+        lines.append(f"- Verdict (training-time signal, {label_names[labels]}): PGD-AT − TRADES mean cosine "
+                     f"{d['mean']:+.4f} [{d['lo']:+.4f}, {d['hi']:+.4f}] (paired over {d['n']} seeds, 95% t "
+                     f"interval), {d['verdict']}: PGD-AT's gradient is "
+                     + ("**less** consistent from one step to the next than TRADES'." if lower else
+                        "**not** shown to be less consistent from one step to the next than TRADES'."))
     return lines
 
 
