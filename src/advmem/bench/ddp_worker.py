@@ -34,8 +34,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.stop_after_epoch is not None:
         original = trainer.Trainer.train_epoch
 
-        def train_epoch(self, epoch: int, *args, **kwargs):
-            row = original(self, epoch, *args, **kwargs)
+        def train_epoch(self, epoch: int, *rest, **kwargs):
+            row = original(self, epoch, *rest, **kwargs)
             if epoch == args.stop_after_epoch:
                 os.kill(os.getpid(), signal.SIGTERM)  # caught by the trainer: stop after this epoch
             return row
