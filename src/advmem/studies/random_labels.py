@@ -709,7 +709,8 @@ def run(args) -> int:
     num_classes = int(info["num_classes"])
     extra = " ".join(f"--set {s}" for s in args.set)
     command = (f"advmem study random-labels --scale {scale} --seeds {len(seeds)}" + (f" {extra}" if extra else "")
-               + (f" --parallel {parallel}" if parallel > 1 else ""))
+               + (f" --parallel {parallel}" if parallel > 1 else "")
+               + (f" --skip {','.join(p for p in SKIPPABLE if p in skip)}" if skip else ""))
     summary = probe_summary(probe)
     runs: dict[str, Any] = {}
     for m, l in order:
