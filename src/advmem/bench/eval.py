@@ -6,8 +6,9 @@ evaluated on the first N test points by:
 - pyautoattack `standard` called directly (package defaults, seed 0);
 - pyautoattack `lite` = version "custom" with APGD-CE + APGD-T, configured as in `standard`
   (1 restart, 9 target classes);
-- `advmem eval --attack autoattack` (the same checkpoint and points), if this advmem has it.
-The robust accuracies must agree; the times are interleaved per round.
+- `advmem eval --attack autoattack` (the same checkpoint and points), if this advmem has it, through
+  the bit-exact attack view (its default) and with `--no-attack-view`.
+The per-sample robust flags must be identical; the times are interleaved per round.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import logging
 import time
 
+import numpy as np
 import torch
 
 from advmem.bench.common import Goal, Section, Settings, data_section, make_trainer, median, sync, table
@@ -39,7 +41,7 @@ def _train_model(settings: Settings):
     return path.with_suffix(".safetensors"), trainer.recipe
 
 
-def _direct(model, x, y, eps: float, version: str, settings: Settings, bs: int) -> float:
+def _direct(model, x, y, eps: float, version: str, settings: Settings, bs: int) -> torch.Tensor:
     from pyautoattack import AutoAttack
 
     if version == "lite":
@@ -53,7 +55,11 @@ def _direct(model, x, y, eps: float, version: str, settings: Settings, bs: int) 
     aa.verbose = False
     with full_fp32():  # as advmem's evaluation runs (no TF32 on CUDA), so both compute the same
         _, y_adv = aa.run_standard_evaluation(x, y, batch_size=bs)
-    return (y_adv == y).float().mean().item()
+    return (y_adv == y).cpu()
+
+
+ADVMEM = "standard (advmem eval --attack autoattack)"
+ADVMEM_NO_VIEW = "standard (advmem eval --attack autoattack --no-attack-view)"
 
 
 def advmem_autoattack_available() -> bool:
@@ -85,19 +91,18 @@ def run(settings: Settings) -> Section:
 
         counter = iter(range(10**6))
 
-        def through_advmem() -> float:
+        def through_advmem(attack_view: bool) -> torch.Tensor:
             # A fresh output folder per call: advmem eval resumes finished components from its state file.
             # Sanity checks off: this row times AutoAttack itself, as the pyautoattack rows do.
-            kwargs = dict(attacks=["autoattack"], split="test", n_examples=n, batch_size=bs, steps=20, restarts=1,
-                          eps=None, seed=0, device=settings.device)
-            try:
-                out = evaluate_checkpoint(ckpt, **kwargs, checks=False, quiet=True,
-                                          out_dir=settings.workdir / f"eval-{next(counter)}")
-            except TypeError:  # an advmem eval without those options
-                out = evaluate_checkpoint(ckpt, **kwargs)
-            return float(out.get("autoattack_acc") if out.get("autoattack_acc") is not None else out["robust_acc"])
+            out_dir = settings.workdir / f"eval-{next(counter)}"
+            evaluate_checkpoint(ckpt, attacks=["autoattack"], split="test", n_examples=n, batch_size=bs, steps=20,
+                                restarts=1, eps=None, seed=0, device=settings.device, checks=False, quiet=True,
+                                out_dir=out_dir, attack_view=attack_view)
+            flags = np.load(out_dir / f"{ckpt.stem}.eval.flags.npz")
+            return torch.from_numpy(flags["autoattack"]).bool()
 
-        variants["standard (advmem eval --attack autoattack)"] = through_advmem
+        variants[ADVMEM] = lambda: through_advmem(True)
+        variants[ADVMEM_NO_VIEW] = lambda: through_advmem(False)
     else:
         note = ("- `advmem eval --attack autoattack`: not available (this advmem's `advmem.evaluation.ATTACKS` "
                 "has no 'autoattack').")
@@ -106,7 +111,7 @@ def run(settings: Settings) -> Section:
     _direct(model, x[:4], y[:4], eps, "lite", settings, bs)
     rounds = settings.rounds(default=2, quick=1)
     times: dict[str, list[float]] = {k: [] for k in variants}
-    accs: dict[str, float] = {}
+    flags: dict[str, torch.Tensor] = {}
     errors: dict[str, str] = {}
     names = list(variants)
     for r in range(rounds):
@@ -116,7 +121,7 @@ def run(settings: Settings) -> Section:
             sync(settings.device)
             t0 = time.perf_counter()
             try:
-                accs[name] = variants[name]()
+                flags[name] = variants[name]()
             except Exception as err:  # the advmem path belongs to another module; report, do not crash
                 errors[name] = f"{type(err).__name__}: {err}"
                 continue
@@ -131,9 +136,17 @@ def run(settings: Settings) -> Section:
         f"batch {bs}; {settings.device.type}; {rounds} round(s), interleaved.",
         "",
     )
-    rows = [[name, f"{median(ts):.2f}" if ts else "-", f"{100 * accs[name]:.1f}%" if name in accs else "-"]
-            for name, ts in times.items()]
-    section.add(*table(["evaluation", "seconds (median)", "robust accuracy"], rows))
+    accs = {name: f.float().mean().item() for name, f in flags.items()}
+    reference = flags.get("standard (pyautoattack)")
+
+    def same_flags(name: str) -> str:
+        if name not in flags or reference is None or "standard" not in name or name == "standard (pyautoattack)":
+            return ""
+        return "identical" if torch.equal(flags[name], reference) else "DIFFERENT"
+
+    rows = [[name, f"{median(ts):.2f}" if ts else "-", f"{100 * accs[name]:.1f}%" if name in accs else "-",
+             same_flags(name)] for name, ts in times.items()]
+    section.add(*table(["evaluation", "seconds (median)", "robust accuracy", "per-sample flags vs direct"], rows))
     if note:
         section.add("", note)
     for name, err in errors.items():
@@ -145,15 +158,15 @@ def run(settings: Settings) -> Section:
         section.goals.append(Goal("AutoAttack lite vs standard: speedup (robust-acc gap)",
                                   f"{speed:.1f}x ({gap:+.1f} pp)", "report (doc goal for a toolkit AA: >= 8x, <= 0.1 pp)",
                                   None))
-    key = "standard (advmem eval --attack autoattack)"
-    if key in times and times[key]:
-        same = abs(accs[key] - accs["standard (pyautoattack)"]) < 1e-9
-        speed = median(std) / median(times[key])
-        section.goals.append(Goal("AutoAttack standard: pyautoattack direct / advmem (same robust acc?)",
-                                  f"{speed:.2f}x ({'same' if same else 'DIFFERENT'} robust accuracy)",
-                                  "same robust accuracy", same))
-    else:
-        why = errors.get(key, "not available")
-        section.goals.append(Goal("AutoAttack standard through advmem vs pyautoattack direct", why,
-                                  "same accuracy", None))
+    for key, label in ((ADVMEM, "advmem"), (ADVMEM_NO_VIEW, "advmem --no-attack-view")):
+        if key in times and times[key] and std:
+            same = same_flags(key) == "identical"
+            speed = median(std) / median(times[key])
+            section.goals.append(Goal(f"AutoAttack standard: pyautoattack direct / {label} (identical flags?)",
+                                      f"{speed:.2f}x ({'identical' if same else 'DIFFERENT'} per-sample flags)",
+                                      "identical flags (time ratio reported)", same))
+        else:
+            why = errors.get(key, "not available")
+            section.goals.append(Goal(f"AutoAttack standard through {label} vs pyautoattack direct", why,
+                                      "identical flags", None))
     return section

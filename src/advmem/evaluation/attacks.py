@@ -8,13 +8,15 @@ not ANDed with clean correctness: the caller does that for the worst case, and t
 
 from __future__ import annotations
 
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 from torch import nn
 
 from advmem.attacks import OBJECTIVES, attack_mode, pgd
+from advmem.attacks.attack_view import attack_model, use_attack_view
 
 WHITE_BOX = ("clean", "fgsm", "pgd", "pgd-cw")
 
@@ -34,6 +36,29 @@ class AttackSettings:
     @property
     def step(self) -> float:
         return self.step_size if self.step_size is not None else self.eps / 4
+
+
+@contextmanager
+def exact_view(enabled: bool = True) -> Iterator[None]:
+    """Attacks inside run through the attack view's `fast_pool` rewrite only: max-pool before ReLU
+    through the NHWC kernel, equal to the model bit for bit, forward and input gradient (see
+    advmem.attacks.attack_view), so no flag can change; on a CPU it saves the NCHW max-pool kernel
+    on every attack step. `fold_bn` stays off: folding BatchNorm changes the rounding, and at the
+    decision boundary a rounding can flip a flag."""
+    with use_attack_view(fold_bn=False, fast_pool=True) if enabled else nullcontext():
+        yield
+
+
+def exact_model(model: nn.Module) -> nn.Module:
+    """What a third-party attack (pyautoattack) should call inside `exact_view()`: the bit-exact
+    view of `model` in eval mode, or `model` itself when nothing is rewritten or the view is off.
+    The view shares the model's modules, so its own `training` flag must be the model's: a caller
+    that restores the mode it found (pyautoattack's runner does) would otherwise put the model's
+    BatchNorms into training mode."""
+    view = attack_model(model, "eval")
+    if view is not model:
+        view.training = model.training
+    return view
 
 
 OnBatch = Callable[[int], None] | None  # called with each batch's size (a progress display)

@@ -36,6 +36,9 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
                    help="replace the earlier results of a checkpoint instead of adding to them (by default a new "
                         "evaluation of the same points adds its attacks and the worst case covers all of them)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--no-attack-view", dest="attack_view", action="store_false",
+                   help="attack the model as it is, not through its bit-exact attack view (max-pool before ReLU "
+                        "in NHWC): the same flags, slower on a CPU; for checking that claim")
     g = p.add_argument_group("external checkpoints (.pt/.pth)")
     g.add_argument("--arch", default=None, help="architecture name, as a recipe's model.name (the list is in README.md, Recipes), e.g. resnet18")
     g.add_argument("--dataset", default=None, help="dataset, e.g. cifar10")
@@ -73,7 +76,7 @@ def run_eval(args: argparse.Namespace) -> int:
                           steps=args.steps, restarts=args.restarts, eps=args.eps, seed=args.seed, device=args.device,
                           quiet=args.quiet, step_size=args.step_size, checks=args.checks, n_check=args.n_check,
                           which=args.which, out_dir=args.out_dir, external=external_options(args),
-                          overwrite=args.overwrite)
+                          overwrite=args.overwrite, attack_view=args.attack_view)
     results = evaluate_target(args.target, options)
     print(format_table(results))
     return 0

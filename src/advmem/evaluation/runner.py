@@ -44,7 +44,7 @@ from advmem import __version__
 from advmem.device import resolve_device
 from advmem.io import atomic_write_bytes, atomic_write_json
 from advmem.errors import UserError
-from advmem.evaluation.attacks import WHITE_BOX, AttackSettings, passes, run_white_box
+from advmem.evaluation.attacks import WHITE_BOX, AttackSettings, exact_model, exact_view, passes, run_white_box
 from advmem.progress import Progress, pass_of
 from advmem.recipe import budget_value
 
@@ -111,9 +111,21 @@ class EvalState:
 def evaluate_model(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, attacks: list[str],
                    settings: AttackSettings, num_classes: int, checks: bool = True, n_check: int = 64,
                    state: EvalState | None = None, aa_log: Path | None = None,
-                   echo: Callable[[str], None] = lambda m: None, progress: Progress | None = None) -> dict[str, Any]:
+                   echo: Callable[[str], None] = lambda m: None, progress: Progress | None = None,
+                   attack_view: bool = True) -> dict[str, Any]:
     """Run `attacks` on (x, y); returns accuracies, per-sample flags and sanity checks. `progress`:
-    the phase whose display shows each attack (rate and ETA)."""
+    the phase whose display shows each attack (rate and ETA). `attack_view`: attack through the
+    bit-exact view (`exact_view`: the same flags, faster on a CPU); False runs the model as it is."""
+    with exact_view(attack_view):
+        return _evaluate_model(model, x, y, attacks=attacks, settings=settings, num_classes=num_classes,
+                               checks=checks, n_check=n_check, state=state, aa_log=aa_log, echo=echo,
+                               progress=progress)
+
+
+def _evaluate_model(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, attacks: list[str],
+                    settings: AttackSettings, num_classes: int, checks: bool, n_check: int,
+                    state: EvalState | None, aa_log: Path | None, echo: Callable[[str], None],
+                    progress: Progress | None) -> dict[str, Any]:
     from advmem.evaluation.autoattack import run_autoattack
 
     state = state or EvalState(None, {})
@@ -132,7 +144,7 @@ def evaluate_model(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, 
             tier = AUTOATTACKS[name]
             echo(f"  {name}: pyautoattack version={tier} on {len(x)} points (log: {aa_log})")
             robust, after, warnings = run_autoattack(
-                model, x, y, tier=tier, eps=settings.eps, norm=settings.norm, seed=settings.seed,
+                exact_model(model), x, y, tier=tier, eps=settings.eps, norm=settings.norm, seed=settings.seed,
                 batch_size=settings.batch_size, num_classes=num_classes, log_path=aa_log,
                 done=state.aa_done(tier), on_stage=lambda comp, f, t=tier: state.aa_put(t, comp, f), echo=echo,
                 progress=progress)
@@ -425,7 +437,8 @@ class EvalOptions:
     "auto", "cpu", "cuda" or a torch.device; checks / n_check: the sanity checks; which: the
     checkpoints of a run ("best", "last", "both"); out_dir: where results go (None: beside the
     weights); external: how to read a checkpoint not written by advmem; overwrite: rerun what is
-    already there."""
+    already there; attack_view: attack through the bit-exact view (`exact_view`; False: the model
+    as it is, the same flags, slower on a CPU)."""
 
     attacks: tuple[str, ...] | None = None
     split: str = "test"
@@ -444,6 +457,7 @@ class EvalOptions:
     out_dir: str | Path | None = None
     external: dict[str, Any] | None = None
     overwrite: bool = False
+    attack_view: bool = True
 
     def __post_init__(self) -> None:
         attacks = tuple(dict.fromkeys(self.attacks or DEFAULT_ATTACKS))
@@ -546,7 +560,7 @@ def run_plan(plan: EvalPlan, *, quiet: bool = False) -> dict[str, Any]:
     with Progress(f"eval {shown}", enabled=not quiet) as phase:
         result = evaluate_model(plan.model, x, data.y, attacks=["clean"] + plan.to_run, settings=settings,
                                 num_classes=num_classes, checks=False, state=plan.state, aa_log=aa_log, echo=echo,
-                                progress=phase)
+                                progress=phase, attack_view=plan.options.attack_view)
     when = time.strftime("%Y-%m-%dT%H:%M:%S")
     records = [{k: v for k, v in r.items()} for r in prev.records]
     for name in plan.to_run:
@@ -562,7 +576,7 @@ def run_plan(plan: EvalPlan, *, quiet: bool = False) -> dict[str, Any]:
     if plan.options.checks:
         white_raw = {r["label"]: r["acc_raw"] for r in records if r["attack"] in WHITE_BOX}
         warnings = [m for r in records if r.get("autoattack") for m in r["autoattack"].get("warnings", [])]
-        with Progress(f"eval {shown}", enabled=not quiet, since=phase) as checks:
+        with Progress(f"eval {shown}", enabled=not quiet, since=phase) as checks, exact_view(plan.options.attack_view):
             sanity = sanity_checks(plan.model, x, data.y, settings, num_classes=num_classes,
                                    clean_acc=result["clean_acc"], white_raw=white_raw, aa_warnings=warnings,
                                    n_check=plan.options.n_check, echo=echo, progress=checks)
