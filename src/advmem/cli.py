@@ -201,6 +201,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     import torch
 
     from advmem.data import DataConfig, find_dataset_files
+    from advmem.plugins import installed_plugins
 
     info = {
         "advmem": __version__,
@@ -209,6 +210,8 @@ def cmd_info(args: argparse.Namespace) -> int:
         "cuda_available": torch.cuda.is_available(),
         "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"cpu ({torch.get_num_threads()} threads)",
         "datasets": find_dataset_files(DataConfig(data_root=args.data_root)),
+        # installed advmem plugins (listed, not imported: a recipe loads one by naming it in plugins:)
+        "plugins": {name: ep.value for name, ep in sorted(installed_plugins().items())},
     }
     for mod in ("safetensors", "pydantic", "numpy", "pyautoattack", "pyarrow", "sklearn"):
         try:
