@@ -110,9 +110,10 @@ def one_thread_module():
         yield
 
 
-def run_cli(args: list[str], cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
+def run_cli(args: list[str], cwd: Path, timeout: float = 300, pythonpath: tuple[Path, ...] = ()) -> subprocess.CompletedProcess:
+    """`python -m advmem ARGS` in `cwd`, with `pythonpath` (user code) after advmem's src on PYTHONPATH."""
     # one thread: on a loaded 2-core machine two OpenMP threads per subprocess spin against each other
-    env = dict(os.environ, PYTHONPATH=str(SRC), OMP_NUM_THREADS="1")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(map(str, (SRC, *pythonpath))), OMP_NUM_THREADS="1")
     return subprocess.run([sys.executable, "-m", "advmem", *args], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=timeout)
 

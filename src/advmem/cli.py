@@ -1,7 +1,8 @@
 """The `advmem` command.
 
 Exit codes: 0 success, 2 bad input (one line, no traceback; `--debug` shows it), 1 failure at
-run time, 130 / 143 stopped cleanly by SIGINT / SIGTERM (resume with `advmem train --resume RUN`).
+run time, 130 / 143 stopped cleanly by SIGINT / SIGTERM (resume with `advmem train --resume RUN`),
+141 when the reader of the output went away (`advmem recipes | head`: quietly, as SIGPIPE would).
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import argparse
 import errno
 import json
+import os
 import sys
 import traceback
 from pathlib import Path
@@ -199,6 +201,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     import torch
 
     from advmem.data import DataConfig, find_dataset_files
+    from advmem.plugins import installed_plugins
 
     info = {
         "advmem": __version__,
@@ -207,6 +210,8 @@ def cmd_info(args: argparse.Namespace) -> int:
         "cuda_available": torch.cuda.is_available(),
         "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"cpu ({torch.get_num_threads()} threads)",
         "datasets": find_dataset_files(DataConfig(data_root=args.data_root)),
+        # installed advmem plugins (listed, not imported: a recipe loads one by naming it in plugins:)
+        "plugins": {name: ep.value for name, ep in sorted(installed_plugins().items())},
     }
     for mod in ("safetensors", "pydantic", "numpy", "pyautoattack", "pyarrow", "sklearn"):
         try:
@@ -239,7 +244,33 @@ def _one_line(err: BaseException) -> str:
     return str(err).replace("\r", "\\r").replace("\n", "\\n")
 
 
+def _closed_pipe() -> int:
+    """The reader of our output went away (`advmem recipes | head`): stop quietly, as a tool killed by
+    SIGPIPE does (exit 141), with stdout and stderr pointed at /dev/null so the flush at interpreter
+    exit does not print a BrokenPipeError of its own. SIGPIPE itself stays ignored (Python's default):
+    it would kill a training run without its clean stop."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            os.dup2(devnull, stream.fileno())
+        except (OSError, ValueError, AttributeError):  # a stream without a file descriptor (a test's StringIO)
+            pass
+    os.close(devnull)
+    return 141
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; a closed pipe on our output (also under --help) is a quiet exit 141."""
+    try:
+        try:
+            return _main(argv)
+        finally:
+            sys.stdout.flush()  # here, so a closed pipe is caught below and not reported at interpreter exit
+    except BrokenPipeError:
+        return _closed_pipe()
+
+
+def _main(argv: list[str] | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
     try:

@@ -8,7 +8,9 @@ Writes, into `--out DIR` (default `RUN/export/`):
     <name>.json   what the checkpoint was (dataset, threat model, eps as written, epoch, metrics)
 
 The model file embeds the source of the architecture's module from advmem (with advmem's
-imports replaced by tiny local stand-ins), so it runs where advmem is not installed.
+imports replaced by tiny local stand-ins), so it runs where advmem is not installed. A model of
+user code (a "module:attr" name, or one registered by the recipe's imports) is imported from its
+module instead: the file then needs that package where it is loaded.
 """
 
 from __future__ import annotations
@@ -102,12 +104,35 @@ def _strip_module(source: str) -> tuple[str, list[str]]:
     return "\n".join(out), helpers
 
 
+def _user_model_source(arch: str, builder: Any, module: str) -> tuple[str, str]:
+    """A builder that imports the user's model from its module (its code is the user's, not inlined)."""
+    obj = getattr(builder, "user_object", builder)
+    qualname = getattr(obj, "__qualname__", "")
+    if module == "__main__" or "<" in qualname:
+        raise UserError(f"cannot export {arch}: it is defined in {module} as {qualname or obj!r}, which the exported "
+                        "file cannot import; move it to an importable module")
+    lines = ["import importlib", "",
+             f"_user_module = importlib.import_module({module!r})  # your code: this package must be importable", "", "",
+             "def build_net(in_channels, num_classes, image_size, **kwargs):"]
+    if hasattr(builder, "user_object"):  # a "module:attr" model: called with the data arguments it names
+        given = "".join(f"{n}={n}, " for n in builder.takes)
+        lines.append(f"    return _user_module.{qualname}({given}**kwargs)")
+    else:  # registered by the recipe's imports: advmem's builder signature
+        lines.append(f"    return _user_module.{qualname}(in_channels, num_classes, image_size, **kwargs)")
+    return "\n".join(lines) + "\n", "build_net"
+
+
 def model_source(arch: str) -> tuple[str, str]:
     """(python source defining the builder and everything it needs, the builder's name)."""
     from advmem.models import registry
     from advmem.models.normalize import Normalize
+    from advmem.plugins import defining_module
 
-    builder = registry.MODELS.get(arch).builder
+    builder = registry.model_entry(arch).builder
+    user = defining_module(builder)
+    if user is not None:
+        source, name = _user_model_source(arch, builder, user)
+        return inspect.getsource(Normalize) + "\n\n" + source, name
     module = inspect.getmodule(builder)
     body, helpers = _strip_module(inspect.getsource(module))
     parts = [inspect.getsource(Normalize)]
@@ -135,15 +160,20 @@ def export_robustbench(run: str | Path, *, checkpoint: str = "best", out_dir: st
                        name: str | None = None) -> dict[str, Path]:
     from advmem import __version__
     from advmem.engine.checkpoint import load_weights, read_sidecar
+    from advmem.plugins import load_recorded
 
     run = Path(run)
     ckpt = run / "checkpoints" / f"{checkpoint}.safetensors" if run.is_dir() else run
     if not ckpt.with_suffix(".safetensors").is_file():
         raise UserError(f"{ckpt}: checkpoint not found; pass an advmem run directory or a .safetensors checkpoint")
     meta = read_sidecar(ckpt)
+    load_recorded(meta.get("user_code"), str(ckpt.with_suffix(".json")))  # the run's imports and plugins, again
     state = load_weights(ckpt)
     arch = meta["architecture"]
-    source, builder = model_source(arch["name"])
+    try:
+        source, builder = model_source(arch["name"])
+    except UserError as err:
+        raise UserError(f"{ckpt.with_suffix('.json')}: cannot export the model it describes ({err})") from err.__cause__
     name = name or re.sub(r"[^A-Za-z0-9_]", "_", f"{meta.get('run') or run.name}_{checkpoint}_{arch['name']}")
     if not re.match(r"[A-Za-z_]", name):
         name = "m_" + name
@@ -168,6 +198,7 @@ def export_robustbench(run: str | Path, *, checkpoint: str = "best", out_dir: st
         "threat_model": meta.get("threat_model"), "eps": meta.get("eps"), "epoch": meta.get("epoch"),
         "checkpoint": str(ckpt), "metrics": meta.get("metrics", {}), "advmem_version": __version__,
         "inputs": "[0,1] NCHW float, normalization inside the model", "load": f"from {name} import load_model",
+        **({"user_code": meta["user_code"]} if meta.get("user_code") else {}),
     })
     return {"weights": weights, "model": code, "info": info}
 

@@ -5,6 +5,9 @@ one `Registry`; adding one is one definition plus one `@REGISTRY.register("name"
 registry whose entries live in several modules names a `load` function that imports them on
 first lookup (`import_package` for "every module of this package"): those modules import torch,
 and building the CLI's parser must not.
+
+A registry made with `adapt` (models, methods, datasets) also takes a "module:attr" name: the
+user's object, imported on lookup (advmem.plugins) and checked or wrapped by `adapt`.
 """
 
 from __future__ import annotations
@@ -15,13 +18,21 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from advmem.errors import UserError
+from advmem.plugins import import_object, is_object_path
+
+_USER_REGISTRIES: list["Registry"] = []  # the registries that take user code (made with `adapt`)
 
 
 class Registry:
-    def __init__(self, kind: str, load: Callable[[], None] | None = None) -> None:
+    def __init__(self, kind: str, load: Callable[[], None] | None = None,
+                 adapt: Callable[[str, Any], Any] | None = None) -> None:
         self.kind = kind
         self._entries: dict[str, Any] = {}
         self._load = load
+        self._adapt = adapt  # (name, imported object) -> entry, or a UserError saying what it should be
+        self._objects: dict[str, Any] = {}  # "module:attr" names looked up so far
+        if adapt is not None:
+            _USER_REGISTRIES.append(self)
 
     def register(self, name: str) -> Callable[[Any], Any]:
         def wrap(entry: Any) -> Any:
@@ -50,7 +61,12 @@ class Registry:
         return self._entries
 
     def get(self, name: str) -> Any:
-        """The entry registered as `name`; a UserError naming the choices if there is none."""
+        """The entry registered as `name` (or, where user code is taken, the "module:attr" object);
+        a UserError naming the choices if there is none."""
+        if self._adapt is not None and is_object_path(name):
+            if name not in self._objects:
+                self._objects[name] = self._adapt(name, import_object(name, self.kind))
+            return self._objects[name]
         entries = self._loaded()
         if name not in entries:
             raise UserError(f"unknown {self.kind} '{name}'; choose one of: {', '.join(sorted(entries))}")
@@ -60,6 +76,12 @@ class Registry:
         return sorted(self._loaded())
 
     def __contains__(self, name: object) -> bool:
+        if self._adapt is not None and is_object_path(name):
+            try:
+                self.get(name)  # type: ignore[arg-type]
+            except UserError:
+                return False
+            return True
         return name in self._loaded()
 
     def __iter__(self) -> Iterator[str]:
@@ -75,3 +97,16 @@ def import_package(package: str) -> Callable[[], None]:
             importlib.import_module(f"{package}.{info.name}")
 
     return load
+
+
+def load_user_registries(after: str) -> None:
+    """Load the built-in entries of every registry that takes user code (after user code registered
+    into them), so a user name that clashes with a built-in one is a UserError naming `after`."""
+    for registry in list(_USER_REGISTRIES):
+        try:
+            registry.names()
+        except ValueError as err:
+            if "registered twice" not in str(err):
+                raise
+            raise UserError(f"{after}: {err}: a built-in or another plugin has that name; register yours under "
+                            "another name") from None

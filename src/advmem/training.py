@@ -9,6 +9,7 @@ the trackers and the report, so none of those import each other for it.
 from __future__ import annotations
 
 import errno
+import json
 import re
 import time
 from pathlib import Path
@@ -21,6 +22,7 @@ from advmem.engine.rundir import RunDir
 from advmem.engine.safety import GracefulStop, RunLock
 from advmem.engine.trainer import Trainer
 from advmem.errors import RunFailure
+from advmem.io import atomic_write_json
 from advmem.recipe import Recipe
 from advmem.track.corruption import CorruptionRecorder
 from advmem.track.grad_consistency import GradConsistency
@@ -128,6 +130,7 @@ def train(recipe: Recipe, *, run_root: Path | None = None, resume: bool = False,
             try:
                 if comm.is_main:
                     run.prepare(recipe, trainer.bundle.info, overwrite=overwrite and not resume)
+                    record_user_code(run, recipe, log=trainer.log)
                 try:
                     summary = trainer.fit()
                 except Exception:  # a stop (Interrupted), a failure, a crash: curves.png up to the last committed epoch
@@ -155,6 +158,26 @@ def train(recipe: Recipe, *, run_root: Path | None = None, resume: bool = False,
         raise
     finally:
         distributed.shutdown(comm, completed=completed)
+
+
+def record_user_code(run: RunDir, recipe: Recipe, log) -> None:
+    """user_code.json: what the run imported (advmem.plugins), written when the run starts; a resumed
+    run whose code has changed since says so (the record kept is the one the run started with)."""
+    from advmem.engine.checkpoint import user_code_record
+
+    record = user_code_record(recipe)
+    if record is None:
+        return
+    if run.user_code_path.is_file():
+        try:
+            before = json.loads(run.user_code_path.read_text())
+        except (OSError, ValueError):
+            before = None
+        if before != json.loads(json.dumps(record)):
+            log(f"note: the user code differs from {run.user_code_path} (recorded when the run started); "
+                "the epochs from here on are trained with the code as it is now")
+        return
+    atomic_write_json(run.user_code_path, record)
 
 
 def _refresh_curves(run: RunDir) -> None:

@@ -15,10 +15,23 @@ from typing import Literal
 
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
+from advmem.errors import UserError
+from advmem.plugins import is_object_path
 from advmem.registry import Registry
 from advmem.strict import StrictNumbers
 
-DATASETS = Registry("dataset", load=partial(importlib.import_module, "advmem.data.sources"))
+
+def _dataset_reader(spec: str, obj: object) -> object:
+    """A "module:attr" dataset: the user's DatasetReader subclass (data/sources.py says what it reads)."""
+    from advmem.data.sources import DatasetReader  # numpy: only when a user's dataset is looked up
+
+    if not (isinstance(obj, type) and issubclass(obj, DatasetReader)):
+        raise UserError(f"{spec}: is not a dataset reader; name a subclass of advmem.data.sources.DatasetReader "
+                        "(its read(cfg) returns the train and test RawSplit and a description)")
+    return obj
+
+
+DATASETS = Registry("dataset", load=partial(importlib.import_module, "advmem.data.sources"), adapt=_dataset_reader)
 
 AUGMENT_KINDS = ("default", "none", "crop_flip", "crop", "flip")
 
@@ -39,7 +52,7 @@ class DataConfig(StrictNumbers):
     """Which dataset, where it lives, and how it is split, subset and augmented."""
 
     model_config = ConfigDict(extra="forbid")
-    dataset: str = "fashion-mnist"  # a name registered in DATASETS (data/sources.py)
+    dataset: str = "fashion-mnist"  # a name registered in DATASETS (data/sources.py), or "module:ReaderClass"
     # Searched first, in torchvision's on-disk layout.
     data_root: str | None = None
     # Opt-in; needs torchvision (used only to fetch the files, which our readers then parse).
@@ -65,7 +78,12 @@ class DataConfig(StrictNumbers):
     @field_validator("dataset")
     @classmethod
     def _known_dataset(cls, value: str) -> str:
-        if value not in DATASETS:
+        if is_object_path(value):
+            try:
+                DATASETS.get(value)
+            except UserError as err:
+                raise ValueError(str(err)) from None
+        elif value not in DATASETS:
             raise ValueError(f"unknown dataset '{value}'; choose one of: {', '.join(DATASETS)}")
         return value
 

@@ -124,8 +124,10 @@ def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
 def build_from_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> tuple[torch.nn.Module, dict[str, Any]]:
     """Rebuild the model a checkpoint describes and load its weights."""
     from advmem.models import build_model  # every model family: only when a model is rebuilt
+    from advmem.plugins import load_recorded
 
     meta = read_sidecar(path)
+    load_recorded(meta.get("user_code"), str(checkpoint_paths(path)[1]))  # the run's imports and plugins, again
     arch = meta["architecture"]
     try:
         model = build_model(arch["name"], in_channels=arch["in_channels"], num_classes=arch["num_classes"],
@@ -205,8 +207,35 @@ def architecture_meta(recipe, bundle, model: torch.nn.Module) -> dict[str, Any]:
     }
 
 
+def user_code_record(recipe) -> dict[str, Any] | None:
+    """What the run records of the user code its recipe named (advmem.plugins.run_record): its imports
+    and plugins, and the modules defining its model, method and dataset when they are not advmem's;
+    None for a recipe of built-in names only (its sidecars have no `user_code` entry)."""
+    from advmem.data.config import DATASETS
+    from advmem.models.registry import model_entry  # torch: already imported by the trainer
+    from advmem.plugins import is_python_object, run_record
+    from advmem.recipe.method import METHODS, MethodConfig
+
+    methods, stack = [], [recipe.method]
+    while stack:  # the method and the base methods it wraps (AWP's base is a config)
+        cfg = stack.pop()
+        methods.append(METHODS.get(cfg.name))
+        stack += [getattr(cfg, f) for f in type(cfg).model_fields if isinstance(getattr(cfg, f), MethodConfig)]
+    entries = [DATASETS.get(recipe.data.dataset), *methods]
+    python_object = None
+    if is_python_object(recipe.model.name):
+        python_object = {"model": recipe.model.name, "rebuildable": False,
+                         "note": "an object passed to advmem.train(recipe, model=...): not rebuildable from the recipe; "
+                                 "evaluate it with advmem.evaluate(RUN, model=the same object or its factory)"}
+    else:
+        entries.append(model_entry(recipe.model.name).builder)
+    return run_record(recipe.imports, recipe.plugins, entries, python_object=python_object)
+
+
 def checkpoint_meta(recipe, bundle, model: torch.nn.Module, epoch: int, row: dict[str, Any]) -> dict[str, Any]:
-    """The sidecar of a training run's checkpoint at `epoch` (`row`: that epoch's metrics)."""
+    """The sidecar of a training run's checkpoint at `epoch` (`row`: that epoch's metrics); `user_code`
+    only when the recipe named user code."""
+    user_code = user_code_record(recipe)
     return {
         "architecture": architecture_meta(recipe, bundle, model),
         "dataset": recipe.data.dataset,
@@ -220,6 +249,7 @@ def checkpoint_meta(recipe, bundle, model: torch.nn.Module, epoch: int, row: dic
         "run": recipe.name,
         "epoch": epoch,
         "metrics": {k: v for k, v in row.items() if isinstance(v, (int, float))},
+        **({"user_code": user_code} if user_code else {}),
     }
 
 

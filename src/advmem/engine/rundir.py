@@ -10,6 +10,8 @@
                 summary.json       best and last numbers (rewritten after every epoch; "complete": false
                                    until the last epoch is done)
                 .lock              pid and host of the process writing the run (engine/safety.py)
+                user_code.json     only when the recipe named user code: the modules imported, their
+                                   distribution/version or file and sha256 (advmem.plugins)
                 failure.json       only after a failure: what, where (epoch, step)
 """
 
@@ -45,6 +47,7 @@ class RunDir:
     summary_path = property(lambda self: self.path / "summary.json")
     curves_path = property(lambda self: self.path / "curves.png")
     format_path = property(lambda self: self.path / "run.json")
+    user_code_path = property(lambda self: self.path / "user_code.json")
 
     def is_run(self) -> bool:
         return self.recipe_path.is_file()

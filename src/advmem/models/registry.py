@@ -4,18 +4,27 @@ Builders have the signature `builder(in_channels, num_classes, image_size, *, kw
 the keyword-only parameters are the model's user-facing kwargs (recipe `model.kwargs`). Their
 defaults give the accepted types, so a YAML typo fails here with a `UserError` instead of deep
 inside torch.
+
+User code: a "module:attr" name is an nn.Module subclass or a function returning one
+(`user_builder`: called with the model kwargs and those of in_channels, num_classes, image_size
+its signature takes), and `given_model` makes `build_model` build an object handed over from
+Python (`advmem.train(recipe, model=obj)`).
 """
 
 from __future__ import annotations
 
+import copy
 import inspect
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any, NamedTuple
 
 from torch import nn
 
 from advmem.errors import UserError
 from advmem.models.normalize import Classifier, Normalize
+from advmem.plugins import is_python_object
 from advmem.registry import Registry, import_package
 
 
@@ -40,9 +49,85 @@ class ModelRegistry(Registry):
         return deco
 
 
+DATA_ARGS = ("in_channels", "num_classes", "image_size")  # what a user's model may take from the data
+
+
+def user_builder(spec: str, obj: Any) -> Callable[..., nn.Module]:
+    """A builder (advmem's signature) for the user's nn.Module subclass or factory `obj`: it passes
+    the data arguments the user's signature names (all of them to a **kwargs) and the model kwargs.
+    The builder's keyword-only parameters are the user's other parameters (a required one has no
+    default: `build_model` asks for it); a **kwargs takes any kwarg (`accepts_any`)."""
+    if isinstance(obj, nn.Module):
+        raise UserError(f"{spec}: is an nn.Module instance, not a class or factory; name its class (the recipe "
+                        "rebuilds the model from the name), or pass the object itself: advmem.train(recipe, model=obj)")
+    if isinstance(obj, type) and not issubclass(obj, nn.Module):
+        raise UserError(f"{spec}: {obj.__name__} is a class but not an nn.Module subclass; name an nn.Module subclass "
+                        "or a function that returns one")
+    if not callable(obj):
+        raise UserError(f"{spec}: is an object of type {type(obj).__name__}, not an nn.Module subclass or a function "
+                        "that returns one")
+    try:
+        params = list(inspect.signature(obj).parameters.values())
+    except (TypeError, ValueError):  # no signature to read (a builtin): take everything by keyword
+        params = [inspect.Parameter("kwargs", inspect.Parameter.VAR_KEYWORD)]
+    var_kw = any(p.kind is p.VAR_KEYWORD for p in params)
+    takes = [n for n in DATA_ARGS if var_kw or any(p.name == n and p.kind is not p.POSITIONAL_ONLY for p in params)]
+    own = [inspect.Parameter(p.name, inspect.Parameter.KEYWORD_ONLY, default=p.default) for p in params
+           if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name not in DATA_ARGS]
+
+    def build(in_channels: int, num_classes: int, image_size: tuple[int, int], **kwargs: Any) -> nn.Module:
+        data = {"in_channels": in_channels, "num_classes": num_classes, "image_size": image_size}
+        net = obj(**{n: data[n] for n in takes}, **kwargs)
+        if not isinstance(net, nn.Module):
+            raise UserError(f"{spec}: returned a {type(net).__name__}, not an nn.Module")
+        return net
+
+    positional = [inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD) for n in DATA_ARGS]
+    build.__signature__ = inspect.Signature(positional + own)  # type: ignore[attr-defined]
+    build.accepts_any = var_kw  # type: ignore[attr-defined]
+    build.user_object, build.takes = obj, takes  # type: ignore[attr-defined]  (export writes the same call)
+    build.user_module = getattr(obj, "__module__", None)  # type: ignore[attr-defined]  (what the run records)
+    return build
+
+
 # Every module of the package is imported on first lookup; a new family is one file with
 # `@MODELS.register("name")` on its builder.
-MODELS = ModelRegistry("model", load=import_package("advmem.models"))
+MODELS = ModelRegistry("model", load=import_package("advmem.models"),
+                       adapt=lambda spec, obj: Model(user_builder(spec, obj), {}))
+
+_given: ContextVar[Model | None] = ContextVar("advmem_given_model", default=None)
+
+
+@contextmanager
+def given_model(obj: Any, *, copy_instance: bool = False) -> Iterator[None]:
+    """While open, `build_model` builds `obj` whatever the name: an nn.Module instance (itself, so
+    training trains it; a deep copy per build with `copy_instance`, so evaluating best and last
+    loads each into its own copy) or a factory / nn.Module subclass (called like a "module:attr")."""
+    if isinstance(obj, nn.Module):
+        def build(in_channels: int, num_classes: int, image_size: tuple[int, int]) -> nn.Module:
+            return copy.deepcopy(obj) if copy_instance else obj
+
+        build.user_module = type(obj).__module__  # type: ignore[attr-defined]
+        entry = Model(build, {})
+    else:
+        entry = Model(user_builder(getattr(obj, "__qualname__", repr(obj)), obj), {})
+    token = _given.set(entry)
+    try:
+        yield
+    finally:
+        _given.reset(token)
+
+
+def model_entry(name: str) -> Model:
+    """The builder `build_model` uses for `name`: the given object's while `given_model` is open."""
+    given = _given.get()
+    if given is not None:
+        return given
+    if is_python_object(name):
+        raise UserError(f"model {name!r} is a Python object that was passed to advmem.train(recipe, model=...): "
+                        "the run records it as a user object, not rebuildable from the recipe; evaluate it from "
+                        "Python with the same object or its factory: advmem.evaluate(RUN, model=obj)")
+    return MODELS.get(name)
 
 
 def _signature_defaults(builder: Callable[..., nn.Module]) -> dict[str, Any]:
@@ -51,8 +136,9 @@ def _signature_defaults(builder: Callable[..., nn.Module]) -> dict[str, Any]:
 
 
 def model_kwargs_of(name: str) -> dict[str, Any]:
-    """Accepted kwargs of `name` with their defaults (alias presets applied)."""
-    builder, presets = MODELS.get(name)
+    """Accepted kwargs of `name` with their defaults (alias presets applied; a required kwarg of a
+    user's model has the default inspect.Parameter.empty)."""
+    builder, presets = model_entry(name)
     return {**_signature_defaults(builder), **presets}
 
 
@@ -102,13 +188,21 @@ def build_model(
     **kwargs: Any,
 ) -> nn.Module:
     """Build `Classifier(Normalize(mean, std), net)`: [0,1] NCHW inputs -> (N, num_classes) logits."""
-    builder, presets = MODELS.get(name)
+    builder, presets = model_entry(name)
     accepted = model_kwargs_of(name)
+    required = inspect.Parameter.empty
     for key, value in kwargs.items():
         if key not in accepted:
-            choices = ", ".join(f"{k}={v!r}" for k, v in accepted.items()) or "(none)"
+            if getattr(builder, "accepts_any", False):
+                continue
+            choices = ", ".join(f"{k}={v!r}" if v is not required else f"{k} (required)"
+                                for k, v in accepted.items()) or "(none)"
             raise UserError(f"model {name!r} has no kwarg {key!r}; accepted kwargs: {choices}")
         kwargs[key] = _coerce(name, key, value, accepted[key])
+    missing = [k for k, v in accepted.items() if v is required and k not in kwargs]
+    if missing:
+        raise UserError(f"model {name!r} needs {', '.join(repr(k) for k in missing)}; set model.kwargs."
+                        f"{missing[0]} in the recipe")
     for key, value in (("in_channels", in_channels), ("num_classes", num_classes)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise UserError(f"{key} must be a positive integer; got {value!r}")
@@ -117,7 +211,8 @@ def build_model(
     net = builder(in_channels, num_classes, _image_hw(image_size), **{**presets, **kwargs})
     model = Classifier(Normalize(mean, std), net)
     model.arch_name = name  # for sidecars and logs
-    model.arch_kwargs = {**accepted, **kwargs}
+    # a user's model records the kwargs given (its defaults are its code's: they may not be JSON)
+    model.arch_kwargs = dict(kwargs) if hasattr(builder, "user_module") else {**accepted, **kwargs}
     return model
 
 

@@ -1,7 +1,9 @@
 """Recipes: the typed, validated description of a run.
 
-A recipe is data, never code: the only strings interpreted are budgets written as fractions
-("8/255"), which are recorded exactly as written so results say which eps was really used.
+A recipe is data; the only strings interpreted are budgets written as fractions ("8/255"),
+which are recorded exactly as written so results say which eps was really used, and the user
+code it names explicitly (`imports:`, `plugins:`, a "module:attr" model, method or dataset;
+advmem.plugins), imported when the recipe is validated so the names it registers are known.
 Every section forbids unknown keys, so a typo is an error naming the valid keys, not a silently
 ignored setting.
 """
@@ -264,9 +266,31 @@ def resolve_epoch_fractions(data: dict[str, Any]) -> dict[str, Any]:
     return data
 
 
+def _user_code(data: dict[str, Any]) -> None:
+    """Import the recipe's `plugins` (installed entry points, by name) and `imports` (modules), before
+    anything else is validated: they register the models, methods and datasets the recipe names."""
+    lists = {}
+    for key, example in (("plugins", "plugins: [myplugin]"), ("imports", "imports: [mypkg.advmem_plugins]")):
+        value = data.get(key, [])
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ValueError(f"{key} must be a list of names, e.g. {example}; got {value!r}")
+        lists[key] = value
+    if lists["plugins"] or lists["imports"]:
+        from advmem.plugins import load_user_code
+
+        try:
+            load_user_code(lists["imports"], lists["plugins"])
+        except UserError as err:
+            raise ValueError(str(err)) from err.__cause__
+
+
 class Recipe(Section):
     name: str = "run"
     description: str = ""
+    # User code, imported before the rest is validated (advmem.plugins): modules whose import registers
+    # models, methods or datasets, and installed plugins (entry points of the group advmem.plugins) by name.
+    imports: list[str] = Field(default_factory=list)
+    plugins: list[str] = Field(default_factory=list)
     seed: int = Field(0, ge=0, lt=2**32)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     deterministic: bool = False
@@ -287,7 +311,10 @@ class Recipe(Section):
     @model_validator(mode="before")
     @classmethod
     def _resolve_fractions(cls, data: Any) -> Any:
-        return resolve_epoch_fractions(data) if isinstance(data, dict) else data
+        if not isinstance(data, dict):
+            return data
+        _user_code(data)  # first: a method it registers may have epoch fields to resolve
+        return resolve_epoch_fractions(data)
 
     @field_validator("method", mode="before")
     @classmethod
@@ -311,7 +338,13 @@ class Recipe(Section):
         return value
 
     def to_dict(self) -> dict[str, Any]:
-        return self.model_dump(mode="json")
+        """The recipe as plain data; `imports` and `plugins` only when set, so a recipe of built-in
+        names reads (and its recipe.yaml is) as before they existed."""
+        data = self.model_dump(mode="json")
+        for key in ("imports", "plugins"):
+            if not data[key]:
+                del data[key]
+        return data
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)

@@ -15,9 +15,20 @@ from advmem.errors import UserError
 from advmem.registry import Registry, import_package
 from advmem.strict import Budget, Section, StrictNumbers, budget_value
 
+
+def _method_class(spec: str, obj: Any) -> Any:
+    """A "module:attr" method: the user's Method subclass, with its Config (a MethodConfig subclass)."""
+    config = getattr(obj, "Config", None)
+    if not (isinstance(obj, type) and isinstance(config, type) and issubclass(config, MethodConfig)
+            and callable(getattr(obj, "loss_and_logits", None))):
+        raise UserError(f"{spec}: is not a training method; name a subclass of advmem.methods.base.Method whose "
+                        "Config is a subclass of advmem.recipe.method.MethodConfig")
+    return obj
+
+
 # Loaded on first lookup, not at import: the method files import torch, and `import advmem.recipe`
 # (advmem --help) must not.
-METHODS = Registry("method", load=import_package("advmem.methods"))
+METHODS = Registry("method", load=import_package("advmem.methods"), adapt=_method_class)
 
 
 def method_config_class(name: str):
