@@ -59,6 +59,10 @@ from advmem.attacks.attack_view import attack_model
 from advmem.methods.base import AdvContext, Method, WrapsBase
 from advmem.recipe.method import METHODS, MethodConfig
 
+# The ensemble written at the end of training (raw N x C `buffer`, `visits`), read back by
+# track/memorized.py for the memorized-samples captions.
+TE_BUFFER_FILE = "te_buffer.safetensors"
+
 
 class TEConfig(MethodConfig):
     name: Literal["te"] = "te"
@@ -241,10 +245,10 @@ class TemporalEnsembling(WrapsBase, Method):
         return cols
 
     def save_artifacts(self, directory) -> None:
-        """Write `te_buffer.safetensors` (buffer: raw N x C EMA, visits: N) into the run directory."""
+        """Write TE_BUFFER_FILE (buffer: raw N x C EMA, visits: N) into the run directory."""
         from safetensors.torch import save
 
         from advmem.io import atomic_write_bytes
 
         state = {k: v.contiguous() for k, v in self.state_dict().items()}
-        atomic_write_bytes(Path(directory) / "te_buffer.safetensors", save(state))
+        atomic_write_bytes(Path(directory) / TE_BUFFER_FILE, save(state))

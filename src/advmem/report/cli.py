@@ -40,7 +40,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def add_parser(subparsers, common) -> None:
     p = subparsers.add_parser("report", help="HTML report of one or more runs",
                               description="Write one self-contained HTML file: recipe differences, learning curves, "
-                                          "best/last table, evaluation results with sanity flags, memorization outputs.")
+                                          "best/last table, evaluation results with sanity flags, memorization outputs, "
+                                          "and the memorized samples of runs with per-sample tracking.")
     p.add_argument("runs", nargs="+", metavar="RUN", help="run directories, or study folders (their runs/ and outputs)")
     p.add_argument("--out", "-o", "--output", dest="output", metavar="FILE", default="report.html",
                    help="output HTML file (default report.html; -o and --output are aliases)")

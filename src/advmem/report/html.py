@@ -3,7 +3,8 @@
 Sections (each an element with a stable id): the settings the runs share (`settings`), recipe
 differences (`recipe`), learning curves (`curves`), best/last table (`best-last`), evaluation
 results with sanity flags and the protocol of each robust number (`evaluation`), memorization
-outputs (`memorization`, when a run or study folder has them).
+outputs (`memorization`, when a run or study folder has them), thumbnail grids of the memorized
+samples of every run with per-sample tracking (`memorized-samples`, report/memorized.py).
 """
 
 from __future__ import annotations
@@ -150,6 +151,36 @@ def _scalars(data: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def _memorized_section(runs: list[RunInfo]) -> str:
+    """Thumbnail grids of the memorized samples of every run with per-sample tracking (report/memorized.py)."""
+    from advmem.report.memorized import DEFINITIONS, TITLES, report_entries
+
+    entries, untracked = report_entries(runs)
+    out = ['<section id="memorized-samples"><h2>Memorized samples</h2>']
+    if entries:
+        out.append(_table(["selection", "definition (tracked epochs of per_sample.parquet)"],
+                          [[k, v] for k, v in DEFINITIONS.items()]))
+        out.append(_notes([("Tiles: #position in the training set, given (trained-on) label, true label, memorized "
+                            "epoch (mem; not fit = not robust-correct at the last tracked epoch), and for TE runs the "
+                            "TE target's top class (probability); red = changed label. Why these definitions: "
+                            "docs/memorization.md.")]))
+    for e in entries:
+        out.append(f"<h3>{_text(e.run)}</h3>")
+        for key, png in e.pngs.items():
+            out.append(_img(png, f"{e.run}: {TITLES.get(key, key)}"))
+        counts = e.summary.get("counts")
+        if counts:
+            out.append(_table(["robust-correct"] + counts["epoch"],
+                              [[f"clean label (n={counts['n_clean']})"] + counts["clean"],
+                               [f"changed label (n={counts['n_corrupted']})"] + counts["corrupted"]]))
+        out.append(_notes(e.notes))
+    if untracked:
+        out.append(_notes([f"Without per-sample tracking (track.per_sample), not shown: {', '.join(untracked)}."]))
+    if not entries and not untracked:
+        out.append('<p class="note">No runs among the inputs.</p>')
+    return "".join(out) + "</section>"
+
+
 def build_report(runs: list[RunInfo], title: str = "advmem report") -> str:
     from advmem.report.plots import compare_learning_curves, run_colour
 
@@ -197,6 +228,8 @@ def build_report(runs: list[RunInfo], title: str = "advmem report") -> str:
     body.append(_eval_section(runs, colour_of))
     body.append("</section>")
 
+    from advmem.report.memorized import FIGURES as MEMORIZED_FIGURES
+
     body.append('<section id="memorization"><h2>Memorization outputs</h2>')
     found = False
     for r in runs:
@@ -204,11 +237,14 @@ def build_report(runs: list[RunInfo], title: str = "advmem report") -> str:
             body.append(_artifact_html(f, r.path.parent))
             found = True
         for f in r.figures:
+            if f.name in MEMORIZED_FIGURES.values():  # drawn afresh from per_sample.parquet below
+                continue
             body.append(f"<h4>{_text(str(f.relative_to(r.path.parent)))}</h4>" + _img(f.read_bytes(), f.name))
             found = True
     if not found:
         body.append('<p class="note">None found (measures.csv, grad_stability.json, per_sample.parquet or figures '
                     'from <code>advmem study</code> / <code>advmem analyze</code>).</p>')
     body.append("</section>")
+    body.append(_memorized_section(runs))
     return (f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{_text(title)}</title>"
             f"<style>{STYLE}</style></head><body>{''.join(body)}</body></html>\n")

@@ -105,9 +105,9 @@ def run_colour(i: int) -> str:
     return RUN_COLOURS[i % len(RUN_COLOURS)]
 
 
-def figure_png(fig) -> bytes:
+def figure_png(fig, dpi: int = 110) -> bytes:
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    fig.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
     plt.close(fig)
     return buffer.getvalue()
 
