@@ -99,7 +99,7 @@ def test_plan_ties_step_to_eps_unless_fixed(tmp_path):
 
 
 def test_sweep_run_uses_its_own_recipe():
-    run = SweepRun(name="a", point={}, seed=0, overrides=["seed=0"], recipe_hash="h", epochs=1, spec="own.yaml")
+    run = SweepRun(name="a", point={}, seed=0, overrides=["seed=0"], recipe=None, spec="own.yaml")
     assert train_argv("sweep.yaml", run, Path("out"))[:2] == ["train", "own.yaml"]
 
 

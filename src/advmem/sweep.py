@@ -30,6 +30,7 @@ from typing import Any
 import yaml
 
 from advmem.commands import COMMANDS
+from advmem.engine.rundir import RunDir
 from advmem.errors import UserError
 
 
@@ -39,13 +40,20 @@ class SweepRun:
     point: dict[str, Any]          # the grid values of this run (without the seed)
     seed: int
     overrides: list[str]           # --set arguments that make this run from the base recipe
-    recipe_hash: str
-    epochs: int
-    status: str = "new"            # new | incomplete | complete | failed | running
+    recipe: Any                    # the validated recipe those make
+    status: str = "new"            # RunDir.status: new | incomplete | complete | failed | running
     result: str = ""
     log: Path | None = None
     extra: dict[str, Any] = field(default_factory=dict)
     spec: str | None = None        # this run's base recipe when it is not the sweep's (studies mixing recipes)
+
+    @property
+    def epochs(self) -> int:
+        return self.recipe.optim.epochs
+
+    @property
+    def recipe_hash(self) -> str:
+        return self.recipe.hash()
 
 
 # ---------------------------------------------------------------------------------- expansion
@@ -137,36 +145,23 @@ def expand(spec: str, grid: dict[str, list[str]], seeds: list[int] | None, sets:
                 recipe = load_recipe(spec, overrides)
             except UserError as err:
                 raise UserError(f"sweep run {described.strip()}: {err}") from None
-            runs.append(SweepRun(name=name, point=point, seed=seed, overrides=overrides,
-                                 recipe_hash=recipe.hash(), epochs=recipe.optim.epochs))
+            runs.append(SweepRun(name=name, point=point, seed=seed, overrides=overrides, recipe=recipe))
     return runs, out, base
 
 
 # ------------------------------------------------------------------------------------ status
 
 
-def run_status(run: SweepRun, out: Path) -> str:
-    """new | complete | failed | running | incomplete, read from the run directory only."""
-    from advmem.engine.rundir import RunDir
-    from advmem.engine.safety import lock_holder
-
+def sweep_status(run: SweepRun, out: Path) -> str:
+    """The run's `RunDir.status`; a directory that is not a run or holds another recipe's is refused."""
     rd = RunDir(out / run.name)
-    if not rd.path.exists() or not any(c.name != ".lock" for c in rd.path.iterdir()):
-        return "new"
-    if not rd.is_run():
+    status = rd.status(run.recipe)
+    if status == "foreign":
         raise UserError(f"{rd.path} exists but is not an advmem run; remove it or pick another --out")
-    rd.check_readable()
-    recorded = rd.load_recipe()
-    if recorded.hash() != run.recipe_hash:
-        raise UserError(f"{rd.path} holds a run of a different recipe (hash {recorded.hash()}, sweep wants "
+    if status == "mismatch":
+        raise UserError(f"{rd.path} holds a run of a different recipe (hash {rd.load_recipe().hash()}, sweep wants "
                         f"{run.recipe_hash}); pick another --out for this sweep")
-    if lock_holder(rd.path) is not None:
-        return "running"
-    if rd.finished(run.epochs):
-        return "complete"
-    if (rd.path / "failure.json").exists():
-        return "failed"
-    return "incomplete"
+    return status
 
 
 def train_argv(spec: str, run: SweepRun, out: Path) -> list[str]:
@@ -190,8 +185,6 @@ def usable_cores() -> int:
 
 def epochs_done(path: Path) -> int:
     """The last epoch a run directory has completed (its metrics.jsonl); 0 when none can be read."""
-    from advmem.engine.rundir import RunDir
-
     try:
         rows = RunDir(path).read_metrics()
     except (UserError, OSError):
@@ -419,11 +412,8 @@ def comparison(runs: list[SweepRun], out: Path) -> list[dict[str, Any]]:
         groups.setdefault(tuple(run.point.items()), []).append(run)
     table = []
     for point, members in groups.items():
-        summaries = []
-        for run in members:
-            path = out / run.name / "summary.json"
-            if run_status(run, out) == "complete":
-                summaries.append(json.loads(path.read_text()))
+        summaries = [json.loads((out / run.name / "summary.json").read_text()) for run in members
+                     if sweep_status(run, out) == "complete"]
         row: dict[str, Any] = dict(point)
         row["seeds_complete"] = len(summaries)
         row["seeds"] = len(members)
@@ -508,7 +498,7 @@ def run(args) -> int:
     runs, out, base = expand(args.recipe, grid, seeds, args.set, args.out)
     keys = list(grid)  # expand() moved any --grid seed=... into the seeds
     for r in runs:
-        r.status = run_status(r, out)
+        r.status = sweep_status(r, out)
     todo = [r for r in runs if r.status in ("new", "incomplete") or (r.status == "failed" and args.retry_failed)]
     counts = {s: sum(r.status == s for r in runs) for s in ("new", "incomplete", "complete", "failed", "running")}
     log(f"advmem sweep: {len(runs)} runs in {out}: " + ", ".join(f"{v} {k}" for k, v in counts.items() if v))
@@ -544,7 +534,7 @@ def run(args) -> int:
     text = write_table(table, keys, out)
     print(text, end="")
     print(f"table: {out / 'sweep.md'}   csv: {out / 'sweep.csv'}")
-    failed = [r for r in runs if run_status(r, out) != "complete"]
+    failed = [r for r in runs if sweep_status(r, out) != "complete"]
     if failed and not args.report_only:
         log(f"{len(failed)} runs not complete: {', '.join(r.name for r in failed[:5])}"
             f"{' ...' if len(failed) > 5 else ''} (logs in {out / 'logs'} or {out / 'slurm'})")

@@ -78,7 +78,7 @@ def check_runs(run_dirs: list[str | Path], checkpoint: str) -> list[Path]:
     return [resolve_checkpoint(r, checkpoint) for r in run_dirs]
 
 
-def load_run(run_dir: str | Path, checkpoint: str = "last", device: torch.device | str | None = None) -> LoadedRun:
+def open_run(run_dir: str | Path, checkpoint: str = "last", device: torch.device | str | None = None) -> LoadedRun:
     """Open a run at a checkpoint: model (eval mode), data of its recipe, and its method.
 
     The data config is the run's own, so the training labels are the ones it was trained on

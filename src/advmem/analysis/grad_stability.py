@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 import numpy as np
 
 from advmem.analysis.cli import ANALYSES
-from advmem.analysis.common import (CHECKPOINT_HELP, add_probe_batch_arguments, check_runs, default_out, load_run,
+from advmem.analysis.common import (CHECKPOINT_HELP, add_probe_batch_arguments, check_runs, default_out, open_run,
                                     positive_int, seeded_rows)
 from advmem.io import atomic_write_bytes, atomic_write_json
 from advmem.errors import UserError
@@ -118,7 +118,7 @@ def probe_run(run_dir: str | Path, *, checkpoint: str = "last", alphas: Sequence
               directions: int = 5, batch_size: int = 128, seed: int = 0,
               device: torch.device | str | None = None) -> dict[str, Any]:
     """The probe on one run directory at one checkpoint."""
-    run = load_run(run_dir, checkpoint, device)
+    run = open_run(run_dir, checkpoint, device)
     batch = probe_batch(run.bundle, batch_size, seed)
     result = gradient_change(run.model, run.method, batch, alphas=alphas or DEFAULT_ALPHAS, directions=directions,
                              seed=seed, epoch=max(run.epoch, 1))

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 import numpy as np
 
 from advmem.analysis.cli import ANALYSES
-from advmem.analysis.common import (CHECKPOINT_HELP, add_probe_batch_arguments, check_runs, default_out, load_run,
+from advmem.analysis.common import (CHECKPOINT_HELP, add_probe_batch_arguments, check_runs, default_out, open_run,
                                     positive_int, resolve_checkpoint)
 from advmem.analysis.grad_stability import gradient_change, parse_alphas, probe_batch
 from advmem.io import atomic_write_bytes, atomic_write_json
@@ -190,7 +190,7 @@ def probe_checkpoint(run_dir: str | Path, checkpoint: str, *, alphas: Sequence[f
                      batch_size: int, seed: int, fit_points: int, dtype: torch.dtype | None,
                      device: torch.device | str | None = None) -> dict[str, Any]:
     """The protocol at one checkpoint of one run (its training batch and labels, its attack)."""
-    run = load_run(run_dir, checkpoint, device)
+    run = open_run(run_dir, checkpoint, device)
     batch = probe_batch(run.bundle, batch_size, seed)
     methods = loss_methods(run.recipe, num_train=len(run.bundle.train), num_classes=run.bundle.num_classes,
                            device=next(run.model.parameters()).device)

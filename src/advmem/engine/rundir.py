@@ -28,7 +28,7 @@ from typing import Any
 
 from advmem import __version__
 from advmem.io import atomic_write_json, atomic_write_text, read_input_text
-from advmem.engine.safety import LOCK_NAME, check_unlocked
+from advmem.engine.safety import LOCK_NAME, check_unlocked, lock_holder
 from advmem.errors import UserError
 
 # Bumped when the layout changes incompatibly; a run written with a newer format is refused.
@@ -69,6 +69,30 @@ class RunDir:
             if any(not debris(c) for c in child.iterdir()):
                 return False
         return True
+
+    def status(self, recipe) -> str:
+        """What this directory holds for `recipe`: the one "is this run done" rule of the sweep and the studies.
+
+        "new": nothing there to lose (no directory, an empty one, or a skeleton: `is_skeleton`);
+        "foreign": something that is not a run; "mismatch": a run of another recipe (its recipe.yaml
+        hashes differently); then, for a run of this recipe, "running" (another live process holds its
+        lock), "complete" (`finished`), "failed" (failure.json) or "incomplete". A run this version
+        cannot read (a newer run format) is a UserError. Resuming rather than restarting an
+        incomplete or failed run needs resume.pt (`resume_path`)."""
+        if not self.path.exists() or self.is_skeleton():
+            return "new"
+        if not self.is_run():
+            return "foreign"
+        self.check_readable()
+        if self.load_recipe().hash() != recipe.hash():
+            return "mismatch"
+        if lock_holder(self.path) is not None:
+            return "running"
+        if self.finished(recipe.optim.epochs):
+            return "complete"
+        if (self.path / "failure.json").exists():
+            return "failed"
+        return "incomplete"
 
     def finished(self, epochs: int) -> bool:
         """Trained to its last epoch: the final summary was written and the metrics end at `epochs`."""
@@ -162,16 +186,45 @@ class RunDir:
             atomic_write_text(self.recipe_path, recipe.to_yaml())
             atomic_write_json(self.path / "data.json", data_info)
 
-    def load_recipe(self, overrides: list[str] | None = None):
-        from advmem.recipe import apply_overrides, parse_recipe_text, recipe_from_dict  # pydantic: when a recipe is read
+    def recipe_data(self) -> dict[str, Any]:
+        """recipe.yaml as written: a plain dict, not validated (a report shows runs of other versions too)."""
+        from advmem.recipe import parse_recipe_text  # pydantic: when a recipe is read
 
         try:
             text = read_input_text(self.recipe_path, "recipe")
         except FileNotFoundError:
             raise UserError(f"{self.recipe_path}: missing; not a usable run directory") from None
-        data = parse_recipe_text(text, str(self.recipe_path))
-        return recipe_from_dict(apply_overrides(data, overrides or []), source=str(self.recipe_path),
+        return parse_recipe_text(text, str(self.recipe_path))
+
+    def load_recipe(self, overrides: list[str] | None = None):
+        from advmem.recipe import apply_overrides, recipe_from_dict  # pydantic: when a recipe is read
+
+        return recipe_from_dict(apply_overrides(self.recipe_data(), overrides or []), source=str(self.recipe_path),
                                 overrides=overrides)
+
+    def read_summary(self) -> dict[str, Any]:
+        """summary.json ({} when there is none yet); a corrupt one is a one-line UserError."""
+        if not self.summary_path.is_file():
+            return {}
+        try:
+            summary = json.loads(read_input_text(self.summary_path, "summary"))
+        except (ValueError, RecursionError):
+            summary = None
+        if not isinstance(summary, dict):
+            raise UserError(f"{self.summary_path}: not a JSON object (corrupt or edited); restore it, or resume the run "
+                            f"(advmem train --resume {self.path}), which rewrites it")
+        return summary
+
+    def read_evals(self) -> dict[str, dict[str, Any]]:
+        """The `advmem eval` results kept beside the checkpoints: stem (best, last, epoch-N, ...) -> its
+        checkpoints/STEM.eval.json; an unreadable one is left out."""
+        evals = {}
+        for f in sorted(self.checkpoints.glob("*.eval.json")):
+            try:
+                evals[f.name[: -len(".eval.json")]] = json.loads(read_input_text(f, "evaluation result"))
+            except (ValueError, RecursionError):
+                continue
+        return evals
 
     def committed_epoch(self) -> tuple[int, str] | None:
         """The latest epoch whose resume state must have been written, judged from the other files.

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from advmem.engine.rundir import RunDir
 from advmem.errors import UserError
 
 ARTIFACT_NAMES = ("measures.csv", "grad_stability.json", "per_sample.parquet")
@@ -52,30 +53,13 @@ def load_run(path: str | Path) -> RunInfo:
     path = Path(path)
     if not path.is_dir():
         raise UserError(f"{path}: not a directory; pass advmem run directories (runs/NAME) or study folders")
-    info = RunInfo(path=path, name=path.name, is_run=(path / "recipe.yaml").is_file())
+    run = RunDir(path)
+    info = RunInfo(path=path, name=path.name, is_run=run.is_run())
     if info.is_run:
-        from advmem.io import read_input_text
-        from advmem.engine.rundir import read_metrics_file
-        from advmem.recipe import parse_recipe_text
-
-        info.recipe = parse_recipe_text(read_input_text(path / "recipe.yaml", "recipe"), str(path / "recipe.yaml"))
-        metrics = path / "metrics.jsonl"
-        if metrics.is_file():
-            info.rows = read_metrics_file(metrics)
-        if (path / "summary.json").is_file():
-            try:
-                summary = json.loads(read_input_text(path / "summary.json", "summary"))
-            except (ValueError, RecursionError):
-                summary = None
-            if not isinstance(summary, dict):
-                raise UserError(f"{path / 'summary.json'}: not a JSON object (corrupt or edited); restore it, or "
-                                f"resume the run (advmem train --resume {path}), which rewrites it")
-            info.summary = summary
-        for f in sorted((path / "checkpoints").glob("*.eval.json")):
-            try:
-                info.evals[f.name[: -len(".eval.json")]] = json.loads(read_input_text(f, "evaluation result"))
-            except (ValueError, RecursionError):
-                continue
+        info.recipe = run.recipe_data()
+        info.rows = run.read_metrics()
+        info.summary = run.read_summary()
+        info.evals = run.read_evals()
     for f in _outputs(path):
         (info.artifacts if f.name in ARTIFACT_NAMES else info.figures).append(f)
     if not info.is_run and not info.artifacts and not info.figures:

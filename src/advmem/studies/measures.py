@@ -43,11 +43,12 @@ from pathlib import Path
 from typing import Any
 
 from advmem.errors import UserError
-from advmem.io import atomic_write_json, atomic_write_text
+from advmem.io import atomic_write_json
 from advmem.studies.cli import STUDIES
-from advmem.studies.random_labels import (METHODS, TRUE_LABEL_OVERRIDES, check_seed_sets, ensure_trained,
-                                          launch_runs, log, run_state, seed_overrides, verdict)
-from advmem.studies.reproduction import reproduction_target, smoke_note, update_reproduction
+from advmem.studies.common import (add_study_arguments, check_parallel, ensure_trained, launch_runs, log,
+                                   map_in_workers, pct, publish, schedule_text, seed_list, study_status)
+from advmem.studies.random_labels import METHODS, TRUE_LABEL_OVERRIDES, check_seed_sets, seed_overrides, verdict
+from advmem.studies.reproduction import reproduction_target, smoke_note
 
 SECTION = "measures"
 REPRODUCTION_SCALES = frozenset({"small"})
@@ -172,17 +173,12 @@ def measure_key(run_path: Path, n_samples: int, settings: dict[str, Any]) -> dic
             "recipe_hash": RunDir(run_path).load_recipe().hash(), "n_samples": n_samples, "settings": settings}
 
 
-def measure_cached(run_path: str, n_samples: int, settings: dict[str, Any], device: str | None,
-                   threads: int | None = None) -> dict[str, Any]:
+def measure_cached(run_path: str, n_samples: int, settings: dict[str, Any], device: str | None) -> dict[str, Any]:
     """The run's measures row at its last checkpoint, from `study_measures.json` when its key matches."""
-    import torch
-
     from advmem.analysis.measures.api import measure_run
     from advmem.analysis.measures.base import MeasureSettings
     from advmem.device import resolve_device
 
-    if threads:
-        torch.set_num_threads(threads)
     path = Path(run_path)
     cache = path / "study_measures.json"
     key = measure_key(path, n_samples, settings)
@@ -198,17 +194,7 @@ def measure_cached(run_path: str, n_samples: int, settings: dict[str, Any], devi
 
 def measure_all(paths: list[Path], n_samples: int, settings: dict[str, Any], device: str | None,
                 parallel: int) -> list[dict[str, Any]]:
-    if parallel <= 1 or len(paths) <= 1:
-        return [measure_cached(str(p), n_samples, settings, device) for p in paths]
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-
-    from advmem.sweep import usable_cores
-
-    threads = max(1, usable_cores() // parallel)
-    with ProcessPoolExecutor(max_workers=parallel, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = [pool.submit(measure_cached, str(p), n_samples, settings, device, threads) for p in paths]
-        return [f.result() for f in futures]
+    return map_in_workers(measure_cached, [(str(p), n_samples, settings, device) for p in paths], parallel)
 
 
 # -------------------------------------------------------------------------------------------------
@@ -279,10 +265,6 @@ def plot_measures(rows: list[dict[str, Any]], names: list[str], path: Path) -> N
     fig.legend(handles=handles, loc="upper center", ncol=len(handles), fontsize=8, bbox_to_anchor=(0.5, 1.0))
     fig.subplots_adjust(hspace=0.45, wspace=0.3, top=1 - 0.5 / fig.get_figheight())
     save_figure(fig, path)
-
-
-def pct(v: float | None) -> str:
-    return "—" if v is None or not math.isfinite(float(v)) else f"{100 * v:.1f}"
 
 
 def num(v: float | None) -> str:
@@ -392,8 +374,7 @@ def verdict_lines(stats_: list[dict[str, Any]], rows: list[dict[str, Any]]) -> l
 
 def settings_text(recipe) -> str:
     d, o, a, m = recipe.data, recipe.optim, recipe.attack, recipe.method
-    sched = (f"lr {o.lr} x{o.schedule.gamma} after epochs {o.schedule.milestones}" if o.schedule.name == "multistep"
-             else f"lr {o.lr} ({o.schedule.name})")
+    sched = schedule_text(o)
     return (f"{d.dataset}, {recipe.model.name} {recipe.model.kwargs or ''}, {a.norm} eps {a.eps} ({a.steps} steps of "
             f"{a.step_size}; TRADES beta {getattr(m, 'beta', 6.0)}), {o.epochs} epochs, {sched}, batch {o.batch_size}, "
             f"momentum {o.momentum}, weight decay {o.weight_decay}, augment {d.augment}; test set {d.test_size or 'all'} "
@@ -405,28 +386,20 @@ def settings_text(recipe) -> str:
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--scale", choices=list(SCALES), default="small",
-                        help="tiny: synthetic smoke test (seconds); small: Fashion-MNIST family, about 90 min on "
-                             "2 cores with --parallel 2")
-    parser.add_argument("--out", default=None, help="output folder (default studies/measures-SCALE)")
-    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None,
-                        help="device for training and measures (default: the recipes' 'auto')")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE",
-                        help="override a value in every recipe (repeatable; not the seeds, the label noise or "
-                             "the train-set size, which the study sets per model)")
-    parser.add_argument("--seeds", type=int, default=None, metavar="N",
-                        help="seeds 0..N-1 per (method, noise rate) (default 2); seed 0 keeps the unsuffixed names")
-    parser.add_argument("--parallel", type=int, default=1,
-                        help="runs trained and measured at a time (N > 1: subprocesses with cores/N threads each)")
+    add_study_arguments(
+        parser, scales=SCALES, reproduction_scales=REPRODUCTION_SCALES, out="studies/measures-SCALE",
+        scale_help="tiny: synthetic smoke test (seconds); small: Fashion-MNIST family, about 90 min on 2 cores with "
+                   "--parallel 2",
+        device_help="device for training and measures (default: the recipes' 'auto')",
+        set_help="override a value in every recipe (repeatable; not the seeds, the label noise or the train-set "
+                 "size, which the study sets per model)",
+        seeds_help="seeds 0..N-1 per (method, noise rate) (default 2); seed 0 keeps the unsuffixed names",
+        parallel_help="runs trained and measured at a time (N > 1: subprocesses with cores/N threads each)")
     parser.add_argument("--margin-over", choices=["all", "correct"], default="correct",
                         help="margin of the margin-normalized measures: 10th percentile over the correctly "
                              "classified samples (default; positive for every model with a correct sample) or over "
                              "all samples (the textbook definition; NaN when more than 10%% are misclassified)")
     parser.add_argument("--n-boot", type=int, default=2000, help="bootstrap resamples of the models (default 2000)")
-    parser.add_argument("--reproduction", default=None,
-                        help="REPRODUCTION.md to update (default: at scale small, the REPRODUCTION.md of the advmem "
-                             "checkout holding the current directory; tiny never by default)")
-    parser.add_argument("--no-reproduction", action="store_true", help="do not update REPRODUCTION.md")
 
 
 @STUDIES.register("measures")
@@ -434,28 +407,24 @@ def run(args) -> int:
     t0 = time.time()
     scale = args.scale
     cfg = SCALES[scale]
-    parallel = args.parallel
-    if parallel < 1:
-        raise UserError(f"--parallel {parallel}: must be at least 1")
+    parallel = check_parallel(args.parallel)
     if args.n_boot < 100:
         raise UserError(f"--n-boot {args.n_boot}: use at least 100 resamples")
-    n_seeds = cfg["seeds"] if args.seeds is None else args.seeds
-    if n_seeds < 1:
-        raise UserError(f"--seeds {n_seeds}: must be at least 1")
-    seeds = list(range(n_seeds))
+    seeds = seed_list(cfg["seeds"] if args.seeds is None else args.seeds)
+    n_seeds = len(seeds)
     jobs = build_recipes(scale, args.device, args.set, seeds)  # validates everything before writing
     repro_path, repro_why = reproduction_target(scale, explicit=args.reproduction, disabled=args.no_reproduction,
                                                 default_scales=REPRODUCTION_SCALES)
     out = Path(args.out or f"studies/measures-{scale}")
     runs_dir = out / "runs"
     for _, recipe, _ in jobs:  # refuse foreign run directories before training anything
-        run_state(runs_dir / recipe.name, recipe)
+        study_status(runs_dir / recipe.name, recipe)
     runs_dir.mkdir(parents=True, exist_ok=True)
     if parallel > 1:
         train_subprocesses(jobs, runs_dir, parallel)
     else:
         for _, recipe, _ in jobs:
-            ensure_trained(recipe, runs_dir, args.quiet)
+            ensure_trained(recipe, runs_dir, quiet=args.quiet)
 
     settings = dict(cfg["measure_settings"], margin_over=args.margin_over)
     log(f"complexity measures of {len(jobs)} models")
@@ -502,12 +471,6 @@ def run(args) -> int:
     }
     plot_measures(rows, names, out / "measures_vs_robust_gap.png")
     atomic_write_json(out / "results.json", results)
-    text = markdown(results)
-    atomic_write_text(out / "README.md", text)
-    if repro_path is not None:
-        log(f"updated {update_reproduction(f'{SECTION}-{scale}', text, repro_path)}")
-    else:
-        log(repro_why)
-    print(text)
-    log(f"done in {(time.time() - t0) / 60:.1f} min; results in {out}")
+    publish(markdown(results), out, files=("README.md",), section=f"{SECTION}-{scale}", repro_path=repro_path,
+            repro_why=repro_why, t0=t0)
     return 0

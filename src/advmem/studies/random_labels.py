@@ -30,17 +30,18 @@ budget of about 45 minutes on 2 cores per seed), paper (the CIFAR-10 recipes of 
 
 from __future__ import annotations
 
-import math
-import sys
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
-from advmem.io import atomic_write_json, atomic_write_text
+from advmem.io import atomic_write_json
 from advmem.errors import UserError
-from advmem.studies import grad_along
+from advmem.studies import common, grad_along
 from advmem.studies.cli import STUDIES
-from advmem.studies.reproduction import reproduction_target, smoke_note, update_reproduction
+from advmem.studies.common import (add_study_arguments, check_parallel, ensure_trained, launch_runs, log, pm_stats,
+                                   schedule_text, seed_list, stats, study_status)
+from advmem.studies.reproduction import reproduction_target, smoke_note
 
 SECTION = "random-labels"
 REPRODUCTION_SCALES = frozenset({"small", "paper"})  # the scales whose results belong in REPRODUCTION.md
@@ -91,20 +92,8 @@ SCALES: dict[str, dict[str, Any]] = {
 }
 
 
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
 # -------------------------------------------------------------------------------------------------
 # Recipes and training
-
-
-def seed_list(scale: str, n: int | None) -> list[int]:
-    """Seeds 0..N-1 (N from --seeds, else the scale's default)."""
-    n = SCALES[scale]["seeds"] if n is None else n
-    if n < 1:
-        raise UserError(f"--seeds {n}: must be at least 1")
-    return list(range(n))
 
 
 def check_seed_sets(sets: list[str]) -> None:
@@ -151,70 +140,12 @@ def build_recipes(scale: str, device: str | None, extra: list[str],
     return recipes
 
 
-def run_state(run_path: Path, recipe) -> str:
-    """'new', 'complete', 'resume' or 'restart' (started but no completed epoch) for `recipe` in `run_path`.
-
-    Unlike `sweep.run_status` (which launches other processes and so also reports running and
-    failed runs), a study trains in-process and only needs to know whether to resume."""
-    from advmem.engine.rundir import RunDir
-
-    run = RunDir(run_path)
-    if not run.path.exists() or not any(run.path.iterdir()):
-        return "new"
-    if not run.is_run():
-        raise UserError(f"{run.path} exists but is not a run directory; remove it or choose another --out")
-    recorded = run.load_recipe()
-    if recorded.hash() != recipe.hash():
-        raise UserError(f"{run.path} was trained with different settings than this study asks for; "
-                        "remove it (or choose another --out) to train it again")
-    if run.finished(recipe.optim.epochs):
-        return "complete"
-    return "resume" if run.resume_path.exists() else "restart"
-
-
 def train_parallel(recipes: dict[tuple[str, str, int], Any], scale: str, device: str | None, extra: list[str],
                    runs_dir: Path, parallel: int) -> None:
     """Train the runs not yet complete as `advmem train` subprocesses, `parallel` at a time (sweep machinery)."""
     launch_runs([(recipe, SCALES[scale]["recipes"][method], seed,
                   recipe_overrides(scale, method, labels, seed, device, extra))
                  for (method, labels, seed), recipe in recipes.items()], runs_dir, parallel)
-
-
-def launch_runs(jobs: list[tuple[Any, str, int, list[str]]], runs_dir: Path, parallel: int) -> None:
-    """`jobs`: (recipe, its recipe spec, seed, --set overrides). The runs not yet complete in `runs_dir`
-    are trained as `advmem train` subprocesses, `parallel` at a time (the sweep's launcher); a run
-    that does not finish is a RunFailure naming its log."""
-    from advmem.errors import RunFailure
-    from advmem.sweep import SweepRun, launch_local, run_status
-
-    todo = []
-    for recipe, spec, seed, overrides in jobs:
-        run = SweepRun(name=recipe.name, point={}, seed=seed, overrides=overrides + [f"output_root={runs_dir}"],
-                       recipe_hash=recipe.hash(), epochs=recipe.optim.epochs, spec=spec)
-        run.status = run_status(run, runs_dir)
-        if run.status == "complete":
-            log(f"{recipe.name}: complete, skipped")
-        else:
-            todo.append(run)
-    if todo:
-        launch_local(todo, "", runs_dir, parallel, log)
-    bad = [r.name for r in todo if run_status(r, runs_dir) != "complete"]
-    if bad:
-        raise RunFailure(f"{len(bad)} runs did not finish ({', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''}); "
-                         f"see {runs_dir / 'logs'}, then run the same command again to resume them")
-
-
-def ensure_trained(recipe, runs_dir: Path, quiet: bool) -> Path:
-    from advmem.training import train
-
-    path = runs_dir / recipe.name
-    state = run_state(path, recipe)
-    if state == "complete":
-        log(f"{recipe.name}: complete, skipped")
-        return path
-    log(f"{recipe.name}: {'resuming' if state == 'resume' else 'training'} ({recipe.optim.epochs} epochs)")
-    train(recipe, run_root=runs_dir, resume=state == "resume", overwrite=state == "restart", quiet=quiet)
-    return path
 
 
 # -------------------------------------------------------------------------------------------------
@@ -257,18 +188,6 @@ def run_numbers(run_path: Path, last_epochs: int) -> dict[str, Any]:
     out["memorized_frac"] = rows[-1].get("track_memorized_frac")
     # what the run cost, whatever invocations trained it (epoch_time includes evaluation and tracking)
     out["run_minutes"] = sum(float(r.get("epoch_time") or 0.0) for r in rows) / 60
-    return out
-
-
-def stats(values: list[float | None]) -> dict[str, Any]:
-    """Mean, sample standard deviation (n - 1; 0 for one value), min, max and n of the values present."""
-    vals = [float(v) for v in values if v is not None and not math.isnan(float(v))]
-    out: dict[str, Any] = {"mean": None, "std": None, "min": None, "max": None, "n": len(vals),
-                           "values": [None if v is None else float(v) for v in values]}
-    if vals:
-        mean = sum(vals) / len(vals)
-        std = math.sqrt(sum((v - mean) ** 2 for v in vals) / (len(vals) - 1)) if len(vals) > 1 else 0.0
-        out.update(mean=mean, std=std, min=min(vals), max=max(vals))
     return out
 
 
@@ -357,9 +276,8 @@ def plot_training_curves(results: dict[str, Any], path: Path) -> None:
                     ax.plot(xs, ys, style, color=colour, marker="o" if len(pts) < 30 else None, ms=3,
                             label=f"{LABELS[labels]}, {name}")
                     if n_seeds > 1:
-                        sd = [100 * p.get(f"{key}_std", 0.0) for p in pts]
-                        ax.fill_between(xs, [y - d for y, d in zip(ys, sd)], [y + d for y, d in zip(ys, sd)],
-                                        color=colour, alpha=0.15 if kind == "nat" else 0.08, lw=0)
+                        common.std_band(ax, xs, ys, [100 * p.get(f"{key}_std", 0.0) for p in pts], colour,
+                                        alpha=0.15 if kind == "nat" else 0.08)
         ax.axhline(100 * results["chance"], color="grey", lw=0.8, ls=":", label="chance")
         ax.set_title(f"{label}: training accuracy" + (f" (mean ± std, {n_seeds} seeds)" if n_seeds > 1 else ""))
         ax.set_xlabel("epoch")
@@ -401,25 +319,9 @@ def plot_grad_norms(results: dict[str, Any], path: Path) -> None:
 # Markdown
 
 
-def pct(value: float | None) -> str:
-    return "—" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100 * value:.1f}%"
-
-
-def sci(value: float | None) -> str:
-    return "—" if value is None else f"{value:.3g}"
-
-
-def pct_pm(st: dict[str, Any] | None) -> str:
-    """'45.3 ± 2.1%' (mean ± sample std over seeds); one seed: '45.3%'."""
-    if not st or st.get("mean") is None:
-        return "—"
-    return f"{100 * st['mean']:.1f} ± {100 * st['std']:.1f}%" if st["n"] > 1 else pct(st["mean"])
-
-
-def sci_pm(st: dict[str, Any] | None) -> str:
-    if not st or st.get("mean") is None:
-        return "—"
-    return f"{st['mean']:.3g} ± {st['std']:.2g}" if st["n"] > 1 else sci(st["mean"])
+pct = partial(common.pct, unit="%")  # '45.3%'
+pct_pm = partial(pm_stats, unit="%")  # '45.3 ± 2.1%' (mean ± sample std over seeds); one seed: '45.3%'
+sci_pm = partial(pm_stats, percent=False)  # '0.0123 ± 0.004'
 
 
 def per_seed_text(st: dict[str, Any] | None, seeds: list[int]) -> str:
@@ -439,8 +341,7 @@ def settings_text(recipe, seeds: list[int] | None = None) -> str:
     if d.dataset == "synthetic":
         size = f"{d.synthetic.n_train} synthetic images"
     extra = f", TRADES beta {m.beta}" if hasattr(m, "beta") else ""
-    sched = (f"lr {o.lr} x{o.schedule.gamma} after epochs {o.schedule.milestones}" if o.schedule.name == "multistep"
-             else f"lr {o.lr} ({o.schedule.name})")
+    sched = schedule_text(o)
     tr = recipe.track.per_sample
     return (f"{d.dataset}, {size}, random labels = symmetric noise at rate {recipe.data.label_noise.rate} "
             + (f"(seed {d.label_noise.seed}); " if seeds is None else
@@ -618,7 +519,7 @@ def train_and_probe_along(scale: str, args, recipes, replays, paths, order, seed
         train_parallel(replays, scale, args.device, along_sets, along_dir, parallel)
         replay_paths = {key: along_dir / recipe.name for key, recipe in replays.items()}
     else:
-        replay_paths = {key: ensure_trained(recipe, along_dir, True) for key, recipe in replays.items()}
+        replay_paths = {key: ensure_trained(recipe, along_dir, quiet=True) for key, recipe in replays.items()}
     epochs = grad_along.ALONG_EPOCHS[scale]
     plans = {(m, l, seed): grad_along.probe_plan(paths[(m, l, seed)], replay_paths[(m, l, seed)], epochs)
              for m, l in order for seed in seeds}
@@ -632,31 +533,23 @@ def train_and_probe_along(scale: str, args, recipes, replays, paths, order, seed
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--scale", choices=list(SCALES), default="small",
-                        help="tiny: synthetic smoke test (seconds); small: Fashion-MNIST subset on a CPU "
-                             "(about 45 min on 2 cores per seed); paper: the paper's CIFAR-10 WRN-28-10 recipes (GPU)")
-    parser.add_argument("--out", default=None, help="output folder (default studies/random-labels-SCALE)")
-    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None,
-                        help="device for training and analyses (default: the recipes' 'auto')")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE",
-                        help="override a value in every recipe (repeatable), e.g. --set optim.epochs=50 "
-                             "(not seed or data.label_noise.seed: see --seeds)")
-    parser.add_argument("--seeds", type=int, default=None, metavar="N",
-                        help="train every run with seeds 0..N-1 (each seed draws the random labels, the "
-                             "initialization and the data order) and report mean ± std; default 2 at tiny, "
-                             "3 at small, 1 at paper. Seed 0 keeps the single-seed run names, so its runs are reused")
-    parser.add_argument("--parallel", type=int, default=1,
-                        help="runs trained at a time: 1 (default) trains in this process; N > 1 starts N "
-                             "`advmem train` subprocesses with cores/N threads each, logs in OUT/runs/logs")
+    add_study_arguments(
+        parser, scales=SCALES, reproduction_scales=REPRODUCTION_SCALES, out="studies/random-labels-SCALE",
+        scale_help="tiny: synthetic smoke test (seconds); small: Fashion-MNIST subset on a CPU (about 45 min on 2 "
+                   "cores per seed); paper: the paper's CIFAR-10 WRN-28-10 recipes (GPU)",
+        device_help="device for training and analyses (default: the recipes' 'auto')",
+        set_help="override a value in every recipe (repeatable), e.g. --set optim.epochs=50 (not seed or "
+                 "data.label_noise.seed: see --seeds)",
+        seeds_help="train every run with seeds 0..N-1 (each seed draws the random labels, the initialization and "
+                   "the data order) and report mean ± std; default 2 at tiny, 3 at small, 1 at paper. Seed 0 keeps "
+                   "the single-seed run names, so its runs are reused",
+        parallel_help="runs trained at a time: 1 (default) trains in this process; N > 1 starts N `advmem train` "
+                      "subprocesses with cores/N threads each, logs in OUT/runs/logs")
     parser.add_argument("--skip", default="", metavar="PART[,PART]",
                         help="analyses to leave out, comma-separated: along (the replays of every run to its "
                              "early epochs, the same-weights probe there and the training-time signal), "
                              "grad-stability (each run's own loss at its last weights), measures (complexity "
                              "measures; `advmem study measures` is their study); the README says what was skipped")
-    parser.add_argument("--reproduction", default=None,
-                        help="REPRODUCTION.md to update (default: at scale small or paper, the REPRODUCTION.md "
-                             "of the advmem checkout holding the current directory; tiny never by default)")
-    parser.add_argument("--no-reproduction", action="store_true", help="do not update REPRODUCTION.md")
 
 
 @STUDIES.register("random-labels")
@@ -664,10 +557,8 @@ def run(args) -> int:
     t0 = time.time()
     scale = args.scale
     cfg = SCALES[scale]
-    parallel = getattr(args, "parallel", 1)
-    if parallel < 1:
-        raise UserError(f"--parallel {parallel}: must be at least 1")
-    seeds = seed_list(scale, getattr(args, "seeds", None))
+    parallel = check_parallel(getattr(args, "parallel", 1))
+    seeds = seed_list(cfg["seeds"] if getattr(args, "seeds", None) is None else args.seeds)
     recipes = build_recipes(scale, args.device, args.set, seeds)  # validates everything before writing
     repro_path, repro_why = reproduction_target(scale, explicit=args.reproduction, disabled=args.no_reproduction,
                                                 default_scales=REPRODUCTION_SCALES)
@@ -678,15 +569,15 @@ def run(args) -> int:
     replays = build_recipes(scale, args.device, list(args.set) + along_replay_sets(recipes, scale), seeds) \
         if with_along else {}
     for recipe in recipes.values():  # refuse foreign run directories before training anything
-        run_state(runs_dir / recipe.name, recipe)
+        study_status(runs_dir / recipe.name, recipe)
     for recipe in replays.values():
-        run_state(out / "along" / recipe.name, recipe)
+        study_status(out / "along" / recipe.name, recipe)
     runs_dir.mkdir(parents=True, exist_ok=True)
     if parallel > 1:
         train_parallel(recipes, scale, args.device, args.set, runs_dir, parallel)
         paths = {key: runs_dir / recipe.name for key, recipe in recipes.items()}
     else:
-        paths = {key: ensure_trained(recipe, runs_dir, args.quiet) for key, recipe in recipes.items()}
+        paths = {key: ensure_trained(recipe, runs_dir, quiet=args.quiet) for key, recipe in recipes.items()}
 
     notes: list[str] = []
     order = [("pgd_at", "true"), ("pgd_at", "random"), ("trades", "true"), ("trades", "random")]
@@ -739,12 +630,6 @@ def run(args) -> int:
         grad_along.plot_along(along, out / "grad_along.png", METHODS, LABELS)
     plot_grad_norms(results, out / "grad_norm.png")
     atomic_write_json(out / "results.json", results)
-    text = markdown(results)
-    atomic_write_text(out / "README.md", text)
-    if repro_path is not None:
-        log(f"updated {update_reproduction(f'{SECTION}-{scale}', text, repro_path)}")
-    else:
-        log(repro_why)
-    print(text)
-    log(f"done in {(time.time() - t0) / 60:.1f} min; results in {out}")
+    common.publish(markdown(results), out, files=("README.md",), section=f"{SECTION}-{scale}", repro_path=repro_path,
+                   repro_why=repro_why, t0=t0)
     return 0

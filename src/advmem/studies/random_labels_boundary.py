@@ -23,18 +23,18 @@ table gives mean ± sample std over the seeds and every verdict is that of the m
 
 from __future__ import annotations
 
-import csv
-import io
 import json
-import sys
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
-from advmem.io import atomic_write_json, atomic_write_text
-from advmem.errors import RunFailure, UserError
+from advmem.io import atomic_write_json
+from advmem.errors import UserError
 from advmem.studies.cli import STUDIES
-from advmem.studies.reproduction import reproduction_target, smoke_note, update_reproduction
+from advmem.studies.common import (add_study_arguments, check_parallel, launch_sweep_runs, log, pm,
+                                   publish, seed_list, stats, write_csv)
+from advmem.studies.reproduction import reproduction_target, smoke_note
 from advmem.studies import random_labels as rl
 
 SECTION = "random-labels-boundary"
@@ -49,10 +49,6 @@ SCALES: dict[str, dict[str, Any]] = {
               "grid": {"attack.eps": ["0.05", "0.1", "0.2"], "data.train_size": ["300", "1000"]},
               "probe": {"directions": 3, "batch_size": 128}, "last_epochs": 10},
 }
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 def eps_step(eps: str) -> str:
@@ -117,20 +113,7 @@ def collect(runs: list, runs_dir: Path, keys: list[str], last_epochs: int) -> di
     return table
 
 
-def pct(value: float | None) -> str:
-    return "—" if value is None else f"{100 * value:.1f}"
-
-
-def fmt(value: float | None) -> str:
-    return "—" if value is None else f"{value:.3g}"
-
-
-def pct_pm(mean: float | None, std: float | None, n: int) -> str:
-    return pct(mean) if mean is None or n < 2 else f"{100 * mean:.1f} ± {100 * std:.1f}"
-
-
-def fmt_pm(mean: float | None, std: float | None, n: int) -> str:
-    return fmt(mean) if mean is None or n < 2 else f"{mean:.3g} ± {std:.2g}"
+fmt_pm = partial(pm, percent=False)  # '0.0123 ± 0.004' over seeds; one seed: '0.0123'
 
 
 # row column -> per-run key
@@ -148,7 +131,7 @@ def rows(table: dict[tuple, dict[str, Any]], keys: list[str], chance: float) -> 
             per_seed = methods.get(method, [])
             row[f"{method}_seeds"] = len(per_seed)
             for col, key in ROW_KEYS.items():
-                st = rl.stats([r.get(key) for r in per_seed])
+                st = stats([r.get(key) for r in per_seed])
                 row[f"{method}_{col}"], row[f"{method}_{col}_std"] = st["mean"], st["std"]
             row[f"{method}_fit"] = rl.verdict(row[f"{method}_train_nat"], chance)
             row[f"{method}_train_nat_per_seed"] = [r.get("train_nat_acc") for r in per_seed]
@@ -201,9 +184,9 @@ def markdown(results: dict[str, Any]) -> str:
     ]
     for r in table:
         lines.append("| " + " | ".join(str(r[k]) for k in keys)
-                     + f" | {cell(r, 'pgd_at', 'train_nat', pct_pm)} / {cell(r, 'pgd_at', 'train_rob', pct_pm)} "
+                     + f" | {cell(r, 'pgd_at', 'train_nat', pm)} / {cell(r, 'pgd_at', 'train_rob', pm)} "
                      f"| {r['pgd_at_fit']} "
-                     f"| {cell(r, 'trades', 'train_nat', pct_pm)} / {cell(r, 'trades', 'train_rob', pct_pm)} "
+                     f"| {cell(r, 'trades', 'train_nat', pm)} / {cell(r, 'trades', 'train_rob', pm)} "
                      f"| {r['trades_fit']} "
                      f"| {cell(r, 'pgd_at', 'grad_norm_sq', fmt_pm)} / {cell(r, 'trades', 'grad_norm_sq', fmt_pm)} "
                      f"| {cell(r, 'pgd_at', 'probe', fmt_pm)} / {cell(r, 'trades', 'probe', fmt_pm)} "
@@ -230,16 +213,6 @@ def markdown(results: dict[str, Any]) -> str:
     files = "`boundary.png`, `table.md`, `table.csv`, `results.json`, " + ("`grad-stability/`, " if s["probe"] else "")
     lines += ["", f"Files: {files}`runs/` in the study folder."]
     return "\n".join(lines) + "\n"
-
-
-def write_csv(table: list[dict[str, Any]], path: Path) -> None:
-    buf = io.StringIO()
-    if table:
-        writer = csv.DictWriter(buf, fieldnames=list(table[0]))
-        writer.writeheader()
-        writer.writerows([{k: (" ".join("" if x is None else repr(x) for x in v) if isinstance(v, list) else v)
-                           for k, v in row.items()} for row in table])
-    atomic_write_text(path, buf.getvalue())
 
 
 def plot(table: list[dict[str, Any]], keys: list[str], chance: float, path: Path) -> None:
@@ -279,38 +252,28 @@ def plot(table: list[dict[str, Any]], keys: list[str], chance: float, path: Path
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--scale", choices=list(SCALES), default="small",
-                        help="tiny: synthetic smoke test (seconds); small: the small study's random-label "
-                             "recipes on Fashion-MNIST (default grid: eps 0.05,0.1,0.2 x train size 300,1000)")
+    add_study_arguments(
+        parser, scales=SCALES, reproduction_scales=REPRODUCTION_SCALES, out="studies/random-labels-boundary-SCALE",
+        with_device=False,
+        scale_help="tiny: synthetic smoke test (seconds); small: the small study's random-label recipes on "
+                   "Fashion-MNIST (default grid: eps 0.05,0.1,0.2 x train size 300,1000)",
+        set_help="override a value in every run, e.g. --set optim.epochs=100",
+        seeds_default=1, seeds_help="train every grid point with seeds 0..N-1 (each seed draws the random labels, "
+                                    "the initialization and the data order); N > 1 reports mean ± std (default 1)",
+        parallel_default=2, parallel_help="runs at a time (default 2; each gets cores/N threads)")
     parser.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
                         help="a recipe key and its values (repeatable; replaces the default grid), "
                              "e.g. --grid model.kwargs.width=16,32")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE",
-                        help="override a value in every run, e.g. --set optim.epochs=100")
-    parser.add_argument("--parallel", type=int, default=2,
-                        help="runs at a time (default 2; each gets cores/N threads)")
-    parser.add_argument("--seeds", type=int, default=1, metavar="N",
-                        help="train every grid point with seeds 0..N-1 (each seed draws the random labels, the "
-                             "initialization and the data order); N > 1 reports mean ± std (default 1)")
     parser.add_argument("--no-probe", action="store_true", help="skip the gradient-stability probe")
-    parser.add_argument("--out", default=None, help="output folder (default studies/random-labels-boundary-SCALE)")
-    parser.add_argument("--reproduction", default=None,
-                        help="REPRODUCTION.md to update (default: at scale small, the REPRODUCTION.md of the "
-                             "advmem checkout holding the current directory; tiny never by default)")
-    parser.add_argument("--no-reproduction", action="store_true", help="do not update REPRODUCTION.md")
 
 
 @STUDIES.register("random-labels-boundary")
 def run(args) -> int:
-    from advmem.sweep import launch_local, parse_grid, run_status
+    from advmem.sweep import parse_grid, sweep_status
 
     t0 = time.time()
-    if args.parallel < 1:
-        raise UserError("--parallel must be at least 1")
-    seeds = getattr(args, "seeds", 1)
-    if seeds < 1:
-        raise UserError(f"--seeds {seeds}: must be at least 1")
-    seeds = list(range(seeds))
+    check_parallel(args.parallel)
+    seeds = seed_list(getattr(args, "seeds", 1))
     cfg = SCALES[args.scale]
     grid = parse_grid(args.grid) if args.grid else {k: list(v) for k, v in cfg["grid"].items()}
     for key in ("seed", "data.label_noise.seed"):
@@ -327,16 +290,9 @@ def run(args) -> int:
                                                 disabled=args.no_reproduction, default_scales=REPRODUCTION_SCALES)
     runs_dir = out / "runs"
     for r in runs:
-        r.status = run_status(r, runs_dir)
-    todo = [r for r in runs if r.status in ("new", "incomplete", "failed")]
-    log(f"{len(runs)} runs ({len(runs) - len(todo)} complete) in {runs_dir}")
-    if todo:
-        runs_dir.mkdir(parents=True, exist_ok=True)
-        launch_local(todo, "", runs_dir, args.parallel, log)
-    bad = [r.name for r in runs if run_status(r, runs_dir) != "complete"]
-    if bad:
-        raise RunFailure(f"{len(bad)} runs did not finish ({', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''}); "
-                         f"see {runs_dir / 'logs'}, then run the same command again to resume them")
+        r.status = sweep_status(r, runs_dir)
+    log(f"{len(runs)} runs ({sum(r.status == 'complete' for r in runs)} complete) in {runs_dir}")
+    launch_sweep_runs(runs, runs_dir, args.parallel)
 
     notes: list[str] = []
     table = collect(runs, runs_dir, keys, cfg["last_epochs"])
@@ -374,13 +330,6 @@ def run(args) -> int:
     plot(results["rows"], keys, chance, out / "boundary.png")
     write_csv(results["rows"], out / "table.csv")
     atomic_write_json(out / "results.json", results)
-    text = markdown(results)
-    atomic_write_text(out / "table.md", text)
-    atomic_write_text(out / "README.md", text)
-    if repro_path is not None:
-        log(f"updated {update_reproduction(SECTION, text, repro_path)}")
-    else:
-        log(repro_why)
-    print(text)
-    log(f"done in {(time.time() - t0) / 60:.1f} min; results in {out}")
+    publish(markdown(results), out, files=("table.md", "README.md"), section=SECTION, repro_path=repro_path,
+            repro_why=repro_why, t0=t0)
     return 0

@@ -25,23 +25,25 @@ REPRODUCTION.md.
 from __future__ import annotations
 
 import copy
-import csv
-import io
 import json
-import sys
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 
-from advmem.io import atomic_write_json, atomic_write_text
+from advmem.engine.rundir import RunDir
+from advmem.io import atomic_write_json
 from advmem.errors import UserError
+from advmem.studies import common
 from advmem.studies.cli import STUDIES
+from advmem.studies.common import (add_study_arguments, call_with_threads, check_parallel, map_in_workers,
+                                   schedule_text, seed_band, seed_list, stats, study_status, write_csv)
 
 if TYPE_CHECKING:  # torch is imported where it is used, so building the CLI's parser does not import it
     import torch
-from advmem.studies.reproduction import reproduction_target, smoke_note, update_reproduction
+from advmem.studies.reproduction import reproduction_target, smoke_note
 
 SECTION = "robust-overfitting"
 REPRODUCTION_SCALES = frozenset({"small", "paper"})  # the scales whose results belong in REPRODUCTION.md
@@ -225,45 +227,23 @@ class HardestTrainingSamples:
 
 
 def log(msg: str) -> None:
-    print(f"[robust-overfitting] {msg}", file=sys.stderr, flush=True)
+    common.log(f"[robust-overfitting] {msg}")
 
 
-def is_complete(run, recipe) -> bool:
-    if not run.summary_path.exists():
-        return False
-    summary = json.loads(run.summary_path.read_text())
-    from advmem.engine.resume import recipe_hash_matches
-
-    return (recipe_hash_matches(recipe, summary.get("recipe_hash")) and summary.get("complete", True) is True
-            and (summary.get("last") or {}).get("epoch") == recipe.optim.epochs)
+# A run directory of other settings than the study's is refused in these words.
+MISMATCH = "holds a run with other settings; delete it or pass another --out"
 
 
-def ensure_trained(recipe, runs_dir: Path, *, hard_fraction: float, quiet: bool):
-    from advmem.engine.rundir import RunDir
-    from advmem.training import train
-
-    run = RunDir(runs_dir / recipe.name)
+def ensure_trained(recipe, runs_dir: Path, *, hard_fraction: float, quiet: bool) -> Path:
+    """`common.ensure_trained` with the hardest-samples callback, selecting at the first LR decay."""
     milestones = recipe.optim.schedule.milestones
     select = milestones[0] if milestones else max(1, recipe.optim.epochs // 2)
-    callbacks = [HardestTrainingSamples(select, hard_fraction)]
-    if is_complete(run, recipe):
-        log(f"{recipe.name}: complete, skipped")
-        return run
-    if run.is_run():
-        if run.load_recipe().hash() != recipe.hash():
-            raise UserError(f"{run.path} holds a run with other settings; delete it or pass another --out")
-        if run.resume_path.exists():
-            log(f"{recipe.name}: resuming")
-            return train(recipe, run_root=runs_dir, resume=True, quiet=quiet, callbacks=callbacks)[0]
-        return train(recipe, run_root=runs_dir, overwrite=True, quiet=quiet, callbacks=callbacks)[0]
-    log(f"{recipe.name}: training {recipe.optim.epochs} epochs ({recipe.method.name})")
-    return train(recipe, run_root=runs_dir, quiet=quiet, callbacks=callbacks)[0]
+    return common.ensure_trained(recipe, runs_dir, quiet=quiet, callbacks=[HardestTrainingSamples(select, hard_fraction)],
+                                 mismatch=MISMATCH, log=log)
 
 
-def _train_in_worker(recipe, runs_dir: str, hard_fraction: float, threads: int) -> str:
-    import torch
-    torch.set_num_threads(threads)
-    return str(ensure_trained(recipe, Path(runs_dir), hard_fraction=hard_fraction, quiet=True).path)
+def _train_in_worker(recipe, runs_dir: str, hard_fraction: float) -> str:
+    return str(ensure_trained(recipe, Path(runs_dir), hard_fraction=hard_fraction, quiet=True))
 
 
 def train_parallel(recipes: list, runs_dir: Path, *, hard_fraction: float, parallel: int, quiet: bool = False) -> None:
@@ -285,8 +265,8 @@ def train_parallel(recipes: list, runs_dir: Path, *, hard_fraction: float, paral
     progress = RunsProgress({r.name: (runs_dir / r.name, r.optim.epochs) for r in recipes}, desc="training",
                             enabled=not quiet)
     try:
-        futures = {pool.submit(_train_in_worker, recipe, str(runs_dir), hard_fraction, threads): recipe.name
-                   for recipe in recipes}
+        futures = {pool.submit(call_with_threads, threads, _train_in_worker, (recipe, str(runs_dir), hard_fraction)):
+                   recipe.name for recipe in recipes}
         done, pending = set(), set(futures)
         while pending and not any(f.exception() is not None for f in done):
             finished, pending = wait(pending, timeout=POLL_S, return_when=FIRST_EXCEPTION)
@@ -352,33 +332,14 @@ def evaluate_run(run, recipe, *, n_test: int | None, aa_n: int, pgd_steps: int, 
     return out
 
 
-def _evaluate_in_worker(run_path: str, recipe, aa_n: int, kwargs: dict[str, Any], threads: int) -> dict[str, dict[str, Any]]:
-    import torch
-
-    from advmem.engine.rundir import RunDir
-
-    torch.set_num_threads(threads)
-    return evaluate_run(RunDir(run_path), recipe, aa_n=aa_n, **kwargs)
-
-
 def evaluate_all(jobs: list[tuple[Path, Any, int]], *, parallel: int, **kwargs) -> list[dict[str, dict[str, Any]]]:
-    """`evaluate_run` of every (run path, recipe, aa_n), `parallel` runs at a time in spawned worker
-    processes with cores/N threads each (AutoAttack on a CPU dominates the study's final stage)."""
-    from advmem.engine.rundir import RunDir
+    """`evaluate_run` of every (run path, recipe, aa_n), `parallel` runs at a time in worker processes
+    (AutoAttack on a CPU dominates the study's final stage)."""
+    return map_in_workers(_evaluate, [(str(path), recipe, aa_n, kwargs) for path, recipe, aa_n in jobs], parallel)
 
-    if parallel <= 1 or len(jobs) <= 1:
-        return [evaluate_run(RunDir(path), recipe, aa_n=aa_n, **kwargs) for path, recipe, aa_n in jobs]
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
 
-    from advmem.sweep import usable_cores
-
-    workers = min(parallel, len(jobs))
-    threads = max(1, usable_cores() // workers)
-    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = [pool.submit(_evaluate_in_worker, str(path), recipe, aa_n, kwargs, threads)
-                   for path, recipe, aa_n in jobs]
-        return [f.result() for f in futures]
+def _evaluate(run_path: str, recipe, aa_n: int, kwargs: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return evaluate_run(RunDir(run_path), recipe, aa_n=aa_n, **kwargs)
 
 
 # -------------------------------------------------------------------------------------------------
@@ -389,26 +350,10 @@ METRICS = ("natural", "pgd", "autoattack")
 METRIC_LABEL = {"natural": "natural", "pgd": "PGD", "autoattack": "AA"}
 
 
-def pct(v: float | None) -> str:
-    return "–" if v is None else f"{100 * v:.1f}"
-
-
-def pm(st: dict[str, Any] | None, signed: bool = False) -> str:
-    """'51.5 ± 1.2' in points (mean ± sample std over seeds); one seed: '51.5'."""
-    if not st or st.get("mean") is None:
-        return "–"
-    mean = f"{100 * st['mean']:+.1f}" if signed else f"{100 * st['mean']:.1f}"
-    return f"{mean} ± {100 * st['std']:.1f}" if st["n"] > 1 else mean
-
-
-def ci(d: dict[str, Any]) -> str:
-    """'+2.0 ± 1.1 [-0.7, +4.7]' (points; mean ± std over seeds, 95% t interval)."""
-    if d.get("mean") is None:
-        return "–"
-    text = f"{100 * d['mean']:+.1f}"
-    if d.get("std") is None:
-        return text
-    return f"{text} ± {100 * d['std']:.1f} [{100 * d['lo']:+.1f}, {100 * d['hi']:+.1f}]"
+DASH = "–"  # the study's tables write a missing number as an en dash
+pct = partial(common.pct, missing=DASH)
+pm = partial(common.pm_stats, missing=DASH)  # '51.5 ± 1.2' in points (mean ± sample std over seeds); one seed: '51.5'
+ci = partial(common.ci, missing=DASH)  # '+2.0 ± 1.1 [-0.7, +4.7]' (points; mean ± std over seeds, 95% t interval)
 
 
 def variants(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
@@ -429,7 +374,6 @@ def summarize_methods(results: dict[str, Any]) -> list[dict[str, Any]]:
     """Per reported model: best, last and best - last of each metric (mean ± std over seeds), the
     gap as a paired difference with its interval, the epochs, the sanity flags and the curve's peak."""
     from advmem.analysis.stats import paired_difference
-    from advmem.studies.random_labels import stats
 
     rows = []
     for key, label, b, l in variants(results):
@@ -450,6 +394,12 @@ def summarize_methods(results: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
+def gap_values(res: dict[str, Any], metric: str) -> dict[int, float | None]:
+    """best - last of `metric` per seed (None where either is missing)."""
+    best, last = per_seed_values(res, "best", metric), per_seed_values(res, "last", metric)
+    return {s: None if v is None or last[s] is None else v - last[s] for s, v in best.items()}
+
+
 def paired_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
     """TE against its base and the EMA against PGD-AT, paired over the seeds both have."""
     from advmem.analysis.stats import paired_difference
@@ -461,22 +411,18 @@ def paired_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
         a, b = methods[new], methods[base]
         entry = {"compare": f"{a['label']} - {b['label']}", "key": new, "base": base}
         for metric in ("pgd", "autoattack"):
-            entry[f"last_{metric}"] = paired_difference(per_seed_values(a, "last", metric), per_seed_values(b, "last", metric))
-            entry[f"best_{metric}"] = paired_difference(per_seed_values(a, "best", metric), per_seed_values(b, "best", metric))
-            gap_a = {s: None if v is None or w is None else v - w for (s, v), w in
-                     zip(per_seed_values(a, "best", metric).items(), per_seed_values(a, "last", metric).values())}
-            gap_b = {s: None if v is None or w is None else v - w for (s, v), w in
-                     zip(per_seed_values(b, "best", metric).items(), per_seed_values(b, "last", metric).values())}
-            entry[f"gap_{metric}"] = paired_difference(gap_a, gap_b)
+            for which in ("last", "best"):
+                entry[f"{which}_{metric}"] = paired_difference(per_seed_values(a, which, metric),
+                                                               per_seed_values(b, which, metric))
+            entry[f"gap_{metric}"] = paired_difference(gap_values(a, metric), gap_values(b, metric))
         out.append(entry)
     if "pgd_at" in methods and methods["pgd_at"]["ema"]:
         m = methods["pgd_at"]
         entry = {"compare": "PGD-AT+EMA - PGD-AT", "key": "pgd_at_ema", "base": "pgd_at"}
         for metric in ("pgd", "autoattack"):
-            entry[f"last_{metric}"] = paired_difference(per_seed_values(m, "ema_last", metric),
-                                                        per_seed_values(m, "last", metric))
-            entry[f"best_{metric}"] = paired_difference(per_seed_values(m, "ema_best", metric),
-                                                        per_seed_values(m, "best", metric))
+            for which in ("last", "best"):
+                entry[f"{which}_{metric}"] = paired_difference(per_seed_values(m, f"ema_{which}", metric),
+                                                               per_seed_values(m, which, metric))
         out.append(entry)
     return out
 
@@ -572,26 +518,6 @@ def markdown(results: dict[str, Any]) -> str:
     return "\n".join(out) + "\n"
 
 
-def seed_band(ax, curves: list[list[tuple[int, float]]], colour: str, label: str, ls: str = "-") -> None:
-    """The mean over seeds of per-seed (epoch, value) curves, with a ± std band."""
-    from advmem.studies.random_labels import stats
-
-    by: dict[int, list[float]] = {}
-    for curve in curves:
-        for epoch, v in curve:
-            by.setdefault(epoch, []).append(v)
-    if not by:
-        return
-    xs = sorted(by)
-    st = [stats(by[x]) for x in xs]
-    ys = [100 * t["mean"] for t in st]
-    ax.plot(xs, ys, color=colour, ls=ls, label=label)
-    if max(t["n"] for t in st) > 1:
-        sd = [100 * t["std"] for t in st]
-        ax.fill_between(xs, [y - d for y, d in zip(ys, sd)], [y + d for y, d in zip(ys, sd)], color=colour,
-                        alpha=0.15, lw=0)
-
-
 def mark_decays(ax, milestones: list[int]) -> None:
     for i, m in enumerate(milestones):
         ax.axvline(m + 0.5, color="grey", lw=0.8, ls=":", label="lr decay" if i == 0 else None)
@@ -644,11 +570,7 @@ def write_tables(results: dict[str, Any], out: Path) -> None:
                 rows.append({"method": label, "seed": seed, "checkpoint": which, "epoch": ev["epoch"],
                              "natural": ev["natural"], "pgd": ev["pgd"], "autoattack": ev["autoattack"],
                              "sanity_flags": ";".join(ev.get("sanity_flags", []))})
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write_text(out / "table.csv", buffer.getvalue())
+    write_csv(rows, out / "table.csv")
     atomic_write_json(out / "results.json", results)
 
 
@@ -657,21 +579,22 @@ def write_tables(results: dict[str, Any], out: Path) -> None:
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--scale", choices=list(SCALES), default="small",
-                        help="tiny: synthetic smoke test (seconds); small: Fashion-MNIST subset on a CPU (about 90 min "
-                             "per setting with 3 seeds on 2 cores); paper: the authors' ResNet-18 recipes (GPU)")
+    add_study_arguments(
+        parser, scales=SCALES, reproduction_scales=REPRODUCTION_SCALES,
+        out="studies/robust-overfitting-SCALE, with -SETTING for a setting other than noise20", device_default="auto",
+        scale_help="tiny: synthetic smoke test (seconds); small: Fashion-MNIST subset on a CPU (about 90 min per "
+                   "setting with 3 seeds on 2 cores); paper: the authors' ResNet-18 recipes (GPU)",
+        set_help="override a value in every run (repeatable), e.g. --set optim.epochs=60 (not name, method.*, seed or "
+                 "data.label_noise.seed: use --methods and --seeds)",
+        seeds_help="train every method with seeds 0..N-1 (the seed draws the initialization, the data order and the "
+                   "noisy labels; a method and its TE variant share it) and report mean ± std and paired "
+                   "differences; default 2 at tiny, 3 at small, 1 at paper. Seed 0 keeps the single-seed run names",
+        parallel_default=None, parallel_help="runs trained at a time in worker processes, each with cores/N threads "
+                                             "(default: 2 at scale small, else 1)")
     parser.add_argument("--setting", choices=list(SETTINGS), default="noise20",
                         help="noise20: 500 images with 20%% label noise (default); noise40: 40%% label noise; clean: "
                              "300 clean images, constant small lr (scales tiny and small; each its own "
                              "REPRODUCTION.md section)")
-    parser.add_argument("--seeds", type=int, default=None, metavar="N",
-                        help="train every method with seeds 0..N-1 (the seed draws the initialization, the data "
-                             "order and the noisy labels; a method and its TE variant share it) and report mean ± "
-                             "std and paired differences; default 2 at tiny, 3 at small, 1 at paper. Seed 0 keeps "
-                             "the single-seed run names")
-    parser.add_argument("--out", default=None,
-                        help="output folder (default studies/robust-overfitting-SCALE, with -SETTING for a setting "
-                             "other than noise20)")
     parser.add_argument("--baselines", action="store_true", help="also train MART and PGD-AT+AWP")
     parser.add_argument("--methods", default=None,
                         help="comma-separated subset of pgd_at,pgd_at_te,trades,trades_te,mart,awp")
@@ -687,17 +610,6 @@ def add_arguments(parser) -> None:
                              "the standard settings); default lite at small (FAB-T and Square take tens of minutes "
                              "per checkpoint on a CPU), standard otherwise")
     parser.add_argument("--pgd-steps", type=int, default=20, help="steps of the final PGD evaluation (default 20)")
-    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    parser.add_argument("--parallel", type=int, default=None,
-                        help="runs trained at a time in worker processes, each with cores/N threads "
-                             "(default: 2 at scale small, else 1)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE",
-                        help="override a value in every run (repeatable), e.g. --set optim.epochs=60 (not name, "
-                             "method.*, seed or data.label_noise.seed: use --methods and --seeds)")
-    parser.add_argument("--reproduction", default=None,
-                        help="REPRODUCTION.md to update (default: at scale small or paper, the REPRODUCTION.md "
-                             "of the advmem checkout holding the current directory; tiny never by default)")
-    parser.add_argument("--no-reproduction", action="store_true", help="do not update REPRODUCTION.md")
 
 
 def check_sets(sets: list[str]) -> None:
@@ -721,17 +633,14 @@ def run(args) -> int:
     aa_version = getattr(args, "aa_version", None) or SCALES[scale]["aa_version"]
     if aa_n < 0 or args.pgd_steps < 1 or aa_seeds < 0:
         raise UserError("--aa-n and --aa-seeds must be >= 0 and --pgd-steps >= 1")
-    parallel = args.parallel if getattr(args, "parallel", None) is not None else (2 if scale == "small" else 1)
-    if parallel < 1:
-        raise UserError("--parallel must be at least 1")
+    parallel = check_parallel(args.parallel if getattr(args, "parallel", None) is not None else
+                              (2 if scale == "small" else 1))
     if args.dataset != "cifar10" and scale != "paper":
         raise UserError("--dataset applies to --scale paper only (small is Fashion-MNIST, tiny synthetic)")
     if scale == "paper" and setting != "noise20":
         raise UserError(f"--setting {setting} applies to scales tiny and small; the paper scale trains the paper's recipes")
-    n_seeds = SCALES[scale]["seeds"] if getattr(args, "seeds", None) is None else args.seeds
-    if n_seeds < 1:
-        raise UserError(f"--seeds {n_seeds}: must be at least 1")
-    seeds = list(range(n_seeds))
+    seeds = seed_list(SCALES[scale]["seeds"] if getattr(args, "seeds", None) is None else args.seeds)
+    n_seeds = len(seeds)
     specs = method_specs(scale, args.baselines or bool(args.methods), args.dataset, setting)
     if args.methods:
         wanted = [m.strip() for m in args.methods.split(",") if m.strip()]
@@ -749,12 +658,8 @@ def run(args) -> int:
                                                 default_scales=REPRODUCTION_SCALES)
     out = Path(args.out or f"studies/robust-overfitting-{scale}" + ("" if setting == "noise20" else f"-{setting}"))
     runs_dir = out / "runs"
-    from advmem.engine.rundir import RunDir
-
-    for _, _, recipe in recipes:  # refuse foreign run directories before training or writing anything
-        run = RunDir(runs_dir / recipe.name)
-        if run.is_run() and run.load_recipe().hash() != recipe.hash():
-            raise UserError(f"{run.path} holds a run with other settings; delete it or pass another --out")
+    # refuse foreign run directories before training or writing anything
+    status = {r.name: study_status(runs_dir / r.name, r, mismatch=MISMATCH) for _, _, r in recipes}
     runs_dir.mkdir(parents=True, exist_ok=True)
 
     from advmem.device import resolve_device
@@ -762,18 +667,18 @@ def run(args) -> int:
     first = recipes[0][2]
     device = resolve_device(first.device)
     hard_fraction = SCALES[scale]["hard_fraction"]
-    todo = [r for _, _, r in recipes if not is_complete(RunDir(runs_dir / r.name), r)]
+    todo = [r for _, _, r in recipes if status[r.name] != "complete"]
     if parallel > 1 and len(todo) > 1:
         log(f"training {len(todo)} runs, {parallel} at a time")
         train_parallel(todo, runs_dir, hard_fraction=hard_fraction, parallel=parallel, quiet=args.quiet)
     results: dict[str, Any] = {"methods": {}}
     for spec, seed, recipe in recipes:
-        r = ensure_trained(recipe, runs_dir, hard_fraction=hard_fraction, quiet=args.quiet)
+        path = ensure_trained(recipe, runs_dir, hard_fraction=hard_fraction, quiet=args.quiet)
         entry = results["methods"].setdefault(spec.key, {"label": spec.label, "ema": recipe.optim.ema is not None,
                                                          "method": recipe.method.model_dump(mode="json"),
                                                          "seeds": [], "runs": [], "per_seed": {}})
         entry["seeds"].append(seed)
-        entry["runs"].append(str(r.path))
+        entry["runs"].append(str(path))
     n_test = first.data.test_size
     keep = ("epoch", "test_rob_acc", "test_nat_acc", "train_rob_acc", "val_rob_acc", "ema_test_rob_acc",
             "hard_train_rob_acc", "lr")
@@ -812,15 +717,8 @@ def run(args) -> int:
     results["summary"] = {"methods": summarize_methods(results), "paired": paired_rows(results)}
     write_tables(results, out)
     plot(results, out)
-    text = markdown(results)
-    atomic_write_text(out / "table.md", text)
-    atomic_write_text(out / "README.md", text)
-    if repro_path is not None:
-        log(f"updated {update_reproduction(section, text, repro_path)}")
-    else:
-        log(repro_why)
-    print(text)
-    log(f"done in {(time.time() - t0) / 60:.1f} min; results in {out}")
+    common.publish(markdown(results), out, files=("table.md", "README.md"), section=section, repro_path=repro_path,
+                   repro_why=repro_why, t0=t0, log=log)
     return 0
 
 
@@ -831,8 +729,7 @@ def settings_summary(recipe, scale_cfg: dict[str, Any], te: dict[str, int]) -> s
         size += f" with {d.label_noise.kind} label noise at rate {d.label_noise.rate} (drawn per seed)"
     else:
         size += " with clean labels"
-    sched = (f"lr {o.lr} x{o.schedule.gamma} after epochs {o.schedule.milestones}" if o.schedule.name == "multistep"
-             else f"lr {o.lr} ({o.schedule.name})")
+    sched = schedule_text(o)
     return (f"{d.dataset}, {size} ({d.val_size} held out for validation), {recipe.model.name} "
             f"{recipe.model.kwargs or ''}, {a.norm} eps {a.eps} ({a.steps} steps of {a.step_size}), "
             f"{o.epochs} epochs, {sched}, batch {o.batch_size}, weight decay {o.weight_decay}, augment {d.augment}, "

@@ -9,7 +9,7 @@ from typing import Any, Sequence
 
 import torch
 
-from advmem.analysis.common import check_runs, load_run, positive_int, resolve, seeded_rows
+from advmem.analysis.common import check_runs, open_run, positive_int, resolve, seeded_rows
 from advmem.analysis.measures.base import FAMILIES, MeasureContext, MeasureSettings, compute_all
 from advmem.analysis.measures.kendall import kendall_tau
 from advmem.errors import UserError
@@ -63,7 +63,7 @@ def measure_run(run_dir: str | Path, *, checkpoint: str = "last", n_samples: int
 
     settings = settings or MeasureSettings()
     device = resolve(device)
-    run = load_run(run_dir, checkpoint, device)
+    run = open_run(run_dir, checkpoint, device)
     train = run.bundle.train.subset(seeded_rows(len(run.bundle.train), n_samples, seed))
     init_path = run.path / "checkpoints" / "init.safetensors"
     init_model = build_from_checkpoint(init_path, device)[0] if init_path.is_file() else None
