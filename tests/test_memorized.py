@@ -233,3 +233,19 @@ def test_the_report_embeds_the_grids_and_notes_runs_without_tracking(te_run, tmp
     for name in FIGURES.values():
         assert html.count(name) == 0  # the copies under te/memorized/ are not embedded as figures
     assert len(html) < 400_000
+
+
+def test_the_studies_table_counts_each_group_over_its_tracked_runs(te_run, tmp_path):
+    """studies.common.memorized_samples: one row per group with tracked runs, the last tracked
+    epoch's counts (mean over the group's runs), grids per run; untracked groups left out."""
+    from advmem.studies.common import memorized_samples
+
+    lines = memorized_samples({"TE": [te_run, te_run], "untracked": [tmp_path / "nothing"]}, tmp_path / "study")
+    summary = json.loads((tmp_path / "study" / "memorized" / te_run.name / "memorized.json").read_text())
+    counts = summary["counts"]
+    row = next(line for line in lines if line.startswith("| TE |"))
+    assert row.startswith(f"| TE | 2 | {counts['corrupted'][-1]:.1f} ± 0.0 of {counts['n_corrupted']} | "
+                          f"{counts['clean'][-1]:.1f} ± 0.0 of {counts['n_clean']} |")
+    assert not any("untracked" in line for line in lines)
+    assert (tmp_path / "study" / "memorized" / te_run.name / "memorized_counts.png").is_file()
+    assert memorized_samples({"untracked": [tmp_path / "nothing"]}, tmp_path / "other") == []

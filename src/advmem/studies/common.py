@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import math
 import sys
 import time
@@ -273,3 +274,42 @@ def publish(text: str, out: Path, *, files: tuple[str, ...], section: str, repro
         log(repro_why)
     print(text)
     log(f"done in {(time.time() - t0) / 60:.1f} min; results in {out}")
+
+
+def memorized_samples(groups: dict[str, list[Path]], out: Path) -> list[str]:
+    """The memorized-samples grids (advmem.report.memorized) of every run with per-sample tracking,
+    into `out`/memorized/<run>/, and markdown lines with their counts at the last tracked epoch,
+    mean ± std over the runs of each group (label -> run directories: one method, its seeds).
+    Groups without tracking are left out; no line at all when no run has it."""
+    from advmem.report.memorized import memorized_figures
+    from advmem.track.per_sample import PER_SAMPLE_FILE
+
+    rows = []
+    for label, runs in groups.items():
+        found = [memorized_figures(run, out / "memorized" / run.name) for run in runs
+                 if (run / PER_SAMPLE_FILE).is_file()]
+        if not found:
+            continue
+        summaries = [json.loads(Path(f["json"]).read_text()) for f in found]
+
+        def mean_sd(values: list[float]) -> str:
+            st = stats(values)
+            return f"{st['mean']:.1f}" + (f" ± {st['std']:.1f}" if st["n"] > 1 else "")
+
+        changed = [s["counts"]["corrupted"][-1] for s in summaries]
+        clean = [s["counts"]["clean"][-1] for s in summaries]
+        after = [s["selections"]["after_decay"]["n"] for s in summaries  # None: no step decay to be after
+                 if (s["selections"].get("after_decay") or {}).get("n") is not None]
+        n_changed = round(stats([s["counts"]["n_corrupted"] for s in summaries])["mean"])
+        n_clean = round(stats([s["counts"]["n_clean"] for s in summaries])["mean"])
+        rows.append(f"| {label} | {len(found)} | {mean_sd(changed)} of {n_changed} | {mean_sd(clean)} of {n_clean} | "
+                    f"{mean_sd(after) if after else '—'} |")
+    if not rows:
+        return []
+    return ["", "Memorized samples (per-sample tracking; definitions in docs/memorization.md, \"Memorized samples\"): "
+            "training samples robustly correct at the last tracked epoch, by whether the given label was changed, "
+            "and those robustly fitted only after the first learning-rate decay; mean ± std over seeds. Grids of "
+            "them, captioned with given and true label, the epoch memorized and the TE target: "
+            "`memorized/<run>/` in the study folder (and `advmem report` on any run).", "",
+            "| run | seeds | robust-correct, changed label | robust-correct, clean label | fitted only after the decay |",
+            "|---|---|---|---|---|", *rows]

@@ -448,6 +448,8 @@ def markdown(results: dict[str, Any]) -> str:
     files += ["`grad_along.png`", "`along/` (the replays)"] if results.get("along") else []
     files += ["`grad-stability/`"] if results.get("grad_stability_summary") is not None and probe else []
     files += ["`measures/`"] if results.get("measures") is not None else []
+    files += ["`memorized/`"] if results.get("memorized_markdown") else []
+    lines += results.get("memorized_markdown") or []
     lines += ["", "Files: " + ", ".join(files + ["`results.json`", "`runs/`"]) + "."]
     measures_md = results.get("measures_markdown")
     if measures_md:
@@ -625,6 +627,8 @@ def run(args) -> int:
         "notes": notes,
     }
     results["along"] = along
+    results["memorized_markdown"] = common.memorized_samples(
+        {f"{METHODS[m]}, {LABELS[l]}": [paths[(m, l, seed)] for seed in seeds] for m, l in order}, out)
     plot_training_curves(results, out / "training_curves.png")
     if along:
         grad_along.plot_along(along, out / "grad_along.png", METHODS, LABELS)

@@ -106,17 +106,23 @@ SCALES: dict[str, dict[str, Any]] = {
 # 300 clean images, PGD-AT's test robust accuracy peaked near epoch 60 and fell by ~8 points by
 # epoch 120 while training robust accuracy kept rising. TE ramps up over epochs 40-80 there, to
 # full weight before the fall is under way, as the paper's ramp (90-150) brackets its first decay.
+# noise40 and clean also track every training sample (per_sample.parquet, every evaluated epoch) for
+# the memorized-samples grids and counts; noise20 does not, because its small-scale runs were trained
+# before the grids existed and adding tracking changes the recipe (`--set track.per_sample.every=4`
+# adds it, retraining those runs).
+TRACK = {"tiny": "track.per_sample={every: 1, subset: all}", "small": "track.per_sample={every: 4, subset: all}"}
 SETTINGS: dict[str, dict[str, Any]] = {
     "noise20": {"section": SECTION, "about": "20% symmetric label noise (the default)",
                 "overrides": {"tiny": [], "small": []}},
     "noise40": {"section": f"{SECTION}-noise40", "about": "40% symmetric label noise",
-                "overrides": {"tiny": ["data.label_noise={kind: symmetric, rate: 0.4, seed: 0}"],
-                              "small": ["data.label_noise.rate=0.4"]}},
+                "overrides": {"tiny": ["data.label_noise={kind: symmetric, rate: 0.4, seed: 0}", TRACK["tiny"]],
+                              "small": ["data.label_noise.rate=0.4", TRACK["small"]]}},
     "clean": {"section": f"{SECTION}-clean", "about": "clean labels, constant small learning rate, many steps",
-              "overrides": {"tiny": ["optim.schedule={name: constant}"],
+              "overrides": {"tiny": ["optim.schedule={name: constant}", TRACK["tiny"]],
                             "small": ["data.train_size=300", "data.label_noise={kind: none, rate: 0.0, seed: 0}",
                                       "model.kwargs={width: 16, hidden: 256}", "optim.lr=0.01",
-                                      "optim.batch_size=16", "optim.epochs=120", "optim.schedule={name: constant}"]},
+                                      "optim.batch_size=16", "optim.epochs=120", "optim.schedule={name: constant}",
+                                      TRACK["small"]]},
               "te": {"tiny": {"start_epoch": 2, "end_epoch": 3}, "small": {"start_epoch": 40, "end_epoch": 80}}},
 }
 # Set per seed by the study (as in the random-labels study); a --set of either is refused.
@@ -512,8 +518,10 @@ def markdown(results: dict[str, Any]) -> str:
     if hard:
         out += ["", "Robust accuracy (%) on the hardest 10% of training samples (largest adversarial loss at epoch "
                 f"{s['select_epoch']}), at selection and at the end, mean over seeds: " + "; ".join(hard) + "."]
+    out += results.get("memorized_markdown") or []
     out += ["", "Figures: `robust_acc_vs_epoch.png` (mean over seeds, ± std bands, decays marked), "
-            "`hardest_train_rob_acc.png` in the study folder. What was tried at small scale and why: "
+            "`hardest_train_rob_acc.png`" + (", `memorized/`" if results.get("memorized_markdown") else "")
+            + " in the study folder. What was tried at small scale and why: "
             "docs/robust-overfitting.md."]
     return "\n".join(out) + "\n"
 
@@ -715,6 +723,8 @@ def run(args) -> int:
                    + (f" --pgd-steps {args.pgd_steps}" if args.pgd_steps != 20 else ""),
     }
     results["summary"] = {"methods": summarize_methods(results), "paired": paired_rows(results)}
+    results["memorized_markdown"] = common.memorized_samples(
+        {spec.label: [runs_dir / r.name for s2, _, r in recipes if s2.key == spec.key] for spec in specs}, out)
     write_tables(results, out)
     plot(results, out)
     common.publish(markdown(results), out, files=("table.md", "README.md"), section=section, repro_path=repro_path,
