@@ -302,7 +302,10 @@ def memorized_samples(groups: dict[str, list[Path]], out: Path) -> list[str]:
                  if (s["selections"].get("after_decay") or {}).get("n") is not None]
         n_changed = round(stats([s["counts"]["n_corrupted"] for s in summaries])["mean"])
         n_clean = round(stats([s["counts"]["n_clean"] for s in summaries])["mean"])
-        rows.append(f"| {label} | {len(found)} | {mean_sd(changed)} of {n_changed} | {mean_sd(clean)} of {n_clean} | "
+        def of(values: list[float], n: int) -> str:
+            return f"{mean_sd(values)} of {n}" if n else "— (none)"
+
+        rows.append(f"| {label} | {len(found)} | {of(changed, n_changed)} | {of(clean, n_clean)} | "
                     f"{mean_sd(after) if after else '—'} |")
     if not rows:
         return []
