@@ -4,7 +4,7 @@
 (advmem.api); they are imported on first use, so `import advmem` stays torch-free.
 """
 
-__version__ = "0.1.0"
+from advmem.version import __version__
 
 __all__ = ["__version__", "evaluate", "train"]
 

@@ -16,7 +16,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from advmem import __version__
+from advmem.version import __version__
 from advmem.commands import COMMANDS
 from advmem.errors import Interrupted, RunFailure, UserError
 

@@ -158,7 +158,7 @@ def _py_literal(value: Any) -> str:
 
 def export_robustbench(run: str | Path, *, checkpoint: str = "best", out_dir: str | Path | None = None,
                        name: str | None = None) -> dict[str, Path]:
-    from advmem import __version__
+    from advmem.version import __version__
     from advmem.engine.checkpoint import load_weights, read_sidecar
     from advmem.plugins import load_recorded
 

@@ -37,6 +37,9 @@ _DOTTED = r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*"
 _OBJECT_PATH = re.compile(rf"({_DOTTED}):({_DOTTED})")
 _MODULE = re.compile(_DOTTED)
 _loaded_plugins: dict[str, str] = {}  # entry-point name -> its module, loaded once per process
+# The registries that take user code (advmem.registry.Registry made with `adapt` appends itself),
+# kept here so that this module, below the registry, needs nothing from it.
+USER_REGISTRIES: list[Any] = []
 
 
 def is_object_path(name: Any) -> bool:
@@ -149,12 +152,23 @@ def load_plugin(name: str) -> str:
     return ep.module
 
 
+def load_user_registries(after: str) -> None:
+    """Load the built-in entries of every registry that takes user code (after user code registered
+    into them), so a user name that clashes with a built-in one is a UserError naming `after`."""
+    for registry in list(USER_REGISTRIES):
+        try:
+            registry.names()
+        except ValueError as err:
+            if "registered twice" not in str(err):
+                raise
+            raise UserError(f"{after}: {err}: a built-in or another plugin has that name; register yours under "
+                            "another name") from None
+
+
 def load_user_code(imports: list[str], plugins: list[str]) -> None:
     """Load a recipe's plugins, then its imports (a UserError names the one that fails). The registries
     that take user entries are then loaded, so a user name that clashes with a built-in one is
     reported here rather than at a later lookup."""
-    from advmem.registry import load_user_registries
-
     if not (imports or plugins):
         return
     for name in plugins:

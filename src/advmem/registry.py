@@ -18,9 +18,8 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from advmem.errors import UserError
-from advmem.plugins import import_object, is_object_path
+from advmem.plugins import USER_REGISTRIES, import_object, is_object_path
 
-_USER_REGISTRIES: list["Registry"] = []  # the registries that take user code (made with `adapt`)
 
 
 class Registry:
@@ -32,7 +31,7 @@ class Registry:
         self._adapt = adapt  # (name, imported object) -> entry, or a UserError saying what it should be
         self._objects: dict[str, Any] = {}  # "module:attr" names looked up so far
         if adapt is not None:
-            _USER_REGISTRIES.append(self)
+            USER_REGISTRIES.append(self)
 
     def register(self, name: str) -> Callable[[Any], Any]:
         def wrap(entry: Any) -> Any:
@@ -97,16 +96,3 @@ def import_package(package: str) -> Callable[[], None]:
             importlib.import_module(f"{package}.{info.name}")
 
     return load
-
-
-def load_user_registries(after: str) -> None:
-    """Load the built-in entries of every registry that takes user code (after user code registered
-    into them), so a user name that clashes with a built-in one is a UserError naming `after`."""
-    for registry in list(_USER_REGISTRIES):
-        try:
-            registry.names()
-        except ValueError as err:
-            if "registered twice" not in str(err):
-                raise
-            raise UserError(f"{after}: {err}: a built-in or another plugin has that name; register yours under "
-                            "another name") from None

@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("cli", nargs=argparse.REMAINDER, help="-- then the advmem command line")
     args = p.parse_args(argv)
     cli = args.cli[1:] if args.cli[:1] == ["--"] else args.cli
-    from advmem import cli as advmem_cli
+    import advmem.cli as advmem_cli
     from advmem.engine import distributed, trainer
 
     if int(os.environ.get("WORLD_SIZE", "1")) == 1:

@@ -63,9 +63,9 @@ ADVMEM_NO_VIEW = "standard (advmem eval --attack autoattack --no-attack-view)"
 
 
 def advmem_autoattack_available() -> bool:
-    from advmem import evaluation
+    from advmem.evaluation import ATTACKS
 
-    return "autoattack" in getattr(evaluation, "ATTACKS", ())
+    return "autoattack" in ATTACKS
 
 
 def run(settings: Settings) -> Section:

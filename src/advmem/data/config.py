@@ -15,6 +15,7 @@ from typing import Literal
 
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
+from advmem.data.reader import DatasetReader
 from advmem.errors import UserError
 from advmem.plugins import is_object_path
 from advmem.registry import Registry
@@ -23,8 +24,6 @@ from advmem.strict import StrictNumbers
 
 def _dataset_reader(spec: str, obj: object) -> object:
     """A "module:attr" dataset: the user's DatasetReader subclass (data/sources.py says what it reads)."""
-    from advmem.data.sources import DatasetReader  # numpy: only when a user's dataset is looked up
-
     if not (isinstance(obj, type) and issubclass(obj, DatasetReader)):
         raise UserError(f"{spec}: is not a dataset reader; name a subclass of advmem.data.sources.DatasetReader "
                         "(its read(cfg) returns the train and test RawSplit and a description)")

@@ -20,11 +20,12 @@ import os
 import pickle
 import zlib
 from pathlib import Path
-from typing import Any, ClassVar, NamedTuple
+from typing import ClassVar
 
 import numpy as np
 
 from advmem.data.config import DATASETS, DataConfig, SyntheticConfig
+from advmem.data.reader import DatasetReader, RawSplit
 from advmem.errors import UserError
 
 DEBIAN_FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
@@ -40,34 +41,6 @@ CIFAR10_TEST = "test_batch"
 CIFAR100_DIR = "cifar-100-python"
 SVHN_FILES = ("train_32x32.mat", "test_32x32.mat")
 DIGITS_TRAIN = 1500  # first 1500 of scikit-learn's 1797 digits train, the remaining 297 test
-
-
-class RawSplit(NamedTuple):
-    """One split in memory: images uint8 (N, H, W, C), labels int64 (N,)."""
-
-    images: np.ndarray
-    labels: np.ndarray
-
-
-class DatasetReader:
-    """One dataset: its class count, its reader, and where its files are (registered in DATASETS)."""
-
-    num_classes: ClassVar[int | None] = None  # None: the config gives it (synthetic)
-    default_augment: ClassVar[str] = "none"  # what `data.augment: default` means for it
-
-    def read(self, cfg: DataConfig) -> tuple[RawSplit, RawSplit, str]:
-        raise NotImplementedError
-
-    def files_present(self, cfg: DataConfig) -> bool:
-        """Whether `data.download: true` can skip the download (always, for data made in memory)."""
-        return True
-
-    def download(self, tvd: Any, root: str) -> None:
-        """Fetch the files into `root` with torchvision's dataset module `tvd`."""
-
-    def find(self, data_root: str | None) -> dict:
-        """Where the files are, for `advmem info`: found, path, searched (may raise; the caller reports it)."""
-        raise NotImplementedError
 
 
 def _found_at(paths: list[Path] | None) -> dict:

@@ -19,7 +19,7 @@ from safetensors import SafetensorError
 from safetensors import safe_open
 from safetensors.torch import load_file, save
 
-from advmem import __version__
+from advmem.version import __version__
 from advmem.io import atomic_write_bytes, atomic_write_json, read_input_text
 from advmem.errors import RunFailure, UserError
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from advmem import __version__
+from advmem.version import __version__
 from advmem.engine.checkpoint import json_safe, load_resume_state
 from advmem.engine.seeding import rank_seed
 from advmem.errors import UserError

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 
-from advmem import __version__
+from advmem.version import __version__
 from advmem.io import atomic_write_json, atomic_write_text, read_input_text
 from advmem.engine.safety import LOCK_NAME, check_unlocked, lock_holder
 from advmem.errors import UserError

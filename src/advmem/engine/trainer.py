@@ -25,7 +25,7 @@ from typing import Any, Callable
 
 import torch
 
-from advmem import __version__
+from advmem.version import __version__
 from advmem.data import DataBundle, build_data
 from advmem.device import resolve_device, use_deterministic
 from advmem.engine import distributed

@@ -40,7 +40,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from advmem import __version__
+from advmem.version import __version__
 from advmem.device import resolve_device
 from advmem.io import atomic_write_bytes, atomic_write_json
 from advmem.errors import UserError

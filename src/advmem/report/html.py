@@ -16,7 +16,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from advmem import __version__
+from advmem.version import __version__
 from advmem.report.tables import (COLUMNS, MISSING, RunInfo, comparison_rows, eval_stems, legend_lines, pct, protocol,
                                   protocol_ids, protocol_notes, recipe_differences, sanity_cell, shared_settings)
 
