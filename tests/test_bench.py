@@ -180,5 +180,8 @@ def test_compile_inductor_on_cpu_matches_eager_in_the_bench_setting(method):
 
     _, _, _, checks = compare(Settings(device=torch.device("cpu"), tiny=True), method, 3, 1, compile_ok=True)
     _, same, acc = checks[COMPILE]
-    assert same < 1e-4
+    # PGD-AT measured within 1e-4; TRADES 2.3e-3: its KL attack starts 0.001 N(0, I) from x, where
+    # sign steps turn a rounding difference into a whole step for that pixel (eager at 2 threads
+    # against 1 differs by as much in the bench)
+    assert same < (1e-4 if method == "pgd_at" else 1e-2)
     assert acc == checks[MATCHED][2]
