@@ -1,4 +1,4 @@
-"""`python -m advmem.bench [peers|step|epoch|eval|scale|gpu|all|gpu-check] [--device cpu|cuda] [--quick] [--out BENCHMARKS.md]`
+"""`python -m advmem.bench [peers|step|epoch|eval|scale|profile|gpu|all|gpu-check] [--device cpu|cuda] [--quick] [--out BENCHMARKS.md]`
 
 Measures speed side by side in one process and writes a Markdown report (machine, versions,
 date, git commit, load average and the exact command first; then the peers table and a table
@@ -19,7 +19,7 @@ import torch
 from advmem.bench.common import Section, Settings, git_commit, load_average, machine_lines, python_module_command
 from advmem.io import atomic_write_text
 
-FAMILIES = ("peers", "step", "epoch", "eval", "scale")
+FAMILIES = ("peers", "step", "epoch", "eval", "scale", "profile")
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -71,9 +71,10 @@ def main(argv: list[str] | None = None) -> int:
     settings = Settings(device=device, quick=args.quick, tiny=args.tiny, repeats=args.repeats,
                         data_root=args.data_root, peak_tflops=args.peak_tflops)
     load_start, started, commit = load_average(), time.time(), git_commit()
-    from advmem.bench import epoch, eval as eval_bench, gpu, peers, scale, step
+    from advmem.bench import epoch, eval as eval_bench, gpu, peers, profile, scale, step
 
-    modules = {"peers": peers, "step": step, "epoch": epoch, "eval": eval_bench, "scale": scale}
+    modules = {"peers": peers, "step": step, "epoch": epoch, "eval": eval_bench, "scale": scale,
+               "profile": profile}
     chosen = list(FAMILIES) if args.what == "all" else [args.what] if args.what != "gpu" else []
     sections: list[Section] = []
     try:
