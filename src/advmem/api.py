@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from advmem.errors import UserError
+from advmem.plugins import importable_name, object_name
 
 
 def _recipe(recipe: Any, overrides: list[str]):
@@ -52,7 +53,6 @@ def train(recipe: Any, *, model: Any = None, overrides: list[str] | None = None,
     `model` replaces the recipe's model (see the module docstring); the recipe's model.name then
     records it. `resume=True` continues the run in run_root/name with the same `model`."""
     from advmem.models.registry import given_model
-    from advmem.plugins import importable_name, object_name
     from advmem.training import train as train_recipe
 
     r = _recipe(recipe, list(overrides or []))

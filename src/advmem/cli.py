@@ -19,6 +19,9 @@ from typing import Any
 from advmem.version import __version__
 from advmem.commands import COMMANDS
 from advmem.errors import Interrupted, RunFailure, UserError
+from advmem.engine.rundir import RunDir
+from advmem.evaluation.cli import add_eval_arguments, run_eval
+from advmem.plugins import installed_plugins
 
 
 class Parser(argparse.ArgumentParser):
@@ -46,8 +49,6 @@ def add_train(sub, common) -> None:
 
 @COMMANDS.register("eval")
 def add_eval(sub, common) -> None:
-    from advmem.evaluation.cli import add_eval_arguments
-
     p = sub.add_parser("eval", help="evaluate a run or checkpoint",
                        description="Evaluate a run (best and last checkpoints) or one checkpoint.")
     add_eval_arguments(p)
@@ -56,7 +57,6 @@ def add_eval(sub, common) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from advmem.engine.rundir import RunDir
     from advmem.training import train
     from advmem.recipe import load_recipe
 
@@ -144,8 +144,6 @@ def print_summary(path: Path, summary: dict[str, Any]) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from advmem.evaluation.cli import run_eval
-
     return run_eval(args)
 
 
@@ -201,7 +199,6 @@ def cmd_info(args: argparse.Namespace) -> int:
     import torch
 
     from advmem.data import DataConfig, find_dataset_files
-    from advmem.plugins import installed_plugins
 
     info = {
         "advmem": __version__,

@@ -32,6 +32,8 @@ import yaml
 from advmem.commands import COMMANDS
 from advmem.engine.rundir import RunDir
 from advmem.errors import UserError
+from advmem.io import atomic_write_json, atomic_write_text
+from advmem.progress import Progress, interval
 
 
 @dataclass
@@ -208,8 +210,6 @@ class RunsProgress:
     each running run's epoch of how many. `runs`: name -> (run directory, epochs)."""
 
     def __init__(self, runs: dict[str, tuple[Path, int]], *, desc: str = "sweep", enabled: bool = True) -> None:
-        from advmem.progress import Progress
-
         self.runs = runs
         self.epochs = {name: epochs_done(path) for name, (path, _) in runs.items()}
         self.finished = 0
@@ -441,8 +441,6 @@ def markdown(table: list[dict[str, Any]], keys: list[str]) -> str:
 
 
 def write_table(table: list[dict[str, Any]], keys: list[str], out: Path) -> str:
-    from advmem.io import atomic_write_text
-
     text = markdown(table, keys)
     atomic_write_text(out / "sweep.md", "Mean ± sample standard deviation over seeds (complete runs only).\n\n" + text)
     buffer = io.StringIO()
@@ -488,8 +486,6 @@ def add_parser(sub, common) -> None:
 def run(args) -> int:
     log = (lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr))
     if not args.quiet:
-        from advmem.progress import interval
-
         interval()  # a bad ADVMEM_PROGRESS_INTERVAL is refused before anything is written
     if args.parallel is not None and args.parallel < 1:
         raise UserError("--parallel must be at least 1")
@@ -515,8 +511,6 @@ def run(args) -> int:
         if args.launcher != "local":
             _check_submitit(args.launcher)
         out.mkdir(parents=True, exist_ok=True)
-        from advmem.io import atomic_write_json
-
         atomic_write_json(out / "sweep.json", {"recipe": args.recipe, "grid": grid, "seeds": sorted({r.seed for r in runs}),
                                                "set": args.set, "runs": [r.name for r in runs]})
         if args.launcher == "local":

@@ -40,6 +40,7 @@ from advmem.analysis.common import (CHECKPOINT_HELP, add_probe_batch_arguments, 
 from advmem.analysis.grad_stability import gradient_change, parse_alphas, probe_batch
 from advmem.io import atomic_write_bytes, atomic_write_json
 from advmem.errors import UserError
+from advmem.engine.rundir import RunDir
 
 if TYPE_CHECKING:  # torch is imported where it is used, so building the CLI's parser does not import it
     import torch
@@ -166,7 +167,6 @@ def expand_checkpoints(run_dir: str | Path, spec: str) -> list[str]:
             raise UserError(f"--checkpoint {spec!r}: expected {CHECKPOINT_HELP}, comma-separated, or all")
         return names
     from advmem.engine.checkpoint import read_sidecar
-    from advmem.engine.rundir import RunDir
 
     run = RunDir(run_dir)
     if not run.is_run():

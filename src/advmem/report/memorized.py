@@ -29,6 +29,7 @@ import numpy as np
 
 from advmem.errors import UserError
 from advmem.track.memorized import DEFINITIONS, MemorizedSamples, read_memorized
+from advmem.io import atomic_write_bytes, atomic_write_text
 
 FIGURES = {"after_decay": "memorized_after_decay.png", "corrupted_fit": "memorized_corrupted.png",
            "hardest": "memorized_hardest.png", "counts": "memorized_counts.png"}
@@ -206,8 +207,6 @@ def memorized_figures(run_dir: str | Path, out_dir: str | Path, tiles: int = TIL
     Returns {"figures": {key: path}, "json": path, "counts": per-epoch counts, "selected": {key:
     number of samples, None when undefined}, "notes": [...]}. UserError when the run has no
     per-sample tracking."""
-    from advmem.io import atomic_write_bytes, atomic_write_text
-
     figs = draw_memorized(run_dir, tiles)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

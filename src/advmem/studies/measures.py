@@ -49,6 +49,9 @@ from advmem.studies.common import (add_study_arguments, check_parallel, ensure_t
                                    map_in_workers, pct, publish, schedule_text, seed_list, study_status)
 from advmem.studies.random_labels import METHODS, TRUE_LABEL_OVERRIDES, check_seed_sets, seed_overrides, verdict
 from advmem.studies.reproduction import reproduction_target, smoke_note
+from advmem.analysis.measures.table import measure_names, write_tables
+from advmem.analysis.stats import granulated_tau, kendall_ci, sanity_check
+from advmem.engine.rundir import RunDir
 
 SECTION = "measures"
 REPRODUCTION_SCALES = frozenset({"small"})
@@ -167,7 +170,6 @@ def train_subprocesses(jobs: list[tuple[dict, Any, list[str]]], runs_dir: Path, 
 
 def measure_key(run_path: Path, n_samples: int, settings: dict[str, Any]) -> dict[str, Any]:
     from advmem.engine.checkpoint import read_sidecar
-    from advmem.engine.rundir import RunDir
 
     return {"epoch": read_sidecar(run_path / "checkpoints" / "last")["epoch"],
             "recipe_hash": RunDir(run_path).load_recipe().hash(), "n_samples": n_samples, "settings": settings}
@@ -207,8 +209,6 @@ def sign_of(measure: str) -> float:
 
 def analyse(rows: list[dict[str, Any]], names: list[str], n_boot: int) -> list[dict[str, Any]]:
     """Per measure (and per gap, as the reference): taus with intervals, granulated taus, sanity check, pass."""
-    from advmem.analysis.stats import granulated_tau, kendall_ci, sanity_check
-
     converged = [r for r in rows if r["converged"]]
     out = []
     for name in list(GAPS) + names:
@@ -436,7 +436,6 @@ def run(args) -> int:
         rows.append({**row, **point, "converged": verdict(row["train_nat_acc"], chance) != "near chance"})
 
     from advmem.analysis.measures.base import MeasureSettings
-    from advmem.analysis.measures.table import measure_names, write_tables
 
     write_tables(rows, out / "measures", {"seed": 0, **asdict(MeasureSettings(**settings))})
     names = [n for n in measure_names(rows) if n not in AXES and n not in ("seed", "converged")]

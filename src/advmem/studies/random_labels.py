@@ -42,6 +42,7 @@ from advmem.studies.cli import STUDIES
 from advmem.studies.common import (add_study_arguments, check_parallel, ensure_trained, launch_runs, log, pm_stats,
                                    schedule_text, seed_list, stats, study_status)
 from advmem.studies.reproduction import reproduction_target, smoke_note
+from advmem.engine.rundir import RunDir
 
 SECTION = "random-labels"
 REPRODUCTION_SCALES = frozenset({"small", "paper"})  # the scales whose results belong in REPRODUCTION.md
@@ -154,8 +155,6 @@ def train_parallel(recipes: dict[tuple[str, str, int], Any], scale: str, device:
 
 def train_curve(run_path: Path) -> list[dict[str, float]]:
     """Per epoch: natural/robust train accuracy (whole tracked set; else the trainer's train subset)."""
-    from advmem.engine.rundir import RunDir
-
     out = []
     for row in RunDir(run_path).read_metrics():
         point = {"epoch": row["epoch"], "grad_norm_sq": row.get("grad_norm_sq")}
@@ -182,8 +181,6 @@ def run_numbers(run_path: Path, last_epochs: int) -> dict[str, Any]:
            "grad_norm_sq_last": sum(grads[-k:]) / k if grads else None, "grad_epochs": k}
     for key in ("train_nat_acc", "train_rob_acc", "test_nat_acc", "test_rob_acc"):
         out[key] = last_value(curve, key)
-    from advmem.engine.rundir import RunDir
-
     rows = RunDir(run_path).read_metrics()
     out["memorized_frac"] = rows[-1].get("track_memorized_frac")
     # what the run cost, whatever invocations trained it (epoch_time includes evaluation and tracking)

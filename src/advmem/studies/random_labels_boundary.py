@@ -36,6 +36,7 @@ from advmem.studies.common import (add_study_arguments, check_parallel, launch_s
                                    publish, seed_list, stats, write_csv)
 from advmem.studies.reproduction import reproduction_target, smoke_note
 from advmem.studies import random_labels as rl
+from advmem.engine.rundir import RunDir
 
 SECTION = "random-labels-boundary"
 REPRODUCTION_SCALES = frozenset({"small"})  # the scales whose results belong in REPRODUCTION.md
@@ -308,8 +309,6 @@ def run(args) -> int:
 
     info = json.loads((runs_dir / runs[0].name / "data.json").read_text())
     chance = 1.0 / int(info["num_classes"])
-    from advmem.engine.rundir import RunDir
-
     example = RunDir(runs_dir / runs[0].name).load_recipe()
     command = f"advmem study {SECTION} --scale {args.scale}" + (
         f" --seeds {len(seeds)}" if len(seeds) > 1 else "") + "".join(

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 from advmem.engine.rundir import RunDir
 from advmem.io import atomic_write_json
-from advmem.errors import UserError
+from advmem.errors import RunFailure, UserError
 from advmem.studies import common
 from advmem.studies.cli import STUDIES
 from advmem.studies.common import (add_study_arguments, call_with_threads, check_parallel, map_in_workers,
@@ -262,7 +262,6 @@ def train_parallel(recipes: list, runs_dir: Path, *, hard_fraction: float, paral
     from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
     from concurrent.futures.process import BrokenProcessPool
 
-    from advmem.errors import RunFailure
     from advmem.sweep import POLL_S, RunsProgress, usable_cores
 
     workers = min(parallel, len(recipes))

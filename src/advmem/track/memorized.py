@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from advmem.errors import UserError
+from advmem.engine.rundir import RunDir
 
 DEFINITIONS = {
     "memorized_epoch": "first tracked epoch from which the sample stays robust-correct (w.r.t. the label "
@@ -173,7 +174,6 @@ def read_memorized(run_dir: str | Path, k_hardest: int = 16) -> tuple[MemorizedS
     and the run's recipe. UserError for a directory that is not a run or has no per-sample tracking."""
     import pyarrow.parquet as pq
 
-    from advmem.engine.rundir import RunDir
     from advmem.engine.schedules import first_decay
     from advmem.track.per_sample import PER_SAMPLE_FILE
 
