@@ -19,6 +19,7 @@ from typing import Any
 from advmem.version import __version__
 from advmem.report.tables import (COLUMNS, MISSING, RunInfo, comparison_rows, eval_stems, legend_lines, pct, protocol,
                                   protocol_ids, protocol_notes, recipe_differences, sanity_cell, shared_settings)
+from advmem.report.memorized import DEFINITIONS, FIGURES as MEMORIZED_FIGURES, TITLES, report_entries
 
 STYLE = """
 body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#111}
@@ -153,8 +154,6 @@ def _scalars(data: Any, prefix: str = "") -> dict[str, Any]:
 
 def _memorized_section(runs: list[RunInfo]) -> str:
     """Thumbnail grids of the memorized samples of every run with per-sample tracking (report/memorized.py)."""
-    from advmem.report.memorized import DEFINITIONS, TITLES, report_entries
-
     entries, untracked = report_entries(runs)
     out = ['<section id="memorized-samples"><h2>Memorized samples</h2>']
     if entries:
@@ -227,8 +226,6 @@ def build_report(runs: list[RunInfo], title: str = "advmem report") -> str:
     body.append('<section id="evaluation"><h2>Evaluation results and sanity flags</h2>')
     body.append(_eval_section(runs, colour_of))
     body.append("</section>")
-
-    from advmem.report.memorized import FIGURES as MEMORIZED_FIGURES
 
     body.append('<section id="memorization"><h2>Memorization outputs</h2>')
     found = False

@@ -37,6 +37,7 @@ from advmem.studies.common import (add_study_arguments, check_parallel, launch_s
 from advmem.studies.reproduction import reproduction_target, smoke_note
 from advmem.studies import random_labels as rl
 from advmem.engine.rundir import RunDir
+from advmem.sweep import expand, parse_grid, sweep_status
 
 SECTION = "random-labels-boundary"
 REPRODUCTION_SCALES = frozenset({"small"})  # the scales whose results belong in REPRODUCTION.md
@@ -66,8 +67,6 @@ def plan(scale: str, grid: dict[str, list[str]], sets: list[str], out: Path, see
     """Every run (both methods x grid points x seeds) as a validated sweep run with its own base recipe.
 
     Names are the sweep's (`BASE_KEY-VALUE_seedS`), so seed 0 keeps the names of the single-seed study."""
-    from advmem.sweep import expand
-
     cfg = SCALES[scale]
     for item in sets:
         if item.split("=", 1)[0].strip() in ("name", "output_root"):
@@ -270,8 +269,6 @@ def add_arguments(parser) -> None:
 
 @STUDIES.register("random-labels-boundary")
 def run(args) -> int:
-    from advmem.sweep import parse_grid, sweep_status
-
     t0 = time.time()
     check_parallel(args.parallel)
     seeds = seed_list(getattr(args, "seeds", 1))

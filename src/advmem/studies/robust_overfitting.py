@@ -44,6 +44,8 @@ from advmem.studies.common import (add_study_arguments, call_with_threads, check
 if TYPE_CHECKING:  # torch is imported where it is used, so building the CLI's parser does not import it
     import torch
 from advmem.studies.reproduction import reproduction_target, smoke_note
+from advmem.analysis.stats import paired_difference
+from advmem.sweep import POLL_S, RunsProgress, usable_cores
 
 SECTION = "robust-overfitting"
 REPRODUCTION_SCALES = frozenset({"small", "paper"})  # the scales whose results belong in REPRODUCTION.md
@@ -262,8 +264,6 @@ def train_parallel(recipes: list, runs_dir: Path, *, hard_fraction: float, paral
     from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
     from concurrent.futures.process import BrokenProcessPool
 
-    from advmem.sweep import POLL_S, RunsProgress, usable_cores
-
     workers = min(parallel, len(recipes))
     threads = max(1, usable_cores() // workers)
     pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
@@ -378,8 +378,6 @@ def per_seed_values(res: dict[str, Any], stem: str, metric: str) -> dict[int, fl
 def summarize_methods(results: dict[str, Any]) -> list[dict[str, Any]]:
     """Per reported model: best, last and best - last of each metric (mean ± std over seeds), the
     gap as a paired difference with its interval, the epochs, the sanity flags and the curve's peak."""
-    from advmem.analysis.stats import paired_difference
-
     rows = []
     for key, label, b, l in variants(results):
         res = results["methods"][key]
@@ -407,8 +405,6 @@ def gap_values(res: dict[str, Any], metric: str) -> dict[int, float | None]:
 
 def paired_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
     """TE against its base and the EMA against PGD-AT, paired over the seeds both have."""
-    from advmem.analysis.stats import paired_difference
-
     methods = results["methods"]
     pairs = [(f"{base}_te", base) for base in ("pgd_at", "trades") if base in methods and f"{base}_te" in methods]
     out = []
