@@ -57,10 +57,12 @@ def add_eval(sub, common) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    # torch: only when a run trains; pydantic: not for --help
     from advmem.training import train
     from advmem.recipe import load_recipe
 
     if args.resume:
+        # pydantic: not for --help
         from advmem.recipe import RESUME_SETTABLE
 
         run = RunDir(args.resume)
@@ -84,6 +86,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                                 "or leave --name out to use the recipe's")
             overrides.append(f"name={args.name}")
         recipe = load_recipe(args.recipe, overrides)
+        # pydantic: not for --help
         from advmem.recipe import recipe_warnings
 
         for warning in recipe_warnings(recipe):
@@ -104,6 +107,7 @@ def add_demo(sub, common) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    # torch: only when a run trains; pydantic: not for --help
     from advmem.training import train
     from advmem.recipe import load_recipe
 
@@ -166,6 +170,7 @@ def cmd_recipes(args: argparse.Namespace) -> int:
 
     import yaml
 
+    # pydantic: not for --help
     from advmem.recipe import shipped_recipes
 
     width = max(60, min(shutil.get_terminal_size((100, 24)).columns, 120))
@@ -198,6 +203,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
     import torch
 
+    # numpy and pydantic: only for `advmem info`
     from advmem.data import DataConfig, find_dataset_files
 
     info = {

@@ -126,6 +126,7 @@ def _user_model_source(arch: str, builder: Any, module: str) -> tuple[str, str]:
 
 def model_source(arch: str) -> tuple[str, str]:
     """(python source defining the builder and everything it needs, the builder's name)."""
+    # torch: only when a model is exported (the CLI's parser imports this module)
     from advmem.models import registry
     from advmem.models.normalize import Normalize
 
@@ -159,6 +160,7 @@ def _py_literal(value: Any) -> str:
 
 def export_robustbench(run: str | Path, *, checkpoint: str = "best", out_dir: str | Path | None = None,
                        name: str | None = None) -> dict[str, Path]:
+    # torch: only when a model is exported (the CLI's parser imports this module)
     from advmem.engine.checkpoint import load_weights, read_sidecar
 
     run = Path(run)

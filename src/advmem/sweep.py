@@ -121,6 +121,7 @@ def key_labels(keys: list[str]) -> dict[str, str]:
 def expand(spec: str, grid: dict[str, list[str]], seeds: list[int] | None, sets: list[str],
            out: Path | None) -> tuple[list[SweepRun], Path, Any]:
     """All runs of the sweep, each validated as a full recipe (UserError names the bad one)."""
+    # pydantic: only when a sweep runs (the CLI's parser imports this module)
     from advmem.recipe import load_recipe
 
     base = load_recipe(spec, list(sets))
@@ -305,6 +306,7 @@ class TrainJob:
     def __call__(self) -> int:
         import submitit
 
+        # circle: advmem.cli imports this module (a Slurm job runs the CLI in-process)
         from advmem.cli import main
 
         if submitit.JobEnvironment().num_tasks > 1:

@@ -148,6 +148,7 @@ def same_weights_change(model: nn.Module, methods: Mapping[str, Any], batch, *,
 def loss_methods(recipe, *, num_train: int, num_classes: int, device) -> dict[str, Any]:
     """PGD-AT and TRADES built with the run's attack config (and its own method config when the
     run was trained with one of them, e.g. its TRADES beta; defaults otherwise)."""
+    # pydantic: only when an analysis runs (the CLI's parser imports this module)
     from advmem.methods import build_method, method_config_class
 
     methods = {}
@@ -166,6 +167,7 @@ def expand_checkpoints(run_dir: str | Path, spec: str) -> list[str]:
         if not names:
             raise UserError(f"--checkpoint {spec!r}: expected {CHECKPOINT_HELP}, comma-separated, or all")
         return names
+    # torch: only when an analysis runs (the CLI's parser imports this module)
     from advmem.engine.checkpoint import read_sidecar
 
     run = RunDir(run_dir)
@@ -307,6 +309,7 @@ def add_arguments(parser) -> None:
 
 @ANALYSES.register("grad-same-weights")
 def run(args) -> int:
+    # torch: only when an analysis runs (the CLI's parser imports this module)
     from advmem.device import resolve_device
 
     runs = [Path(r) for r in args.runs]

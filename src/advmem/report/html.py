@@ -62,6 +62,7 @@ def _notes(lines: list[str]) -> str:
 
 
 def _eval_section(runs: list[RunInfo], colour_of: dict[int, str]) -> str:
+    # matplotlib: only when a figure is drawn (the CLI's parser imports this module)
     from advmem.report.plots import bar_chart
 
     ids = protocol_ids(runs)
@@ -98,6 +99,7 @@ def _eval_section(runs: list[RunInfo], colour_of: dict[int, str]) -> str:
 
 
 def _artifact_html(path: Path, root: Path) -> str:
+    # matplotlib: only when a figure is drawn
     from advmem.report.plots import line_plot
 
     rel = _text(str(path.relative_to(root)))
@@ -181,6 +183,7 @@ def _memorized_section(runs: list[RunInfo]) -> str:
 
 
 def build_report(runs: list[RunInfo], title: str = "advmem report") -> str:
+    # matplotlib: only when a figure is drawn
     from advmem.report.plots import compare_learning_curves, run_colour
 
     trained = [r for r in runs if r.is_run]

@@ -277,6 +277,7 @@ def memorized_samples(groups: dict[str, list[Path]], out: Path) -> list[str]:
     into `out`/memorized/<run>/, and markdown lines with their counts at the last tracked epoch,
     mean ± std over the runs of each group (label -> run directories: one method, its seeds).
     Groups without tracking are left out; no line at all when no run has it."""
+    # torch and pyarrow: only when per-sample tracking is read (the CLI's parser imports this module)
     from advmem.track.per_sample import PER_SAMPLE_FILE
 
     rows = []

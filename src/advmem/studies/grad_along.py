@@ -46,6 +46,7 @@ def replay_sets(recipe, epochs: tuple[int, ...], batch_size: int) -> list[str]:
 
     Refused when the recipe's learning rate changes before that epoch (the replay trains at a
     constant rate, so it would leave the run's trajectory)."""
+    # pydantic: only when a study runs (the CLI's parser imports this module)
     from advmem.engine.schedules import lr_at
 
     upto = max(epochs)
@@ -264,6 +265,7 @@ def consistency_lines(along: dict[str, Any], method_names: dict[str, str], label
 def plot_along(along: dict[str, Any], path: Path, method_names: dict[str, str], label_names: dict[str, str]) -> None:
     """Left: relative gradient change (re-solved, smallest alpha) per checkpoint, both losses, every run
     kind (mean ± std over seeds); right: the step cosine per epoch of the replays."""
+    # matplotlib: only when a figure is drawn
     from advmem.report.plots import plt, save_figure
 
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 4))

@@ -145,6 +145,7 @@ def check_sets(sets: list[str], scale: str) -> None:
 
 def build_recipes(scale: str, device: str | None, extra: list[str], seeds: list[int]) -> list[tuple[dict, Any, list[str]]]:
     """(point, recipe, overrides) for every model, validated before anything is written."""
+    # pydantic: only when a study runs (the CLI's parser imports this module)
     from advmem.recipe import load_recipe
 
     check_sets(extra, scale)
@@ -169,6 +170,7 @@ def train_subprocesses(jobs: list[tuple[dict, Any, list[str]]], runs_dir: Path, 
 
 
 def measure_key(run_path: Path, n_samples: int, settings: dict[str, Any]) -> dict[str, Any]:
+    # torch: only when a study runs
     from advmem.engine.checkpoint import read_sidecar
 
     return {"epoch": read_sidecar(run_path / "checkpoints" / "last")["epoch"],
@@ -177,6 +179,7 @@ def measure_key(run_path: Path, n_samples: int, settings: dict[str, Any]) -> dic
 
 def measure_cached(run_path: str, n_samples: int, settings: dict[str, Any], device: str | None) -> dict[str, Any]:
     """The run's measures row at its last checkpoint, from `study_measures.json` when its key matches."""
+    # torch: only when measures are computed
     from advmem.analysis.measures.api import measure_run
     from advmem.analysis.measures.base import MeasureSettings
     from advmem.device import resolve_device
@@ -235,6 +238,7 @@ def analyse(rows: list[dict[str, Any]], names: list[str], n_boot: int) -> list[d
 def plot_measures(rows: list[dict[str, Any]], names: list[str], path: Path) -> None:
     """One panel per measure: the measure against the robust gap; colour = noise rate, marker = method,
     hollow = not converged."""
+    # matplotlib: only when a figure is drawn
     from advmem.report.plots import plt, save_figure
 
     cols = 5
@@ -435,6 +439,7 @@ def run(args) -> int:
     for (point, _, _), row in zip(jobs, measured):
         rows.append({**row, **point, "converged": verdict(row["train_nat_acc"], chance) != "near chance"})
 
+    # torch: only when measures are computed
     from advmem.analysis.measures.base import MeasureSettings
 
     write_tables(rows, out / "measures", {"seed": 0, **asdict(MeasureSettings(**settings))})

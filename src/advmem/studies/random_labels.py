@@ -126,6 +126,7 @@ def recipe_overrides(scale: str, method: str, labels: str, seed: int, device: st
 def build_recipes(scale: str, device: str | None, extra: list[str],
                   seeds: list[int] | None = None) -> dict[tuple[str, str, int], Any]:
     """All recipes, keyed by (method, labels, seed); validated before anything is written."""
+    # pydantic: only when a study runs (the CLI's parser imports this module)
     from advmem.recipe import load_recipe
 
     check_seed_sets(extra)
@@ -256,6 +257,7 @@ def probe_summary(report: dict[str, Any] | None) -> dict[str, dict[str, float]]:
 
 def plot_training_curves(results: dict[str, Any], path: Path) -> None:
     """One panel per method; natural (solid) and robust (dashed) train accuracy, true vs random labels."""
+    # matplotlib: only when a figure is drawn
     from advmem.report.plots import plt, save_figure
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
@@ -286,6 +288,7 @@ def plot_training_curves(results: dict[str, Any], path: Path) -> None:
 
 
 def plot_grad_norms(results: dict[str, Any], path: Path) -> None:
+    # matplotlib: only when a figure is drawn
     from advmem.report.plots import plt, save_figure
 
     fig, ax = plt.subplots(figsize=(6, 3.8))
@@ -461,6 +464,7 @@ def markdown(results: dict[str, Any]) -> str:
 def run_probe(run_paths: list[Path], out_dir: Path, opts: dict[str, Any], device: str | None,
               notes: list[str]) -> dict[str, Any] | None:
     try:
+        # torch when it probes; looked up at call time (tests put a stand-in in sys.modules)
         from advmem.analysis.grad_stability import probe_runs
     except ModuleNotFoundError as err:
         if err.name != "advmem.analysis.grad_stability":
@@ -477,6 +481,7 @@ def run_probe(run_paths: list[Path], out_dir: Path, opts: dict[str, Any], device
 
 def run_measures(run_paths: list[Path], out_dir: Path, opts: dict[str, Any], notes: list[str]) -> list[dict] | None:
     try:
+        # torch: only when measures are computed (tests put a stand-in in sys.modules)
         from advmem.analysis.measures import measure_runs
     except (ModuleNotFoundError, ImportError) as err:
         if isinstance(err, ModuleNotFoundError) and err.name not in ("advmem.analysis.measures", None):

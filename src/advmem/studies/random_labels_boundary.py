@@ -55,6 +55,7 @@ SCALES: dict[str, dict[str, Any]] = {
 
 def eps_step(eps: str) -> str:
     """eps/4 written as a plain number (the study recipes' step)."""
+    # pydantic: only when a study runs (the CLI's parser imports this module)
     from advmem.recipe import budget_value
 
     try:
@@ -217,6 +218,7 @@ def markdown(results: dict[str, Any]) -> str:
 
 def plot(table: list[dict[str, Any]], keys: list[str], chance: float, path: Path) -> None:
     """Natural train accuracy against the first grid key; one line per method and remaining grid point."""
+    # matplotlib: only when a figure is drawn
     from advmem.report.plots import plt, save_figure
 
     first, rest = keys[0], keys[1:]

@@ -163,6 +163,7 @@ def build_recipe(scale: str, spec: MethodSpec, device: str, overrides: list[str]
                  setting: str = "noise20"):
     """The recipe of one method and seed; `overrides` (KEY.PATH=VALUE, as --set) apply to every run,
     after the setting's and before the seed's."""
+    # pydantic: only when a study runs (the CLI's parser imports this module)
     from advmem.recipe import apply_overrides, load_recipe, recipe_from_dict
 
     ema = SCALES[scale]["ema"]
@@ -203,6 +204,7 @@ class HardestTrainingSamples:
         self.index: torch.Tensor | None = None
 
     def on_epoch_end(self, trainer, epoch: int, row: dict[str, Any]) -> None:
+        # torch: only when a run is evaluated
         from advmem.engine.evaluate import evaluate_split, robust_per_sample
         from advmem.engine.seeding import HARDEST_EVAL, HARDEST_SELECT, epoch_generator
 
@@ -301,6 +303,7 @@ def evaluate_run(run, recipe, *, n_test: int | None, aa_n: int, pgd_steps: int, 
     (`aa_version` standard or lite) with the sanity checks on the first `aa_n`; its records go to
     `RUN/study_eval/` (kept there, so an interrupted AutoAttack resumes), and the numbers are cached
     in `study_eval.json`."""
+    # torch: only when a run is evaluated
     from advmem.engine.checkpoint import read_sidecar
     from advmem.evaluation import evaluate_checkpoint
 
@@ -527,6 +530,7 @@ def mark_decays(ax, milestones: list[int]) -> None:
 
 
 def plot(results: dict[str, Any], out: Path) -> None:
+    # matplotlib: only when a figure is drawn
     from advmem.report.plots import plt, save_figure
 
     milestones = results["settings"]["milestones"]
@@ -665,6 +669,7 @@ def run(args) -> int:
     status = {r.name: study_status(runs_dir / r.name, r, mismatch=MISMATCH) for _, _, r in recipes}
     runs_dir.mkdir(parents=True, exist_ok=True)
 
+    # torch: only when a study runs
     from advmem.device import resolve_device
 
     first = recipes[0][2]

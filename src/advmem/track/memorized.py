@@ -141,6 +141,7 @@ def read_te_targets(run_dir: str | Path) -> tuple[np.ndarray, np.ndarray] | None
     `te_buffer.safetensors` (written when training ends); None when the run has none."""
     from safetensors.numpy import load_file
 
+    # torch: only when a TE run's buffer is read
     from advmem.methods.te import TE_BUFFER_FILE
 
     path = Path(run_dir) / TE_BUFFER_FILE
@@ -174,6 +175,7 @@ def read_memorized(run_dir: str | Path, k_hardest: int = 16) -> tuple[MemorizedS
     and the run's recipe. UserError for a directory that is not a run or has no per-sample tracking."""
     import pyarrow.parquet as pq
 
+    # torch and pyarrow: only when per-sample tracking is read
     from advmem.engine.schedules import first_decay
     from advmem.track.per_sample import PER_SAMPLE_FILE
 
