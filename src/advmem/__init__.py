@@ -11,6 +11,7 @@ __all__ = ["__version__", "evaluate", "train"]
 
 def __getattr__(name: str):
     if name in ("train", "evaluate"):
+        # lazy: `import advmem` stays light; the Python API imports torch when it is called
         from advmem import api
 
         return getattr(api, name)

@@ -20,9 +20,11 @@ from pathlib import Path
 from typing import Any
 
 from advmem.errors import UserError
+from advmem.plugins import importable_name, object_name
 
 
 def _recipe(recipe: Any, overrides: list[str]):
+    # pydantic: only when a recipe is read (`import advmem` stays light)
     from advmem.recipe import Recipe, apply_overrides, load_recipe, recipe_from_dict
 
     if isinstance(recipe, Recipe):
@@ -51,8 +53,8 @@ def train(recipe: Any, *, model: Any = None, overrides: list[str] | None = None,
 
     `model` replaces the recipe's model (see the module docstring); the recipe's model.name then
     records it. `resume=True` continues the run in run_root/name with the same `model`."""
+    # torch: only when a run trains
     from advmem.models.registry import given_model
-    from advmem.plugins import importable_name, object_name
     from advmem.training import train as train_recipe
 
     r = _recipe(recipe, list(overrides or []))
@@ -81,6 +83,7 @@ def evaluate(target: str | Path, *, model: Any = None, **options: Any) -> list[d
     `model`: the object (or factory) the run was trained with, for a run that records a Python
     object; its architecture must be the one the weights were saved from. An instance is copied
     for each checkpoint, so it is left as it is."""
+    # torch: only when something is evaluated
     from advmem.evaluation import evaluate_target
     from advmem.models.registry import given_model
 

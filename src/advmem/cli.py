@@ -19,6 +19,9 @@ from typing import Any
 from advmem.version import __version__
 from advmem.commands import COMMANDS
 from advmem.errors import Interrupted, RunFailure, UserError
+from advmem.engine.rundir import RunDir
+from advmem.evaluation.cli import add_eval_arguments, run_eval
+from advmem.plugins import installed_plugins
 
 
 class Parser(argparse.ArgumentParser):
@@ -46,8 +49,6 @@ def add_train(sub, common) -> None:
 
 @COMMANDS.register("eval")
 def add_eval(sub, common) -> None:
-    from advmem.evaluation.cli import add_eval_arguments
-
     p = sub.add_parser("eval", help="evaluate a run or checkpoint",
                        description="Evaluate a run (best and last checkpoints) or one checkpoint.")
     add_eval_arguments(p)
@@ -56,11 +57,12 @@ def add_eval(sub, common) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from advmem.engine.rundir import RunDir
+    # torch: only when a run trains; pydantic: not for --help
     from advmem.training import train
     from advmem.recipe import load_recipe
 
     if args.resume:
+        # pydantic: not for --help
         from advmem.recipe import RESUME_SETTABLE
 
         run = RunDir(args.resume)
@@ -84,6 +86,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                                 "or leave --name out to use the recipe's")
             overrides.append(f"name={args.name}")
         recipe = load_recipe(args.recipe, overrides)
+        # pydantic: not for --help
         from advmem.recipe import recipe_warnings
 
         for warning in recipe_warnings(recipe):
@@ -104,6 +107,7 @@ def add_demo(sub, common) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    # torch: only when a run trains; pydantic: not for --help
     from advmem.training import train
     from advmem.recipe import load_recipe
 
@@ -144,8 +148,6 @@ def print_summary(path: Path, summary: dict[str, Any]) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from advmem.evaluation.cli import run_eval
-
     return run_eval(args)
 
 
@@ -168,6 +170,7 @@ def cmd_recipes(args: argparse.Namespace) -> int:
 
     import yaml
 
+    # pydantic: not for --help
     from advmem.recipe import shipped_recipes
 
     width = max(60, min(shutil.get_terminal_size((100, 24)).columns, 120))
@@ -200,8 +203,8 @@ def cmd_info(args: argparse.Namespace) -> int:
 
     import torch
 
+    # numpy and pydantic: only for `advmem info`
     from advmem.data import DataConfig, find_dataset_files
-    from advmem.plugins import installed_plugins
 
     info = {
         "advmem": __version__,

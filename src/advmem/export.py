@@ -26,6 +26,8 @@ from typing import Any
 from advmem.commands import COMMANDS
 from advmem.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from advmem.errors import UserError
+from advmem.plugins import defining_module, load_recorded
+from advmem.version import __version__
 
 _HEADER = '''"""{name}: {arch} exported by advmem {version} (RobustBench-style model definition).
 
@@ -124,9 +126,9 @@ def _user_model_source(arch: str, builder: Any, module: str) -> tuple[str, str]:
 
 def model_source(arch: str) -> tuple[str, str]:
     """(python source defining the builder and everything it needs, the builder's name)."""
+    # torch: only when a model is exported (the CLI's parser imports this module)
     from advmem.models import registry
     from advmem.models.normalize import Normalize
-    from advmem.plugins import defining_module
 
     builder = registry.model_entry(arch).builder
     user = defining_module(builder)
@@ -158,9 +160,8 @@ def _py_literal(value: Any) -> str:
 
 def export_robustbench(run: str | Path, *, checkpoint: str = "best", out_dir: str | Path | None = None,
                        name: str | None = None) -> dict[str, Path]:
-    from advmem.version import __version__
+    # torch: only when a model is exported (the CLI's parser imports this module)
     from advmem.engine.checkpoint import load_weights, read_sidecar
-    from advmem.plugins import load_recorded
 
     run = Path(run)
     ckpt = run / "checkpoints" / f"{checkpoint}.safetensors" if run.is_dir() else run

@@ -10,6 +10,7 @@ import os
 import tempfile
 from pathlib import Path
 from typing import Any, Callable
+from advmem.errors import UserError
 
 
 def _file_mode() -> int:
@@ -78,8 +79,6 @@ MAX_INPUT_BYTES = 1 << 20
 def read_input_text(path: str | Path, what: str, limit: int = MAX_INPUT_BYTES) -> str:
     """The UTF-8 text of a small input file, or a one-line UserError (too large, not UTF-8,
     unreadable). FileNotFoundError is re-raised for callers that treat a missing file specially."""
-    from advmem.errors import UserError
-
     path = Path(path)
     try:
         size = path.stat().st_size

@@ -32,6 +32,8 @@ import yaml
 from advmem.commands import COMMANDS
 from advmem.engine.rundir import RunDir
 from advmem.errors import UserError
+from advmem.io import atomic_write_json, atomic_write_text
+from advmem.progress import Progress, interval
 
 
 @dataclass
@@ -119,6 +121,7 @@ def key_labels(keys: list[str]) -> dict[str, str]:
 def expand(spec: str, grid: dict[str, list[str]], seeds: list[int] | None, sets: list[str],
            out: Path | None) -> tuple[list[SweepRun], Path, Any]:
     """All runs of the sweep, each validated as a full recipe (UserError names the bad one)."""
+    # pydantic: only when a sweep runs (the CLI's parser imports this module)
     from advmem.recipe import load_recipe
 
     base = load_recipe(spec, list(sets))
@@ -208,8 +211,6 @@ class RunsProgress:
     each running run's epoch of how many. `runs`: name -> (run directory, epochs)."""
 
     def __init__(self, runs: dict[str, tuple[Path, int]], *, desc: str = "sweep", enabled: bool = True) -> None:
-        from advmem.progress import Progress
-
         self.runs = runs
         self.epochs = {name: epochs_done(path) for name, (path, _) in runs.items()}
         self.finished = 0
@@ -305,6 +306,7 @@ class TrainJob:
     def __call__(self) -> int:
         import submitit
 
+        # circle: advmem.cli imports this module (a Slurm job runs the CLI in-process)
         from advmem.cli import main
 
         if submitit.JobEnvironment().num_tasks > 1:
@@ -441,8 +443,6 @@ def markdown(table: list[dict[str, Any]], keys: list[str]) -> str:
 
 
 def write_table(table: list[dict[str, Any]], keys: list[str], out: Path) -> str:
-    from advmem.io import atomic_write_text
-
     text = markdown(table, keys)
     atomic_write_text(out / "sweep.md", "Mean ± sample standard deviation over seeds (complete runs only).\n\n" + text)
     buffer = io.StringIO()
@@ -488,8 +488,6 @@ def add_parser(sub, common) -> None:
 def run(args) -> int:
     log = (lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr))
     if not args.quiet:
-        from advmem.progress import interval
-
         interval()  # a bad ADVMEM_PROGRESS_INTERVAL is refused before anything is written
     if args.parallel is not None and args.parallel < 1:
         raise UserError("--parallel must be at least 1")
@@ -515,8 +513,6 @@ def run(args) -> int:
         if args.launcher != "local":
             _check_submitit(args.launcher)
         out.mkdir(parents=True, exist_ok=True)
-        from advmem.io import atomic_write_json
-
         atomic_write_json(out / "sweep.json", {"recipe": args.recipe, "grid": grid, "seeds": sorted({r.seed for r in runs}),
                                                "set": args.set, "runs": [r.name for r in runs]})
         if args.launcher == "local":

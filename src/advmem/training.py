@@ -27,6 +27,7 @@ from advmem.recipe import Recipe
 from advmem.track.corruption import CorruptionRecorder
 from advmem.track.grad_consistency import GradConsistency
 from advmem.track.tensorboard import TensorBoardCallback
+from advmem.engine.checkpoint import user_code_record
 
 
 def run_callbacks(recipe: Recipe, run: RunDir, extra: list[Any], *, main: bool) -> list[Any]:
@@ -163,8 +164,6 @@ def train(recipe: Recipe, *, run_root: Path | None = None, resume: bool = False,
 def record_user_code(run: RunDir, recipe: Recipe, log) -> None:
     """user_code.json: what the run imported (advmem.plugins), written when the run starts; a resumed
     run whose code has changed since says so (the record kept is the one the run started with)."""
-    from advmem.engine.checkpoint import user_code_record
-
     record = user_code_record(recipe)
     if record is None:
         return

@@ -60,6 +60,7 @@ def resolve_checkpoint(run_dir: str | Path, which: str) -> Path:
     direct = run.checkpoints / f"{which}.safetensors"
     if direct.is_file():
         return direct
+    # torch: only when an analysis runs (the CLI's parser imports this module)
     from advmem.engine.checkpoint import read_sidecar
 
     for stem in ("last", "best", "init"):
@@ -86,6 +87,7 @@ def open_run(run_dir: str | Path, checkpoint: str = "last", device: torch.device
     per-sample buffer) gets its state from resume.pt when that state belongs to the same epoch
     as the checkpoint; otherwise it starts fresh, which `method_state` records.
     """
+    # torch and pydantic: only when an analysis runs (the CLI's parser imports this module)
     from advmem.data import build_data
     from advmem.engine.checkpoint import build_from_checkpoint, load_resume_state
     from advmem.methods import build_method
@@ -130,6 +132,7 @@ def resolve(device: torch.device | str | None) -> torch.device:
     """None or "auto": the GPU when there is one, else the CPU."""
     import torch
 
+    # torch: only when an analysis runs (the CLI's parser imports this module)
     from advmem.device import resolve_device
 
     return resolve_device("auto" if device is None else str(device)) if not isinstance(device, torch.device) else device

@@ -73,6 +73,7 @@ def gradient_change(model: nn.Module, method, batch, *, alphas: Sequence[float] 
     """
     import torch
 
+    # torch: only when an analysis runs (the CLI's parser imports this module)
     from advmem.methods.loss_gradient import LossGradient
 
     alphas = [float(a) for a in alphas]
@@ -224,6 +225,7 @@ def add_arguments(parser) -> None:
 
 @ANALYSES.register("grad-stability")
 def run(args) -> int:
+    # torch: only when an analysis runs (the CLI's parser imports this module)
     from advmem.device import resolve_device
 
     runs = [Path(r) for r in args.runs]

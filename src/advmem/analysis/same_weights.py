@@ -40,6 +40,7 @@ from advmem.analysis.common import (CHECKPOINT_HELP, add_probe_batch_arguments, 
 from advmem.analysis.grad_stability import gradient_change, parse_alphas, probe_batch
 from advmem.io import atomic_write_bytes, atomic_write_json
 from advmem.errors import UserError
+from advmem.engine.rundir import RunDir
 
 if TYPE_CHECKING:  # torch is imported where it is used, so building the CLI's parser does not import it
     import torch
@@ -147,6 +148,7 @@ def same_weights_change(model: nn.Module, methods: Mapping[str, Any], batch, *,
 def loss_methods(recipe, *, num_train: int, num_classes: int, device) -> dict[str, Any]:
     """PGD-AT and TRADES built with the run's attack config (and its own method config when the
     run was trained with one of them, e.g. its TRADES beta; defaults otherwise)."""
+    # pydantic: only when an analysis runs (the CLI's parser imports this module)
     from advmem.methods import build_method, method_config_class
 
     methods = {}
@@ -165,8 +167,8 @@ def expand_checkpoints(run_dir: str | Path, spec: str) -> list[str]:
         if not names:
             raise UserError(f"--checkpoint {spec!r}: expected {CHECKPOINT_HELP}, comma-separated, or all")
         return names
+    # torch: only when an analysis runs (the CLI's parser imports this module)
     from advmem.engine.checkpoint import read_sidecar
-    from advmem.engine.rundir import RunDir
 
     run = RunDir(run_dir)
     if not run.is_run():
@@ -307,6 +309,7 @@ def add_arguments(parser) -> None:
 
 @ANALYSES.register("grad-same-weights")
 def run(args) -> int:
+    # torch: only when an analysis runs (the CLI's parser imports this module)
     from advmem.device import resolve_device
 
     runs = [Path(r) for r in args.runs]

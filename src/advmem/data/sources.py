@@ -27,6 +27,7 @@ import numpy as np
 from advmem.data.config import DATASETS, DataConfig, SyntheticConfig
 from advmem.data.reader import DatasetReader, RawSplit
 from advmem.errors import UserError
+from advmem.limits import check_fits
 
 DEBIAN_FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
 FASHION_MNIST_FILES = {
@@ -419,8 +420,6 @@ def make_synthetic(cfg: SyntheticConfig) -> tuple[RawSplit, RawSplit, str]:
     Train and test share the class patterns and differ only in noise, so a small model can
     learn it in seconds (useful for tests and smoke runs).
     """
-    from advmem.limits import check_fits
-
     k, c, s = cfg.num_classes, cfg.channels, cfg.image_size
     # float64 noise and patterns while generating, then uint8 and float32 copies of each split
     check_fits(8 * k * s * s * c + 30 * max(cfg.n_train, cfg.n_test) * s * s * c + 5 * cfg.n_test * s * s * c,

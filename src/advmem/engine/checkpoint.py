@@ -22,6 +22,10 @@ from safetensors.torch import load_file, save
 from advmem.version import __version__
 from advmem.io import atomic_write_bytes, atomic_write_json, read_input_text
 from advmem.errors import RunFailure, UserError
+from advmem.data.config import DATASETS
+from advmem.models.registry import model_entry
+from advmem.plugins import is_python_object, load_recorded, run_record
+from advmem.recipe.method import METHODS, MethodConfig
 
 FORMAT = "advmem-checkpoint/1"
 
@@ -124,7 +128,6 @@ def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
 def build_from_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> tuple[torch.nn.Module, dict[str, Any]]:
     """Rebuild the model a checkpoint describes and load its weights."""
     from advmem.models import build_model  # every model family: only when a model is rebuilt
-    from advmem.plugins import load_recorded
 
     meta = read_sidecar(path)
     load_recorded(meta.get("user_code"), str(checkpoint_paths(path)[1]))  # the run's imports and plugins, again
@@ -211,11 +214,6 @@ def user_code_record(recipe) -> dict[str, Any] | None:
     """What the run records of the user code its recipe named (advmem.plugins.run_record): its imports
     and plugins, and the modules defining its model, method and dataset when they are not advmem's;
     None for a recipe of built-in names only (its sidecars have no `user_code` entry)."""
-    from advmem.data.config import DATASETS
-    from advmem.models.registry import model_entry  # torch: already imported by the trainer
-    from advmem.plugins import is_python_object, run_record
-    from advmem.recipe.method import METHODS, MethodConfig
-
     methods, stack = [], [recipe.method]
     while stack:  # the method and the base methods it wraps (AWP's base is a config)
         cfg = stack.pop()

@@ -16,6 +16,7 @@ __all__ = ["ATTACKS", "DEFAULT_ATTACKS", "EvalOptions", "checkpoints_of", "evalu
 def __getattr__(name: str):
     if name not in __all__:
         raise AttributeError(f"module 'advmem.evaluation' has no attribute {name!r}")
+    # lazy: torch only when one of these names is used
     from advmem.evaluation import runner
 
     value = getattr(runner, name)

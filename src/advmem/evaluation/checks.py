@@ -30,8 +30,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from advmem.attacks import cw_margin
+from advmem.attacks import attack_mode, cw_margin
 from advmem.evaluation.attacks import AttackSettings, clean_correct, pgd_correct
+from advmem.evaluation.autoattack import aa_logging, make_autoattack
 
 CHECK_NAMES = ("more_steps_weaker", "black_box_stronger", "gradients_masked", "robust_above_clean",
                "large_eps_not_zero")
@@ -60,8 +61,6 @@ def _acc(flags: torch.Tensor) -> float:
 
 def input_gradients(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> torch.Tensor:
     """Per-sample input gradient of the CW margin (eval mode, weight gradients off)."""
-    from advmem.attacks import attack_mode
-
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     grads = []
     with attack_mode(model, "eval"):
@@ -105,8 +104,6 @@ def check_steps(model: nn.Module, x: torch.Tensor, y: torch.Tensor, s: AttackSet
 
 def check_black_box(model: nn.Module, x: torch.Tensor, y: torch.Tensor, s: AttackSettings, num_classes: int,
                     raw: dict[str, torch.Tensor]) -> Check:
-    from advmem.evaluation.autoattack import aa_logging, make_autoattack
-
     clean = raw.get("clean")
     if clean is None:
         clean = raw["clean"] = clean_correct(model, x, y, s)

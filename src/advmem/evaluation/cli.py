@@ -54,6 +54,7 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def external_options(args: argparse.Namespace) -> dict[str, Any]:
+    # torch: only when an evaluation runs (the CLI's parser imports this module)
     from advmem.evaluation.loading import parse_floats
 
     kwargs: dict[str, Any] = {}
@@ -70,6 +71,7 @@ def external_options(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run_eval(args: argparse.Namespace) -> int:
+    # torch: only when an evaluation runs (the CLI's parser imports this module)
     from advmem.evaluation import EvalOptions, evaluate_target
 
     options = EvalOptions(attacks=args.attack, split=args.split, n_examples=args.n_examples, batch_size=args.batch_size,

@@ -26,6 +26,10 @@ from typing import Any
 import torch
 
 from advmem.errors import UserError
+from advmem.data import DataConfig, build_data
+from advmem.io import read_input_text
+from advmem.models import build_model
+from advmem.recipe import budget_value
 
 WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "net", "network")
 ADVMEM_SUFFIXES = (".safetensors", ".json")
@@ -124,9 +128,6 @@ def sidecar_threat_model(path: Path) -> tuple[str | None, str | None]:
     """(threat_model, eps as written) from the JSON file next to an external checkpoint, when it has
     them (`advmem export` writes one); (None, None) when there is no such file or it says nothing of
     the threat model. A sidecar that names an invalid threat model is refused, not guessed around."""
-    from advmem.io import read_input_text
-    from advmem.recipe import budget_value
-
     side = path.with_suffix(".json")
     if path.suffix == ".json" or not side.is_file():
         return None, None
@@ -152,9 +153,6 @@ def build_external(path: Path, *, arch: str | None, dataset: str | None, num_cla
     """Model and sidecar-like metadata for an external checkpoint (validated before loading). The
     threat model: --norm/--eps, else the JSON sidecar's (its eps only with its own norm), else
     Linf 8/255 (L2 0.5)."""
-    from advmem.data import DataConfig, build_data
-    from advmem.models import build_model
-
     side_norm, side_eps = sidecar_threat_model(path)
     source = None
     if norm is None and side_norm is not None:

@@ -47,6 +47,12 @@ from advmem.errors import UserError
 from advmem.evaluation.attacks import WHITE_BOX, AttackSettings, exact_model, exact_view, passes, run_white_box
 from advmem.progress import Progress, pass_of
 from advmem.recipe import budget_value
+from advmem.data import DataConfig, build_data
+from advmem.engine.checkpoint import build_from_checkpoint
+from advmem.engine.rundir import RunDir
+from advmem.evaluation.autoattack import run_autoattack
+from advmem.evaluation.checks import Check, run_checks
+from advmem.evaluation.loading import build_external, is_advmem_checkpoint
 
 AUTOATTACKS = {"autoattack": "standard", "autoattack-lite": "lite"}
 ATTACKS = WHITE_BOX + tuple(AUTOATTACKS)
@@ -126,8 +132,6 @@ def _evaluate_model(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *,
                     settings: AttackSettings, num_classes: int, checks: bool, n_check: int,
                     state: EvalState | None, aa_log: Path | None, echo: Callable[[str], None],
                     progress: Progress | None) -> dict[str, Any]:
-    from advmem.evaluation.autoattack import run_autoattack
-
     state = state or EvalState(None, {})
     model.eval()
     x, y = x.cpu(), y.cpu()
@@ -186,8 +190,6 @@ def sanity_checks(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, sett
                   progress: Progress | None = None) -> dict[str, Any]:
     """The sanity checks (`sanity`, `sanity_flags`); `white_raw` and `aa_warnings` come from every
     attack in the results, so a check sees the whole evaluation."""
-    from advmem.evaluation.checks import Check, run_checks
-
     echo(f"  sanity checks on {min(n_check, len(x))} points")
     with pass_of(progress, "sanity checks"):  # no count: the display shows the time spent
         found = run_checks(model, x, y, settings, num_classes=num_classes, full_clean_acc=clean_acc,
@@ -213,8 +215,6 @@ EXTERNAL_FLAGS = {"arch": "--arch", "dataset": "--dataset", "num_classes": "--nu
 def refuse_external_flags(paths: list[Path], external: dict[str, Any]) -> None:
     """The flags that describe an external .pt/.pth file contradict an advmem checkpoint, whose sidecar
     records its architecture, dataset and threat model: refuse them rather than ignore them."""
-    from advmem.evaluation.loading import is_advmem_checkpoint
-
     given = [flag for key, flag in EXTERNAL_FLAGS.items() if external.get(key) not in (None, False, {}, [])]
     ours = [p for p in paths if is_advmem_checkpoint(p)]
     if given and ours:
@@ -227,8 +227,6 @@ def checkpoints_of(target: str | Path, which: str = "both") -> list[Path]:
     """The checkpoints `advmem eval` evaluates: a run's best and/or last, or one file."""
     path = Path(target)
     if path.is_dir():
-        from advmem.engine.rundir import RunDir
-
         if RunDir(path).is_run():
             RunDir(path).check_readable()  # refuses a run written by a newer advmem
         stems = {"both": ("best", "last"), "best": ("best",), "last": ("last",)}[which]
@@ -248,8 +246,6 @@ def checkpoints_of(target: str | Path, which: str = "both") -> list[Path]:
 
 
 def dataset_split(meta: dict[str, Any], split: str, device: torch.device, bundle=None):
-    from advmem.data import DataConfig, build_data
-
     if bundle is None:
         cfg = DataConfig.model_validate(meta.get("data") or {"dataset": meta["dataset"]})
         if split == "test":
@@ -271,9 +267,6 @@ def _file_digest(path: Path) -> str:
 
 def load_for_eval(path: Path, opts: dict[str, Any], device: torch.device):
     """(model, meta, weights_path, data bundle or None) for an advmem or external checkpoint."""
-    from advmem.engine.checkpoint import build_from_checkpoint
-    from advmem.evaluation.loading import build_external, is_advmem_checkpoint
-
     if is_advmem_checkpoint(path):
         model, meta = build_from_checkpoint(path, device)
         return model, meta, path.with_suffix(".safetensors"), None

@@ -58,6 +58,7 @@ from advmem.attacks import attack_mode
 from advmem.attacks.attack_view import attack_model
 from advmem.methods.base import AdvContext, Method, WrapsBase
 from advmem.recipe.method import METHODS, MethodConfig
+from advmem.io import atomic_write_bytes
 
 # The ensemble written at the end of training (raw N x C `buffer`, `visits`), read back by
 # track/memorized.py for the memorized-samples captions.
@@ -247,8 +248,6 @@ class TemporalEnsembling(WrapsBase, Method):
     def save_artifacts(self, directory) -> None:
         """Write TE_BUFFER_FILE (buffer: raw N x C EMA, visits: N) into the run directory."""
         from safetensors.torch import save
-
-        from advmem.io import atomic_write_bytes
 
         state = {k: v.contiguous() for k, v in self.state_dict().items()}
         atomic_write_bytes(Path(directory) / TE_BUFFER_FILE, save(state))

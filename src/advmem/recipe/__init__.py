@@ -32,6 +32,8 @@ from advmem.errors import UserError
 from advmem.recipe.method import AttackConfig, MethodConfig, method_config, method_config_class
 from advmem.recipe.track import TrackConfig
 from advmem.strict import Budget, Section, budget_value
+from advmem.io import read_input_text
+from advmem.plugins import load_user_code
 
 class ScheduleConfig(Section):
     """Learning-rate schedule, applied per epoch. Epochs are 1-indexed: with milestones [100]
@@ -276,8 +278,6 @@ def _user_code(data: dict[str, Any]) -> None:
             raise ValueError(f"{key} must be a list of names, e.g. {example}; got {value!r}")
         lists[key] = value
     if lists["plugins"] or lists["imports"]:
-        from advmem.plugins import load_user_code
-
         try:
             load_user_code(lists["imports"], lists["plugins"])
         except UserError as err:
@@ -617,8 +617,6 @@ def parse_recipe_text(text: str, source: str) -> dict[str, Any]:
 
 def read_recipe_file(path: Path) -> dict[str, Any]:
     """Read and parse a recipe file: at most 1 MB of UTF-8 YAML (advmem.io.read_input_text)."""
-    from advmem.io import read_input_text
-
     try:
         text = read_input_text(path, "recipe")
     except FileNotFoundError:

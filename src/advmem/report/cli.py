@@ -7,12 +7,11 @@ from pathlib import Path
 
 from advmem.commands import COMMANDS
 from advmem.io import atomic_write_text
+from advmem.report.html import build_report
+from advmem.report.tables import comparison_rows, format_terminal, load_targets, to_csv, to_markdown
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from advmem.report.html import build_report
-    from advmem.report.tables import load_targets
-
     runs = load_targets(args.runs)  # validates every path before writing anything
     out = Path(args.output)
     atomic_write_text(out, build_report(runs, title=args.title))
@@ -21,8 +20,6 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from advmem.report.tables import comparison_rows, format_terminal, load_targets, to_csv, to_markdown
-
     runs = load_targets(args.runs)
     rows = comparison_rows(runs)
     print(format_terminal(rows))

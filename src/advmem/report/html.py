@@ -19,6 +19,7 @@ from typing import Any
 from advmem.version import __version__
 from advmem.report.tables import (COLUMNS, MISSING, RunInfo, comparison_rows, eval_stems, legend_lines, pct, protocol,
                                   protocol_ids, protocol_notes, recipe_differences, sanity_cell, shared_settings)
+from advmem.report.memorized import DEFINITIONS, FIGURES as MEMORIZED_FIGURES, TITLES, report_entries
 
 STYLE = """
 body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#111}
@@ -61,6 +62,7 @@ def _notes(lines: list[str]) -> str:
 
 
 def _eval_section(runs: list[RunInfo], colour_of: dict[int, str]) -> str:
+    # matplotlib: only when a figure is drawn (the CLI's parser imports this module)
     from advmem.report.plots import bar_chart
 
     ids = protocol_ids(runs)
@@ -97,6 +99,7 @@ def _eval_section(runs: list[RunInfo], colour_of: dict[int, str]) -> str:
 
 
 def _artifact_html(path: Path, root: Path) -> str:
+    # matplotlib: only when a figure is drawn
     from advmem.report.plots import line_plot
 
     rel = _text(str(path.relative_to(root)))
@@ -153,8 +156,6 @@ def _scalars(data: Any, prefix: str = "") -> dict[str, Any]:
 
 def _memorized_section(runs: list[RunInfo]) -> str:
     """Thumbnail grids of the memorized samples of every run with per-sample tracking (report/memorized.py)."""
-    from advmem.report.memorized import DEFINITIONS, TITLES, report_entries
-
     entries, untracked = report_entries(runs)
     out = ['<section id="memorized-samples"><h2>Memorized samples</h2>']
     if entries:
@@ -182,6 +183,7 @@ def _memorized_section(runs: list[RunInfo]) -> str:
 
 
 def build_report(runs: list[RunInfo], title: str = "advmem report") -> str:
+    # matplotlib: only when a figure is drawn
     from advmem.report.plots import compare_learning_curves, run_colour
 
     trained = [r for r in runs if r.is_run]
@@ -227,8 +229,6 @@ def build_report(runs: list[RunInfo], title: str = "advmem report") -> str:
     body.append('<section id="evaluation"><h2>Evaluation results and sanity flags</h2>')
     body.append(_eval_section(runs, colour_of))
     body.append("</section>")
-
-    from advmem.report.memorized import FIGURES as MEMORIZED_FIGURES
 
     body.append('<section id="memorization"><h2>Memorization outputs</h2>')
     found = False

@@ -29,6 +29,7 @@ import numpy as np
 
 from advmem.errors import UserError
 from advmem.track.memorized import DEFINITIONS, MemorizedSamples, read_memorized
+from advmem.io import atomic_write_bytes, atomic_write_text
 
 FIGURES = {"after_decay": "memorized_after_decay.png", "corrupted_fit": "memorized_corrupted.png",
            "hardest": "memorized_hardest.png", "counts": "memorized_counts.png"}
@@ -50,6 +51,7 @@ class TrainImages:
     def get(self, recipe) -> tuple[np.ndarray, np.ndarray]:
         """(images N x H x W x C uint8, clean labels N) of the training set as used; UserError when
         the data cannot be read here."""
+        # torch and pydantic: only when training images are read (the CLI's parser imports this via report/html)
         from advmem.data.config import LabelNoiseConfig
         from advmem.data.dataset import build_data
 
@@ -107,6 +109,7 @@ def caption_text(tile: dict[str, Any]) -> str:
 
 def grid_png(images: np.ndarray, tiles: list[dict[str, Any]], title: str, columns: int = COLUMNS) -> bytes:
     """Thumbnails (N x H x W x C uint8) with their captions; changed labels in red."""
+    # matplotlib: only when a figure is drawn
     from advmem.report.plots import figure_png, plt
 
     cols = min(columns, len(tiles))
@@ -129,6 +132,7 @@ def grid_png(images: np.ndarray, tiles: list[dict[str, Any]], title: str, column
 
 def counts_png(counts: dict[str, Any], decays: list[int], title: str) -> bytes:
     """Robust-correct samples per tracked epoch, clean vs changed labels, the lr decays dotted."""
+    # matplotlib: only when a figure is drawn
     from advmem.report.plots import _epoch_axis, _mark_schedule, figure_png, plt
 
     fig, ax = plt.subplots(figsize=(4.8, 2.7))
@@ -158,6 +162,7 @@ class MemorizedFigures:
 def draw_memorized(run_dir: str | Path, tiles: int = TILES, images: TrainImages | None = None) -> MemorizedFigures:
     """Select and draw; UserError when the run has no per-sample table. Missing images (the data
     is not on this machine) leave the grids out with a note; the counts are drawn anyway."""
+    # pydantic: only when a figure is drawn (the CLI's parser imports this module via report/html)
     from advmem.engine.schedules import decay_epochs
 
     run_dir = Path(run_dir)
@@ -206,8 +211,6 @@ def memorized_figures(run_dir: str | Path, out_dir: str | Path, tiles: int = TIL
     Returns {"figures": {key: path}, "json": path, "counts": per-epoch counts, "selected": {key:
     number of samples, None when undefined}, "notes": [...]}. UserError when the run has no
     per-sample tracking."""
-    from advmem.io import atomic_write_bytes, atomic_write_text
-
     figs = draw_memorized(run_dir, tiles)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -227,6 +230,7 @@ def memorized_figures(run_dir: str | Path, out_dir: str | Path, tiles: int = TIL
 def report_entries(runs) -> tuple[list[MemorizedFigures], list[str]]:
     """The figures of every trained run (report.tables.RunInfo) with a per-sample table, and the
     names of the runs without one."""
+    # torch and pyarrow: only when per-sample tracking is read
     from advmem.track.per_sample import PER_SAMPLE_FILE
 
     images = TrainImages()

@@ -32,6 +32,7 @@ def plot_run_curves(run) -> None:
 def best_epoch(rows: list[dict[str, Any]]) -> int | None:
     """The epoch the trainer keeps as `best` (engine.checkpoint.improved_best, on val, or test when
     the run has no val split)."""
+    # torch: `advmem report` draws without it; only the best rule comes from the engine
     from advmem.engine.checkpoint import improved_best
 
     split = "val" if any(r.get("val_rob_acc") is not None for r in rows) else "test"

@@ -22,6 +22,8 @@ from advmem.engine.rundir import RunDir
 from advmem.errors import RunFailure, UserError
 from advmem.io import atomic_write_text
 from advmem.studies.reproduction import update_reproduction
+from advmem.report.memorized import memorized_figures
+from advmem.sweep import SweepRun, launch_local, usable_cores
 
 # The refusal of a run directory holding another recipe's run (robust-overfitting words it its own way).
 MISMATCH = "was trained with different settings than this study asks for; remove it (or choose another --out) to train it again"
@@ -104,8 +106,6 @@ def ensure_trained(recipe, runs_dir: Path, *, quiet: bool, callbacks: list[Any] 
 def launch_runs(jobs: list[tuple[Any, str, int, list[str]]], runs_dir: Path, parallel: int) -> None:
     """`jobs`: (recipe, its recipe spec, seed, --set overrides). The runs not yet complete in
     `runs_dir` are trained as `advmem train` subprocesses, `parallel` at a time (`launch_sweep_runs`)."""
-    from advmem.sweep import SweepRun
-
     runs = []
     for recipe, spec, seed, overrides in jobs:
         run = SweepRun(name=recipe.name, point={}, seed=seed, overrides=overrides + [f"output_root={runs_dir}"],
@@ -121,8 +121,6 @@ def launch_sweep_runs(runs: list, runs_dir: Path, parallel: int) -> None:
     """The sweep runs (`sweep.SweepRun`, `status` set) neither complete nor running (another process
     writes those), as `advmem train` subprocesses `parallel` at a time (the sweep's launcher, logs in
     RUNS_DIR/logs); a run not complete at the end is a RunFailure naming the logs."""
-    from advmem.sweep import launch_local
-
     todo = [r for r in runs if r.status not in ("complete", "running")]
     if todo:
         runs_dir.mkdir(parents=True, exist_ok=True)
@@ -149,8 +147,6 @@ def map_in_workers(fn: Callable, jobs: list[tuple], parallel: int) -> list[Any]:
         return [fn(*job) for job in jobs]
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
-
-    from advmem.sweep import usable_cores
 
     workers = min(parallel, len(jobs))
     threads = max(1, usable_cores() // workers)
@@ -281,7 +277,7 @@ def memorized_samples(groups: dict[str, list[Path]], out: Path) -> list[str]:
     into `out`/memorized/<run>/, and markdown lines with their counts at the last tracked epoch,
     mean ± std over the runs of each group (label -> run directories: one method, its seeds).
     Groups without tracking are left out; no line at all when no run has it."""
-    from advmem.report.memorized import memorized_figures
+    # torch and pyarrow: only when per-sample tracking is read (the CLI's parser imports this module)
     from advmem.track.per_sample import PER_SAMPLE_FILE
 
     rows = []

@@ -27,6 +27,8 @@ from typing import Any
 from advmem.analysis.stats import paired_difference
 from advmem.errors import UserError
 from advmem.io import atomic_write_json
+from advmem.analysis.same_weights import probe_checkpoint
+from advmem.engine.rundir import RunDir
 
 # Epochs whose weights the replays keep (init and the study run's last checkpoint are added).
 ALONG_EPOCHS = {"tiny": (1,), "small": (1, 5, 20), "paper": (1, 5, 20)}
@@ -44,6 +46,7 @@ def replay_sets(recipe, epochs: tuple[int, ...], batch_size: int) -> list[str]:
 
     Refused when the recipe's learning rate changes before that epoch (the replay trains at a
     constant rate, so it would leave the run's trajectory)."""
+    # pydantic: only when a study runs (the CLI's parser imports this module)
     from advmem.engine.schedules import lr_at
 
     upto = max(epochs)
@@ -70,8 +73,6 @@ def probe_plan(run_path: Path, replay_path: Path, epochs: tuple[int, ...]) -> li
 def _probe_one(job: tuple[str, str, dict[str, Any], str | None]) -> dict[str, Any]:
     """One checkpoint (a worker process: one thread, so parallel probes do not oversubscribe)."""
     import torch
-
-    from advmem.analysis.same_weights import probe_checkpoint
 
     torch.set_num_threads(1)
     run_dir, checkpoint, opts, device = job
@@ -137,8 +138,6 @@ def run_probes(plan: list[tuple[Path, str]], cache_dir: Path, opts: dict[str, An
 
 def consistency_curve(replay_path: Path) -> list[dict[str, float]]:
     """Per epoch of a replay: the gradient-consistency numbers it logged."""
-    from advmem.engine.rundir import RunDir
-
     keys = ("grad_cos_step", "grad_cos_step_fixed", "grad_rel_step")
     return [{"epoch": row["epoch"], **{k: row[k] for k in keys if k in row}}
             for row in RunDir(replay_path).read_metrics() if "grad_cos_step" in row]
@@ -266,6 +265,7 @@ def consistency_lines(along: dict[str, Any], method_names: dict[str, str], label
 def plot_along(along: dict[str, Any], path: Path, method_names: dict[str, str], label_names: dict[str, str]) -> None:
     """Left: relative gradient change (re-solved, smallest alpha) per checkpoint, both losses, every run
     kind (mean ± std over seeds); right: the step cosine per epoch of the replays."""
+    # matplotlib: only when a figure is drawn
     from advmem.report.plots import plt, save_figure
 
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 4))

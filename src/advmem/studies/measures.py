@@ -49,6 +49,9 @@ from advmem.studies.common import (add_study_arguments, check_parallel, ensure_t
                                    map_in_workers, pct, publish, schedule_text, seed_list, study_status)
 from advmem.studies.random_labels import METHODS, TRUE_LABEL_OVERRIDES, check_seed_sets, seed_overrides, verdict
 from advmem.studies.reproduction import reproduction_target, smoke_note
+from advmem.analysis.measures.table import measure_names, write_tables
+from advmem.analysis.stats import granulated_tau, kendall_ci, sanity_check
+from advmem.engine.rundir import RunDir
 
 SECTION = "measures"
 REPRODUCTION_SCALES = frozenset({"small"})
@@ -142,6 +145,7 @@ def check_sets(sets: list[str], scale: str) -> None:
 
 def build_recipes(scale: str, device: str | None, extra: list[str], seeds: list[int]) -> list[tuple[dict, Any, list[str]]]:
     """(point, recipe, overrides) for every model, validated before anything is written."""
+    # pydantic: only when a study runs (the CLI's parser imports this module)
     from advmem.recipe import load_recipe
 
     check_sets(extra, scale)
@@ -166,8 +170,8 @@ def train_subprocesses(jobs: list[tuple[dict, Any, list[str]]], runs_dir: Path, 
 
 
 def measure_key(run_path: Path, n_samples: int, settings: dict[str, Any]) -> dict[str, Any]:
+    # torch: only when a study runs
     from advmem.engine.checkpoint import read_sidecar
-    from advmem.engine.rundir import RunDir
 
     return {"epoch": read_sidecar(run_path / "checkpoints" / "last")["epoch"],
             "recipe_hash": RunDir(run_path).load_recipe().hash(), "n_samples": n_samples, "settings": settings}
@@ -175,6 +179,7 @@ def measure_key(run_path: Path, n_samples: int, settings: dict[str, Any]) -> dic
 
 def measure_cached(run_path: str, n_samples: int, settings: dict[str, Any], device: str | None) -> dict[str, Any]:
     """The run's measures row at its last checkpoint, from `study_measures.json` when its key matches."""
+    # torch: only when measures are computed
     from advmem.analysis.measures.api import measure_run
     from advmem.analysis.measures.base import MeasureSettings
     from advmem.device import resolve_device
@@ -207,8 +212,6 @@ def sign_of(measure: str) -> float:
 
 def analyse(rows: list[dict[str, Any]], names: list[str], n_boot: int) -> list[dict[str, Any]]:
     """Per measure (and per gap, as the reference): taus with intervals, granulated taus, sanity check, pass."""
-    from advmem.analysis.stats import granulated_tau, kendall_ci, sanity_check
-
     converged = [r for r in rows if r["converged"]]
     out = []
     for name in list(GAPS) + names:
@@ -235,6 +238,7 @@ def analyse(rows: list[dict[str, Any]], names: list[str], n_boot: int) -> list[d
 def plot_measures(rows: list[dict[str, Any]], names: list[str], path: Path) -> None:
     """One panel per measure: the measure against the robust gap; colour = noise rate, marker = method,
     hollow = not converged."""
+    # matplotlib: only when a figure is drawn
     from advmem.report.plots import plt, save_figure
 
     cols = 5
@@ -435,8 +439,8 @@ def run(args) -> int:
     for (point, _, _), row in zip(jobs, measured):
         rows.append({**row, **point, "converged": verdict(row["train_nat_acc"], chance) != "near chance"})
 
+    # torch: only when measures are computed
     from advmem.analysis.measures.base import MeasureSettings
-    from advmem.analysis.measures.table import measure_names, write_tables
 
     write_tables(rows, out / "measures", {"seed": 0, **asdict(MeasureSettings(**settings))})
     names = [n for n in measure_names(rows) if n not in AXES and n not in ("seed", "converged")]

@@ -42,6 +42,7 @@ from advmem.studies.cli import STUDIES
 from advmem.studies.common import (add_study_arguments, check_parallel, ensure_trained, launch_runs, log, pm_stats,
                                    schedule_text, seed_list, stats, study_status)
 from advmem.studies.reproduction import reproduction_target, smoke_note
+from advmem.engine.rundir import RunDir
 
 SECTION = "random-labels"
 REPRODUCTION_SCALES = frozenset({"small", "paper"})  # the scales whose results belong in REPRODUCTION.md
@@ -125,6 +126,7 @@ def recipe_overrides(scale: str, method: str, labels: str, seed: int, device: st
 def build_recipes(scale: str, device: str | None, extra: list[str],
                   seeds: list[int] | None = None) -> dict[tuple[str, str, int], Any]:
     """All recipes, keyed by (method, labels, seed); validated before anything is written."""
+    # pydantic: only when a study runs (the CLI's parser imports this module)
     from advmem.recipe import load_recipe
 
     check_seed_sets(extra)
@@ -154,8 +156,6 @@ def train_parallel(recipes: dict[tuple[str, str, int], Any], scale: str, device:
 
 def train_curve(run_path: Path) -> list[dict[str, float]]:
     """Per epoch: natural/robust train accuracy (whole tracked set; else the trainer's train subset)."""
-    from advmem.engine.rundir import RunDir
-
     out = []
     for row in RunDir(run_path).read_metrics():
         point = {"epoch": row["epoch"], "grad_norm_sq": row.get("grad_norm_sq")}
@@ -182,8 +182,6 @@ def run_numbers(run_path: Path, last_epochs: int) -> dict[str, Any]:
            "grad_norm_sq_last": sum(grads[-k:]) / k if grads else None, "grad_epochs": k}
     for key in ("train_nat_acc", "train_rob_acc", "test_nat_acc", "test_rob_acc"):
         out[key] = last_value(curve, key)
-    from advmem.engine.rundir import RunDir
-
     rows = RunDir(run_path).read_metrics()
     out["memorized_frac"] = rows[-1].get("track_memorized_frac")
     # what the run cost, whatever invocations trained it (epoch_time includes evaluation and tracking)
@@ -259,6 +257,7 @@ def probe_summary(report: dict[str, Any] | None) -> dict[str, dict[str, float]]:
 
 def plot_training_curves(results: dict[str, Any], path: Path) -> None:
     """One panel per method; natural (solid) and robust (dashed) train accuracy, true vs random labels."""
+    # matplotlib: only when a figure is drawn
     from advmem.report.plots import plt, save_figure
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
@@ -289,6 +288,7 @@ def plot_training_curves(results: dict[str, Any], path: Path) -> None:
 
 
 def plot_grad_norms(results: dict[str, Any], path: Path) -> None:
+    # matplotlib: only when a figure is drawn
     from advmem.report.plots import plt, save_figure
 
     fig, ax = plt.subplots(figsize=(6, 3.8))
@@ -464,6 +464,7 @@ def markdown(results: dict[str, Any]) -> str:
 def run_probe(run_paths: list[Path], out_dir: Path, opts: dict[str, Any], device: str | None,
               notes: list[str]) -> dict[str, Any] | None:
     try:
+        # torch when it probes; looked up at call time (tests put a stand-in in sys.modules)
         from advmem.analysis.grad_stability import probe_runs
     except ModuleNotFoundError as err:
         if err.name != "advmem.analysis.grad_stability":
@@ -480,6 +481,7 @@ def run_probe(run_paths: list[Path], out_dir: Path, opts: dict[str, Any], device
 
 def run_measures(run_paths: list[Path], out_dir: Path, opts: dict[str, Any], notes: list[str]) -> list[dict] | None:
     try:
+        # torch: only when measures are computed (tests put a stand-in in sys.modules)
         from advmem.analysis.measures import measure_runs
     except (ModuleNotFoundError, ImportError) as err:
         if isinstance(err, ModuleNotFoundError) and err.name not in ("advmem.analysis.measures", None):

@@ -36,6 +36,8 @@ from advmem.studies.common import (add_study_arguments, check_parallel, launch_s
                                    publish, seed_list, stats, write_csv)
 from advmem.studies.reproduction import reproduction_target, smoke_note
 from advmem.studies import random_labels as rl
+from advmem.engine.rundir import RunDir
+from advmem.sweep import expand, parse_grid, sweep_status
 
 SECTION = "random-labels-boundary"
 REPRODUCTION_SCALES = frozenset({"small"})  # the scales whose results belong in REPRODUCTION.md
@@ -53,6 +55,7 @@ SCALES: dict[str, dict[str, Any]] = {
 
 def eps_step(eps: str) -> str:
     """eps/4 written as a plain number (the study recipes' step)."""
+    # pydantic: only when a study runs (the CLI's parser imports this module)
     from advmem.recipe import budget_value
 
     try:
@@ -65,8 +68,6 @@ def plan(scale: str, grid: dict[str, list[str]], sets: list[str], out: Path, see
     """Every run (both methods x grid points x seeds) as a validated sweep run with its own base recipe.
 
     Names are the sweep's (`BASE_KEY-VALUE_seedS`), so seed 0 keeps the names of the single-seed study."""
-    from advmem.sweep import expand
-
     cfg = SCALES[scale]
     for item in sets:
         if item.split("=", 1)[0].strip() in ("name", "output_root"):
@@ -217,6 +218,7 @@ def markdown(results: dict[str, Any]) -> str:
 
 def plot(table: list[dict[str, Any]], keys: list[str], chance: float, path: Path) -> None:
     """Natural train accuracy against the first grid key; one line per method and remaining grid point."""
+    # matplotlib: only when a figure is drawn
     from advmem.report.plots import plt, save_figure
 
     first, rest = keys[0], keys[1:]
@@ -269,8 +271,6 @@ def add_arguments(parser) -> None:
 
 @STUDIES.register("random-labels-boundary")
 def run(args) -> int:
-    from advmem.sweep import parse_grid, sweep_status
-
     t0 = time.time()
     check_parallel(args.parallel)
     seeds = seed_list(getattr(args, "seeds", 1))
@@ -308,8 +308,6 @@ def run(args) -> int:
 
     info = json.loads((runs_dir / runs[0].name / "data.json").read_text())
     chance = 1.0 / int(info["num_classes"])
-    from advmem.engine.rundir import RunDir
-
     example = RunDir(runs_dir / runs[0].name).load_recipe()
     command = f"advmem study {SECTION} --scale {args.scale}" + (
         f" --seeds {len(seeds)}" if len(seeds) > 1 else "") + "".join(

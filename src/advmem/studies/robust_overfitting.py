@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 from advmem.engine.rundir import RunDir
 from advmem.io import atomic_write_json
-from advmem.errors import UserError
+from advmem.errors import RunFailure, UserError
 from advmem.studies import common
 from advmem.studies.cli import STUDIES
 from advmem.studies.common import (add_study_arguments, call_with_threads, check_parallel, map_in_workers,
@@ -44,6 +44,8 @@ from advmem.studies.common import (add_study_arguments, call_with_threads, check
 if TYPE_CHECKING:  # torch is imported where it is used, so building the CLI's parser does not import it
     import torch
 from advmem.studies.reproduction import reproduction_target, smoke_note
+from advmem.analysis.stats import paired_difference
+from advmem.sweep import POLL_S, RunsProgress, usable_cores
 
 SECTION = "robust-overfitting"
 REPRODUCTION_SCALES = frozenset({"small", "paper"})  # the scales whose results belong in REPRODUCTION.md
@@ -161,6 +163,7 @@ def build_recipe(scale: str, spec: MethodSpec, device: str, overrides: list[str]
                  setting: str = "noise20"):
     """The recipe of one method and seed; `overrides` (KEY.PATH=VALUE, as --set) apply to every run,
     after the setting's and before the seed's."""
+    # pydantic: only when a study runs (the CLI's parser imports this module)
     from advmem.recipe import apply_overrides, load_recipe, recipe_from_dict
 
     ema = SCALES[scale]["ema"]
@@ -201,6 +204,7 @@ class HardestTrainingSamples:
         self.index: torch.Tensor | None = None
 
     def on_epoch_end(self, trainer, epoch: int, row: dict[str, Any]) -> None:
+        # torch: only when a run is evaluated
         from advmem.engine.evaluate import evaluate_split, robust_per_sample
         from advmem.engine.seeding import HARDEST_EVAL, HARDEST_SELECT, epoch_generator
 
@@ -262,9 +266,6 @@ def train_parallel(recipes: list, runs_dir: Path, *, hard_fraction: float, paral
     from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
     from concurrent.futures.process import BrokenProcessPool
 
-    from advmem.errors import RunFailure
-    from advmem.sweep import POLL_S, RunsProgress, usable_cores
-
     workers = min(parallel, len(recipes))
     threads = max(1, usable_cores() // workers)
     pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
@@ -302,6 +303,7 @@ def evaluate_run(run, recipe, *, n_test: int | None, aa_n: int, pgd_steps: int, 
     (`aa_version` standard or lite) with the sanity checks on the first `aa_n`; its records go to
     `RUN/study_eval/` (kept there, so an interrupted AutoAttack resumes), and the numbers are cached
     in `study_eval.json`."""
+    # torch: only when a run is evaluated
     from advmem.engine.checkpoint import read_sidecar
     from advmem.evaluation import evaluate_checkpoint
 
@@ -379,8 +381,6 @@ def per_seed_values(res: dict[str, Any], stem: str, metric: str) -> dict[int, fl
 def summarize_methods(results: dict[str, Any]) -> list[dict[str, Any]]:
     """Per reported model: best, last and best - last of each metric (mean ± std over seeds), the
     gap as a paired difference with its interval, the epochs, the sanity flags and the curve's peak."""
-    from advmem.analysis.stats import paired_difference
-
     rows = []
     for key, label, b, l in variants(results):
         res = results["methods"][key]
@@ -408,8 +408,6 @@ def gap_values(res: dict[str, Any], metric: str) -> dict[int, float | None]:
 
 def paired_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
     """TE against its base and the EMA against PGD-AT, paired over the seeds both have."""
-    from advmem.analysis.stats import paired_difference
-
     methods = results["methods"]
     pairs = [(f"{base}_te", base) for base in ("pgd_at", "trades") if base in methods and f"{base}_te" in methods]
     out = []
@@ -532,6 +530,7 @@ def mark_decays(ax, milestones: list[int]) -> None:
 
 
 def plot(results: dict[str, Any], out: Path) -> None:
+    # matplotlib: only when a figure is drawn
     from advmem.report.plots import plt, save_figure
 
     milestones = results["settings"]["milestones"]
@@ -670,6 +669,7 @@ def run(args) -> int:
     status = {r.name: study_status(runs_dir / r.name, r, mismatch=MISMATCH) for _, _, r in recipes}
     runs_dir.mkdir(parents=True, exist_ok=True)
 
+    # torch: only when a study runs
     from advmem.device import resolve_device
 
     first = recipes[0][2]

@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from advmem.errors import UserError
+from advmem.engine.rundir import RunDir
 
 DEFINITIONS = {
     "memorized_epoch": "first tracked epoch from which the sample stays robust-correct (w.r.t. the label "
@@ -140,6 +141,7 @@ def read_te_targets(run_dir: str | Path) -> tuple[np.ndarray, np.ndarray] | None
     `te_buffer.safetensors` (written when training ends); None when the run has none."""
     from safetensors.numpy import load_file
 
+    # torch: only when a TE run's buffer is read
     from advmem.methods.te import TE_BUFFER_FILE
 
     path = Path(run_dir) / TE_BUFFER_FILE
@@ -173,7 +175,7 @@ def read_memorized(run_dir: str | Path, k_hardest: int = 16) -> tuple[MemorizedS
     and the run's recipe. UserError for a directory that is not a run or has no per-sample tracking."""
     import pyarrow.parquet as pq
 
-    from advmem.engine.rundir import RunDir
+    # torch and pyarrow: only when per-sample tracking is read
     from advmem.engine.schedules import first_decay
     from advmem.track.per_sample import PER_SAMPLE_FILE
 

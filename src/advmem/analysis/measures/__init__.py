@@ -63,6 +63,7 @@ def add_arguments(parser) -> None:
 
 @ANALYSES.register("measures")
 def run(args) -> int:
+    # torch: only when measures are computed (the CLI's parser imports this package)
     from advmem.analysis.measures.api import measure_runs
     from advmem.analysis.measures.base import MeasureSettings
     from advmem.analysis.measures.table import fmt

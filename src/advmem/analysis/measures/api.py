@@ -13,6 +13,10 @@ from advmem.analysis.common import check_runs, open_run, positive_int, resolve, 
 from advmem.analysis.measures.base import FAMILIES, MeasureContext, MeasureSettings, compute_all
 from advmem.analysis.measures.kendall import kendall_tau
 from advmem.errors import UserError
+from advmem.analysis.measures.table import write_tables
+from advmem.engine.checkpoint import build_from_checkpoint
+from advmem.engine.evaluate import eval_attack_of
+from advmem.engine.rundir import RunDir
 
 
 def measure_model(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, attack, *, init_model=None, seed: int = 0,
@@ -30,8 +34,6 @@ def measure_model(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, atta
 def _gaps(run, checkpoint: str, train_values: dict[str, Any], n_samples: int, seed: int,
           settings: MeasureSettings, attack) -> dict[str, Any]:
     """Train/test accuracies of the checkpoint: summary.json when it has them, else recomputed here."""
-    from advmem.engine.rundir import RunDir
-
     keys = ("train_nat_acc", "train_rob_acc", "test_nat_acc", "test_rob_acc")
     rd = RunDir(run.path)
     entry: dict[str, Any] = {}
@@ -58,9 +60,6 @@ def measure_run(run_dir: str | Path, *, checkpoint: str = "last", n_samples: int
                 device: torch.device | str | None = None, settings: MeasureSettings | None = None,
                 families: Sequence[str] = FAMILIES) -> dict[str, Any]:
     """One row of the table: the run's measures and gaps at `checkpoint`."""
-    from advmem.engine.checkpoint import build_from_checkpoint
-    from advmem.engine.evaluate import eval_attack_of
-
     settings = settings or MeasureSettings()
     device = resolve(device)
     run = open_run(run_dir, checkpoint, device)
@@ -79,8 +78,6 @@ def measure_runs(run_dirs: list[Path], out_dir: Path, *, checkpoint: str = "last
                  device: torch.device | str | None = None, settings: MeasureSettings | None = None,
                  families: Sequence[str] = FAMILIES) -> list[dict[str, Any]]:
     """Measure every run, then write measures.csv, measures_kendall.csv and measures.md in `out_dir`."""
-    from advmem.analysis.measures.table import write_tables
-
     check_runs(run_dirs, checkpoint)
     positive_int("n_samples", n_samples)
     unknown = [f for f in families if f not in FAMILIES]

@@ -35,6 +35,7 @@ from advmem.attacks import cross_entropy, pgd
 from advmem.engine.evaluate import EvalAttack, margins
 
 from advmem.analysis.measures.names import FAMILIES, MEASURES  # noqa: E402 (FAMILIES re-exported)
+from advmem.analysis.measures.layers import fold_batchnorm
 MARGIN_QUANTILE = 0.1
 
 
@@ -114,8 +115,6 @@ class MeasureContext:
 
     @cached_property
     def folded(self):
-        from advmem.analysis.measures.layers import fold_batchnorm
-
         return fold_batchnorm(self.model)
 
 
