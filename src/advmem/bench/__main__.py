@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
     if args.what == "gpu-check":
-        from advmem.bench import gpu_check
+        from advmem.bench import gpu_check  # lazy: each section's module loads only when it runs
 
         return gpu_check.main(args, argv)
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = Settings(device=device, quick=args.quick, tiny=args.tiny, repeats=args.repeats,
                         data_root=args.data_root, peak_tflops=args.peak_tflops)
     load_start, started, commit = load_average(), time.time(), git_commit()
-    from advmem.bench import epoch, eval as eval_bench, gpu, peers, profile, scale, step
+    from advmem.bench import epoch, eval as eval_bench, gpu, peers, profile, scale, step  # lazy, as gpu_check
 
     modules = {"peers": peers, "step": step, "epoch": epoch, "eval": eval_bench, "scale": scale,
                "profile": profile}

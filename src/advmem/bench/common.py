@@ -24,6 +24,11 @@ from typing import Any, Callable
 
 import torch
 
+from advmem.engine.evaluate import EvalAttack, clean_per_sample, robust_per_sample, summarize
+from advmem.engine.rundir import RunDir
+from advmem.engine.trainer import Trainer
+from advmem.recipe import recipe_from_dict
+
 FMNIST_DIR = "/usr/share/datasets/fashion-mnist"
 
 
@@ -249,10 +254,6 @@ def python_module_command(argv: list[str]) -> str:
 
 def make_trainer(recipe: dict[str, Any], settings: Settings):
     """A set-up `Trainer` for `recipe` (a dict) on the benchmark device; nothing is written to disk."""
-    from advmem.engine.rundir import RunDir
-    from advmem.engine.trainer import Trainer
-    from advmem.recipe import recipe_from_dict
-
     body = {"device": settings.device.type, **recipe}
     r = recipe_from_dict(body, source="benchmark recipe")
     trainer = Trainer(r, RunDir(settings.workdir / "unused"), quiet=True, log=lambda msg: None)
@@ -262,8 +263,6 @@ def make_trainer(recipe: dict[str, Any], settings: Settings):
 
 def common_evaluator(model: torch.nn.Module, test, eps: float) -> dict[str, float]:
     """Natural and PGD-20 (step eps/4, uniform start, seeded) accuracy: the one evaluator of every row."""
-    from advmem.engine.evaluate import EvalAttack, clean_per_sample, robust_per_sample, summarize
-
     attack = EvalAttack(eps=eps, step_size=eps / 4, steps=20)
     nat = summarize(clean_per_sample(model, test, 256))["acc"]
     rob = summarize(robust_per_sample(model, test, attack, 256, generator=torch.Generator().manual_seed(0)))["acc"]

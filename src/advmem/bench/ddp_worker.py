@@ -26,6 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("cli", nargs=argparse.REMAINDER, help="-- then the advmem command line")
     args = p.parse_args(argv)
     cli = args.cli[1:] if args.cli[:1] == ["--"] else args.cli
+    # upward (the worker runs `advmem train` in-process) and torch: only in the worker process
     import advmem.cli as advmem_cli
     from advmem.engine import distributed, trainer
 

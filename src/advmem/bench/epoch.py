@@ -42,6 +42,7 @@ from advmem.engine.evaluate import EvalAttack, clean_per_sample, robust_per_samp
 from advmem.engine.perf import resolve_perf
 from advmem.recipe import PerfConfig
 from advmem.methods import method_names
+from advmem.data.dataset import Augment
 
 EPOCH_INDEX = 10  # epochs are timed as epoch 10 of 10 (constant LR), so warm-up-gated method features are on
 
@@ -257,8 +258,6 @@ def _percent(r) -> str:
 def _data_pipeline(section: Section, settings: Settings, train_set, batch_size: int) -> None:
     """The input pipeline alone, with crop+flip augmentation: per-sample PIL DataLoader vs the
     device-resident dataset with batched tensor augmentation (what the toolkit uses)."""
-    from advmem.data.dataset import Augment
-
     dev = settings.device
     loader = loader_from_device_dataset(train_set, batch_size, crop_padding=4, flip=True,
                                         num_workers=2 if settings.cuda else 0, seed=1)

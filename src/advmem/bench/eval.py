@@ -21,12 +21,13 @@ import torch
 
 from advmem.bench.common import Goal, Section, Settings, data_section, make_trainer, median, sync, table
 from advmem.engine.evaluate import full_fp32
+from advmem.data import DataConfig, build_data
+from advmem.engine.checkpoint import build_from_checkpoint, checkpoint_meta, save_checkpoint
+from advmem.evaluation import ATTACKS, evaluate_checkpoint
 
 
 def _train_model(settings: Settings):
     """Adversarially train a small model briefly and save it as an advmem checkpoint (no run dir)."""
-    from advmem.engine.checkpoint import checkpoint_meta, save_checkpoint
-
     data = data_section(settings, settings.pick(2048, 1024, 64), test_size=64)
     trainer = make_trainer({
         "data": data, "model": {"name": "small_cnn", "kwargs": {"width": 8, "hidden": 64}},
@@ -63,15 +64,10 @@ ADVMEM_NO_VIEW = "standard (advmem eval --attack autoattack --no-attack-view)"
 
 
 def advmem_autoattack_available() -> bool:
-    from advmem.evaluation import ATTACKS
-
     return "autoattack" in ATTACKS
 
 
 def run(settings: Settings) -> Section:
-    from advmem.data import DataConfig, build_data
-    from advmem.engine.checkpoint import build_from_checkpoint
-
     section = Section("Evaluation: AutoAttack")
     logging.getLogger("auto-attack").setLevel(logging.WARNING)
     ckpt, recipe = _train_model(settings)
@@ -87,8 +83,6 @@ def run(settings: Settings) -> Section:
                 "lite (pyautoattack)": lambda: _direct(model, x, y, eps, "lite", settings, bs)}
     note = ""
     if advmem_autoattack_available():
-        from advmem.evaluation import evaluate_checkpoint
-
         counter = iter(range(10**6))
 
         def through_advmem(attack_view: bool) -> torch.Tensor:

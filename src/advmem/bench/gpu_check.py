@@ -40,6 +40,7 @@ from advmem.bench.common import Goal, Section, Settings, common_evaluator, git_c
 from advmem.bench.common import python_module_command
 from advmem.bench.gpu import cifar_data, device_peak, mfu, pgd_recipe, timed_epoch, warm_up
 from advmem.io import atomic_write_text
+from advmem.engine.checkpoint import build_from_checkpoint
 
 BUDGET_S = 540  # 9 minutes for the whole check
 REFUSAL = ("python -m advmem.bench gpu-check: needs a CUDA GPU, and torch sees none "
@@ -195,8 +196,6 @@ def _ddp_recipe(settings: Settings, root: Path) -> dict[str, Any]:
 
 
 def _ddp(settings: Settings, deadline: float) -> dict[str, Any]:
-    from advmem.engine.checkpoint import build_from_checkpoint
-
     nproc = min(2, torch.cuda.device_count()) if settings.cuda else 1
     root = settings.workdir / "ddp-check"
     root.mkdir(parents=True, exist_ok=True)

@@ -39,6 +39,8 @@ from advmem.bench.common import Goal, Section, Settings, common_evaluator, data_
 from advmem.bench.common import make_trainer, median, ratio, table
 from advmem.bench.paper_loop import paper_epoch, paper_step
 from advmem.bench.reference_loop import loader_from_device_dataset
+from advmem.engine.checkpoint import model_normalization
+from advmem.models import build_model
 
 EPS, ALPHA, STEPS, BETA = 0.1, 0.025, 10, 6.0
 METHODS = {"pgd_at": "PGD-AT", "trades": f"TRADES (beta {BETA:g})"}
@@ -110,8 +112,6 @@ class Factory:
     """Builds every variant from one advmem trainer: its data, architecture, initial weights and optimizer."""
 
     def __init__(self, settings: Settings, epochs: int):
-        from advmem.engine.checkpoint import model_normalization
-
         self.settings, self.epochs = settings, epochs
         self.base = make_trainer(_recipe(settings, "pgd_at", epochs), settings)
         r, b = self.base.recipe, self.base.bundle
@@ -125,8 +125,6 @@ class Factory:
         self.warm_batch = next(b.train.batches(self.batch_size, shuffle=False))
 
     def model(self) -> nn.Module:
-        from advmem.models import build_model
-
         m = build_model(**self.model_args).to(self.settings.device)
         m.load_state_dict(self.init)
         return m

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from advmem.bench.common import Section, Settings, data_section, table
+from advmem.bench.common import Section, Settings, data_section, fresh_sums, make_trainer, table
 
 K_SCALE = 10
 
@@ -48,8 +48,6 @@ def _reset_peak() -> bool:
 
 def worker(cfg: dict) -> dict:
     """Set up a trainer for `cfg`, warm up, reset the memory peak, time one epoch."""
-    from advmem.bench.common import fresh_sums, make_trainer
-
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg["threads"]))
     settings = Settings(device=torch.device(cfg["device"]))
