@@ -272,6 +272,15 @@ def publish(text: str, out: Path, *, files: tuple[str, ...], section: str, repro
     log(f"done in {(time.time() - t0) / 60:.1f} min; results in {out}")
 
 
+def _mean_sd(values: list[float]) -> str:
+    st = stats(values)
+    return f"{st['mean']:.1f}" + (f" ± {st['std']:.1f}" if st["n"] > 1 else "")
+
+
+def _of(values: list[float], n: int) -> str:
+    return f"{_mean_sd(values)} of {n}" if n else "— (none)"
+
+
 def memorized_samples(groups: dict[str, list[Path]], out: Path) -> list[str]:
     """The memorized-samples grids (advmem.report.memorized) of every run with per-sample tracking,
     into `out`/memorized/<run>/, and markdown lines with their counts at the last tracked epoch,
@@ -288,21 +297,14 @@ def memorized_samples(groups: dict[str, list[Path]], out: Path) -> list[str]:
             continue
         summaries = [json.loads(Path(f["json"]).read_text()) for f in found]
 
-        def mean_sd(values: list[float]) -> str:
-            st = stats(values)
-            return f"{st['mean']:.1f}" + (f" ± {st['std']:.1f}" if st["n"] > 1 else "")
-
         changed = [s["counts"]["corrupted"][-1] for s in summaries]
         clean = [s["counts"]["clean"][-1] for s in summaries]
         after = [s["selections"]["after_decay"]["n"] for s in summaries  # None: no step decay to be after
                  if (s["selections"].get("after_decay") or {}).get("n") is not None]
         n_changed = round(stats([s["counts"]["n_corrupted"] for s in summaries])["mean"])
         n_clean = round(stats([s["counts"]["n_clean"] for s in summaries])["mean"])
-        def of(values: list[float], n: int) -> str:
-            return f"{mean_sd(values)} of {n}" if n else "— (none)"
-
-        rows.append(f"| {label} | {len(found)} | {of(changed, n_changed)} | {of(clean, n_clean)} | "
-                    f"{mean_sd(after) if after else '—'} |")
+        rows.append(f"| {label} | {len(found)} | {_of(changed, n_changed)} | {_of(clean, n_clean)} | "
+                    f"{_mean_sd(after) if after else '—'} |")
     if not rows:
         return []
     return ["", "Memorized samples (per-sample tracking; definitions in docs/memorization.md, \"Memorized samples\"): "
