@@ -34,7 +34,6 @@ import json
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -45,6 +44,9 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 SRC = ROOT / "src"
+sys.path.insert(0, str(SRC))  # this checkout's advmem, also when it is not installed
+from advmem.engine.distributed import child_env, free_port  # noqa: E402
+
 STOP_LIMIT_S = 10.0
 DDP_LIMIT_S = 60.0
 TIMING = {"train_time", "images_per_s", "eval_time", "epoch_time", "world_size"}
@@ -63,18 +65,8 @@ def recipe(root: Path, name: str, epochs: int = 8, ddp: bool = False) -> dict:
     }
 
 
-def env(**extra) -> dict:
-    e = dict(os.environ)
-    e["PYTHONPATH"] = str(SRC) + os.pathsep + e.get("PYTHONPATH", "")
-    e["OMP_NUM_THREADS"] = "1"
-    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        e.pop(key, None)
-    e.update({k: str(v) for k, v in extra.items()})
-    return e
-
-
 def advmem(*args: str, **extra) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "advmem", "train", *args, "--quiet"], env=env(**extra),
+    return subprocess.Popen([sys.executable, "-m", "advmem", "train", *args, "--quiet"], env=child_env(SRC, **extra),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -231,7 +223,7 @@ def probe_disk_full(tmp: Path, ref: Path, rng: random.Random, trials: int) -> tu
         run = tmp / "runs" / name
         n = rng.randint(2, 50)  # about 8 files are written per epoch
         proc = subprocess.run([sys.executable, "-c", DISK_FULL_CHILD, str(n), "train", str(rfile), "--quiet"],
-                              env=env(), capture_output=True, text=True, timeout=600)
+                              env=child_env(SRC), capture_output=True, text=True, timeout=600)
         err = proc.stderr.strip()
         if proc.returncode == 0:  # the n-th write came after the run had finished
             seen.append(f"write {n}: none failed")
@@ -258,9 +250,7 @@ def probe_ddp(tmp: Path, trials: int) -> tuple[int, int, str]:
         rfile = tmp / f"{name}.yaml"
         rfile.write_text(yaml.safe_dump(recipe(tmp / "runs", name, epochs=500, ddp=True)))
         run = tmp / "runs" / name
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
+        port = free_port()
         procs = [advmem(str(rfile), RANK=r, LOCAL_RANK=r, WORLD_SIZE=2, MASTER_ADDR="127.0.0.1", MASTER_PORT=port)
                  for r in (0, 1)]
         deadline = time.monotonic() + 180

@@ -15,7 +15,6 @@ from advmem.training import train
 from advmem.errors import UserError
 from advmem.methods import build_method
 from advmem.methods.awp import perturbed_weights
-from advmem.methods.base import AdvContext
 from advmem.methods.mart import mart_loss
 from advmem.recipe import AttackConfig, recipe_from_dict
 

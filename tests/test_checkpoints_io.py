@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 
@@ -91,20 +90,15 @@ def test_malicious_pickle_is_refused_and_runs_nothing(tmp_path, capsys):
 
 
 def test_html_page_and_truncated_file_get_clear_messages(model, tmp_path):
-    page = tmp_path / "model.pt"
-    page.write_text("<!DOCTYPE html>\n<html><head><title>Google Drive - Virus scan warning</title></head></html>")
-    with pytest.raises(UserError, match="HTML page"):
-        load_external_state(page)
     good = tmp_path / "good.pt"
     torch.save(model.state_dict(), good)
-    cut = tmp_path / "cut.pt"
-    cut.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
-    with pytest.raises(UserError, match="truncated"):
-        load_external_state(cut)
-    empty = tmp_path / "empty.pt"
-    empty.write_bytes(b"")
-    with pytest.raises(UserError, match="empty"):
-        load_external_state(empty)
+    html = b"<!DOCTYPE html>\n<html><head><title>Google Drive - Virus scan warning</title></head></html>"
+    for content, message in ((html, "HTML page"), (good.read_bytes()[: good.stat().st_size // 2], "truncated"),
+                             (b"", "empty")):
+        bad = tmp_path / "model.pt"
+        bad.write_bytes(content)
+        with pytest.raises(UserError, match=message):
+            load_external_state(bad)
 
 
 def test_eval_cli_on_external_checkpoint(model, tmp_path):

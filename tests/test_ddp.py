@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,7 +21,7 @@ import torch
 import yaml
 
 from advmem.engine.checkpoint import build_from_checkpoint, load_resume_state
-from advmem.engine.distributed import init_distributed
+from advmem.engine.distributed import child_env, free_port, init_distributed
 from advmem.training import train
 from advmem.errors import UserError
 from advmem.recipe import recipe_from_dict
@@ -43,20 +42,8 @@ def recipe_dict(root: Path, name: str = "ddp", epochs: int = 3, method: str = "p
     }
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def env(**extra) -> dict:
-    e = dict(os.environ)
-    e["PYTHONPATH"] = str(SRC) + os.pathsep + e.get("PYTHONPATH", "")
-    e["OMP_NUM_THREADS"] = "1"
-    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        e.pop(key, None)
-    e.update({k: str(v) for k, v in extra.items()})
-    return e
+    return child_env(SRC, **extra)
 
 
 def rows(run: Path) -> list[dict]:

@@ -17,7 +17,7 @@ import pytest
 from advmem.engine.schedules import decay_epochs, first_decay
 from advmem.errors import UserError
 from advmem.recipe import recipe_from_dict
-from advmem.track.memorized import read_memorized, select_memorized
+from advmem.track.memorized import hardest_curve, read_memorized, select_memorized
 from advmem.track.per_sample import PER_SAMPLE_FILE, SCHEMA
 
 pytestmark = pytest.mark.usefixtures("one_thread_module")
@@ -93,6 +93,37 @@ def test_without_a_step_decay_or_tracked_epochs_before_it_rule_a_is_undefined(tm
         assert sel.corrupted_fit.tolist() == [8, 10]
     sel = select_memorized(columns, None, k_hardest=2)
     assert sel.hardness_epochs.tolist() == EPOCHS and sel.hardest.tolist() == [20, 12]  # all epochs count
+
+
+def test_the_hardest_curve_follows_rule_c_over_the_tracked_epochs(tmp_path):
+    """The robust-overfitting study's hardest-samples curve: the head of rule (c)'s ranking, its robust
+    accuracy and mean robust loss (NaN skipped) at every tracked epoch."""
+    sel = select_memorized(write_table(tmp_path / "t.parquet"), 3, k_hardest=len(TABLE))
+    curve = hardest_curve(sel, 0.3)  # round(0.3 * 7) = 2 samples: 12 and 8
+    assert curve["k"] == 2 and curve["n"] == 7 and curve["changed"] == 2 and curve["decay"] == 3
+    assert curve["epochs"] == EPOCHS and curve["rob_acc"] == [0.0, 0.0, 0.0, 0.5, 0.5]
+    assert curve["rob_loss"] == pytest.approx([4.5, 4.0, 4.5, 1.65, 4.55])
+    with pytest.raises(ValueError, match="2 samples asked for, 1 selected"):
+        hardest_curve(select_memorized(write_table(tmp_path / "u.parquet"), 3, k_hardest=1), 0.3)
+
+
+def test_the_study_reports_the_tracked_hardest_curve_per_seed():
+    from advmem.studies.robust_overfitting import hardest_tracked_lines
+
+    def curve(accs, losses):
+        return {"epochs": [4, 8, 12], "rob_acc": accs, "rob_loss": losses, "k": 5, "n": 50, "decay": 8, "changed": 3}
+
+    results = {"settings": {"hard_fraction": 0.1}, "methods": {
+        "pgd_at": {"label": "PGD-AT", "per_seed": {"0": {"hard_tracked": curve([0.0, 0.2, 0.6], [3.0, 2.0, 1.0])},
+                                                   "1": {"hard_tracked": curve([0.0, 0.0, 0.4], [3.0, 2.0, 2.0])}}},
+        "trades": {"label": "TRADES", "per_seed": {"0": {"hard_tracked": None}}}}}
+    lines = hardest_tracked_lines(results)
+    row = [line for line in lines if line.startswith("| PGD-AT |")]
+    assert len(row) == 1 and "5 of 50 (3 with a changed label)" in row[0] and row[0].endswith("| 2 |")
+    assert "epoch 4: 0.0 ± 0.0%, loss 3 ± 0" in row[0]
+    assert "epoch 8: 10.0 ± 14.1%, loss 2 ± 0" in row[0] and "epoch 12: 50.0 ± 14.1%, loss 1.5 ± 0.71" in row[0]
+    assert not any("TRADES" in line for line in lines)  # a run without tracking has no row
+    assert hardest_tracked_lines({"settings": {"hard_fraction": 0.1}, "methods": {}}) == []
 
 
 def test_a_diverged_sample_ranks_last_and_the_json_stays_valid(tmp_path):

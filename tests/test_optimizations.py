@@ -8,9 +8,7 @@ paths within the tolerances stated in each test. Speed itself is measured by
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F

@@ -35,16 +35,22 @@ def epochs_of(run: Path) -> list[int]:
     return [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
 
 
+def refused_resume(run: Path, capsys) -> str:
+    """`advmem train --resume RUN` refused: exit 2, one line on stderr (returned), the run untouched."""
+    before = tree_snapshot(run)
+    assert main(["train", "--resume", str(run), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    assert tree_snapshot(run) == before
+    return err
+
+
 def test_missing_resume_state_with_completed_epochs_is_refused(tmp_path, capsys):
     train(recipe_from_dict(recipe_dict(tmp_path)), quiet=True)
     run = tmp_path / "inc"
     (run / "resume.pt").unlink()
-    before = tree_snapshot(run)
-    assert main(["train", "--resume", str(run), "--quiet"]) == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "resume.pt is missing" in err and "epoch 3 completed" in err
-    assert "--name NEW" in err and "Traceback" not in err
-    assert tree_snapshot(run) == before
+    err = refused_resume(run, capsys)
+    assert "resume.pt is missing" in err and "epoch 3 completed" in err and "--name NEW" in err
 
 
 def test_missing_resume_state_of_an_unfinished_run_is_refused(tmp_path, capsys):
@@ -53,10 +59,7 @@ def test_missing_resume_state_of_an_unfinished_run_is_refused(tmp_path, capsys):
     run = tmp_path / "inc"
     for name in ("resume.pt", "summary.json"):
         (run / name).unlink()
-    before = tree_snapshot(run)
-    assert main(["train", "--resume", str(run), "--quiet"]) == 2
-    assert "shows epoch 1 completed" in capsys.readouterr().err
-    assert tree_snapshot(run) == before
+    assert "shows epoch 1 completed" in refused_resume(run, capsys)
 
 
 def test_files_of_an_uncommitted_first_epoch_do_not_block_a_restart(tmp_path, capsys):
@@ -192,11 +195,8 @@ def test_a_directory_killed_while_being_created_can_be_started_again(tmp_path, o
 
 def test_resume_of_a_directory_killed_while_being_created_says_what_to_do(tmp_path, capsys):
     run = skeleton(tmp_path)
-    before = tree_snapshot(run)
-    assert main(["train", "--resume", str(run), "--quiet"]) == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "holds no run yet" in err and "advmem train RECIPE" in err
-    assert tree_snapshot(run) == before
+    err = refused_resume(run, capsys)
+    assert "holds no run yet" in err and "advmem train RECIPE" in err
 
 
 @pytest.mark.parametrize("content", ["null", "[1, 2]", "42", '"x"', '{"pid": 5}', "dir"])

@@ -9,7 +9,6 @@ import pytest
 import torch
 
 from advmem.errors import UserError
-from advmem.recipe import apply_overrides, recipe_from_dict
 from advmem.studies import grad_along, random_labels
 
 

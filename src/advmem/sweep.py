@@ -27,7 +27,6 @@ from itertools import product
 from pathlib import Path
 from typing import Any
 
-import yaml
 
 from advmem.commands import COMMANDS
 from advmem.engine.rundir import RunDir

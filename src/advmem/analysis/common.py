@@ -7,6 +7,7 @@ checkpoint, bad option) raises `UserError` before any output is written.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -143,12 +144,41 @@ def add_device_argument(parser) -> None:
                         help="where to compute (default: cuda when available)")
 
 
-def add_probe_batch_arguments(parser) -> None:
-    """--batch-size, --seed, --out and --device, shared by the gradient probes."""
+def add_probe_arguments(parser, *, runs_help: str, checkpoint_help: str, alphas_default: str) -> None:
+    """The options every gradient probe takes: its runs, --checkpoint, --alphas, --directions, --batch-size,
+    --seed, --out and --device (`probe_options` reads them back)."""
+    parser.add_argument("runs", nargs="+", metavar="RUN", help=runs_help)
+    parser.add_argument("--checkpoint", default="last", help=checkpoint_help)
+    parser.add_argument("--alphas", default=None,
+                        help=f"comma-separated relative perturbation sizes (default {alphas_default})")
+    parser.add_argument("--directions", type=int, default=5, help="random directions per alpha (default 5)")
     parser.add_argument("--batch-size", type=int, default=128, help="size of the fixed training batch (default 128)")
     parser.add_argument("--seed", type=int, default=0, help="seeds the batch, the directions and the attack start")
     parser.add_argument("--out", default=None, help="output folder (default: the run directory when one run is given)")
     add_device_argument(parser)
+
+
+def parse_alphas(text: str) -> list[float]:
+    try:
+        values = [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise UserError(f"--alphas {text!r}: expected comma-separated numbers, e.g. 1e-4,1e-3,1e-2") from None
+    if not values or any(not (v >= 0 and math.isfinite(v)) for v in values):
+        raise UserError(f"--alphas {text!r}: expected comma-separated numbers >= 0, e.g. 1e-4,1e-3,1e-2")
+    return values
+
+
+def probe_options(args, what: str) -> tuple[list[Path], Path, dict[str, Any]]:
+    """The probe options of `add_probe_arguments` as (runs, output folder, keyword arguments of a probe's
+    `probe_runs`: checkpoint, alphas, directions, batch_size, seed, device)."""
+    # torch: only when an analysis runs (the CLI's parser imports this module)
+    from advmem.device import resolve_device
+
+    runs = [Path(r) for r in args.runs]
+    out = default_out(runs, args.out, what)
+    alphas = parse_alphas(args.alphas) if args.alphas is not None else None
+    return runs, out, dict(checkpoint=args.checkpoint, alphas=alphas, directions=args.directions,
+                           batch_size=args.batch_size, seed=args.seed, device=resolve_device(args.device))
 
 
 def positive_int(name: str, value: int) -> int:

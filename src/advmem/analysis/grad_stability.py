@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 import numpy as np
 
 from advmem.analysis.cli import ANALYSES
-from advmem.analysis.common import (CHECKPOINT_HELP, add_probe_batch_arguments, check_runs, default_out, open_run,
+from advmem.analysis.common import (CHECKPOINT_HELP, add_probe_arguments, check_runs, open_run, probe_options,
                                     positive_int, seeded_rows)
 from advmem.io import atomic_write_bytes, atomic_write_json
 from advmem.errors import UserError
@@ -204,35 +204,15 @@ def probe_runs(run_dirs: list[Path], out_dir: Path, *, checkpoint: str = "last",
 # -- CLI ------------------------------------------------------------------------------------------
 
 
-def parse_alphas(text: str) -> list[float]:
-    try:
-        values = [float(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise UserError(f"--alphas {text!r}: expected comma-separated numbers, e.g. 1e-4,1e-3,1e-2") from None
-    if not values or any(not (v >= 0 and math.isfinite(v)) for v in values):
-        raise UserError(f"--alphas {text!r}: expected comma-separated numbers >= 0, e.g. 1e-4,1e-3,1e-2")
-    return values
-
-
 def add_arguments(parser) -> None:
-    parser.add_argument("runs", nargs="+", metavar="RUN", help="run directories (several are drawn on one plot)")
-    parser.add_argument("--checkpoint", default="last", help=CHECKPOINT_HELP)
-    parser.add_argument("--alphas", default=None,
-                        help="comma-separated relative perturbation sizes (default 7 log-spaced from 1e-4 to 1e-1)")
-    parser.add_argument("--directions", type=int, default=5, help="random directions per alpha (default 5)")
-    add_probe_batch_arguments(parser)
+    add_probe_arguments(parser, runs_help="run directories (several are drawn on one plot)",
+                        checkpoint_help=CHECKPOINT_HELP, alphas_default="7 log-spaced from 1e-4 to 1e-1")
 
 
 @ANALYSES.register("grad-stability")
 def run(args) -> int:
-    # torch: only when an analysis runs (the CLI's parser imports this module)
-    from advmem.device import resolve_device
-
-    runs = [Path(r) for r in args.runs]
-    out = default_out(runs, args.out, "the gradient-stability plot")
-    alphas = parse_alphas(args.alphas) if args.alphas is not None else None
-    report = probe_runs(runs, out, checkpoint=args.checkpoint, alphas=alphas, directions=args.directions,
-                        batch_size=args.batch_size, seed=args.seed, device=resolve_device(args.device))
+    runs, out, options = probe_options(args, "the gradient-stability plot")
+    report = probe_runs(runs, out, **options)
     for res in report["runs"]:
         print(f"{res['run']} ({res['method']}, {res['checkpoint']} = epoch {res['checkpoint_epoch']}): "
               f"|g| = {res['grad_norm']:.4g}")

@@ -35,9 +35,9 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 import numpy as np
 
 from advmem.analysis.cli import ANALYSES
-from advmem.analysis.common import (CHECKPOINT_HELP, add_probe_batch_arguments, check_runs, default_out, open_run,
+from advmem.analysis.common import (CHECKPOINT_HELP, add_probe_arguments, check_runs, open_run, probe_options,
                                     positive_int, resolve_checkpoint)
-from advmem.analysis.grad_stability import gradient_change, parse_alphas, probe_batch
+from advmem.analysis.grad_stability import gradient_change, probe_batch
 from advmem.io import atomic_write_bytes, atomic_write_json
 from advmem.errors import UserError
 from advmem.engine.rundir import RunDir
@@ -294,30 +294,19 @@ def probe_runs(run_dirs: list[Path], out_dir: Path, *, checkpoint: str = "last",
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("runs", nargs="+", metavar="RUN", help="run directories (one panel per run and checkpoint)")
-    parser.add_argument("--checkpoint", default="last",
-                        help=f"{CHECKPOINT_HELP}; several comma-separated (init,epoch-5,last), or all")
-    parser.add_argument("--alphas", default=None,
-                        help="comma-separated relative perturbation sizes (default 1e-1,1e-2,...,1e-6)")
-    parser.add_argument("--directions", type=int, default=5, help="random directions (default 5)")
+    add_probe_arguments(parser, runs_help="run directories (one panel per run and checkpoint)",
+                        checkpoint_help=f"{CHECKPOINT_HELP}; several comma-separated (init,epoch-5,last), or all",
+                        alphas_default="1e-1,1e-2,...,1e-6")
     parser.add_argument("--fit-points", type=int, default=DEFAULT_FIT_POINTS,
                         help=f"smallest alphas the log-log slope is fitted on (default {DEFAULT_FIT_POINTS})")
     parser.add_argument("--dtype", choices=["float64", "float32", "model"], default="float64",
                         help="precision of the probe (default float64: float32 rounding is a floor at alpha ~1e-6)")
-    add_probe_batch_arguments(parser)
 
 
 @ANALYSES.register("grad-same-weights")
 def run(args) -> int:
-    # torch: only when an analysis runs (the CLI's parser imports this module)
-    from advmem.device import resolve_device
-
-    runs = [Path(r) for r in args.runs]
-    out = default_out(runs, args.out, "the same-weights gradient plot")
-    alphas = parse_alphas(args.alphas) if args.alphas is not None else None
-    report = probe_runs(runs, out, checkpoint=args.checkpoint, alphas=alphas, directions=args.directions,
-                        batch_size=args.batch_size, seed=args.seed, fit_points=args.fit_points, dtype=args.dtype,
-                        device=resolve_device(args.device))
+    runs, out, options = probe_options(args, "the same-weights gradient plot")
+    report = probe_runs(runs, out, fit_points=args.fit_points, dtype=args.dtype, **options)
     for entry in report["entries"]:
         print(f"{entry['run']} ({entry['method']}, {entry['checkpoint']} = epoch {entry['checkpoint_epoch']}, "
               f"{entry['dtype']}):")

@@ -41,6 +41,7 @@ from advmem.bench.common import python_module_command
 from advmem.bench.gpu import cifar_data, device_peak, mfu, pgd_recipe, timed_epoch, warm_up
 from advmem.io import atomic_write_text
 from advmem.engine.checkpoint import build_from_checkpoint
+from advmem.engine.distributed import child_env
 
 BUDGET_S = 540  # 9 minutes for the whole check
 REFUSAL = ("python -m advmem.bench gpu-check: needs a CUDA GPU, and torch sees none "
@@ -203,9 +204,7 @@ def _ddp(settings: Settings, deadline: float) -> dict[str, Any]:
     recipe.write_text(yaml.safe_dump(_ddp_recipe(settings, root)))
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc),
                 "-m", "advmem.bench.ddp_worker"]
-    env = dict(os.environ, PYTHONPATH=str(SRC) + os.pathsep + os.environ.get("PYTHONPATH", ""), OMP_NUM_THREADS="1")
-    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(key, None)
+    env = child_env(SRC)
     runs: dict[str, dict[str, Any]] = {}
     plan = (("full", ["--", "train", str(recipe), "--name", "full", "--quiet"]),
             ("stopped", ["--stop-after-epoch", "1", "--", "train", str(recipe), "--name", "resumed", "--quiet"]),

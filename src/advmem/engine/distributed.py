@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -129,6 +130,30 @@ class collective_errors:
         if exc is not None and is_comm_error(exc):
             raise peer_failure(self.comm, exc) from exc
         return False
+
+
+TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+
+
+def child_env(src: os.PathLike | str | None = None, **extra: object) -> dict[str, str]:
+    """This process's environment for a child advmem process (a test's, a check's): one torch thread,
+    none of torchrun's variables (a child started from inside a DDP rank must not think it is that
+    rank), `src` first on PYTHONPATH (so the child runs this checkout), then `extra` as strings."""
+    env = dict(os.environ)
+    if src is not None:
+        env["PYTHONPATH"] = str(src) + os.pathsep + env.get("PYTHONPATH", "")
+    env["OMP_NUM_THREADS"] = "1"
+    for key in TORCHRUN_VARIABLES:
+        env.pop(key, None)
+    env.update({key: str(value) for key, value in extra.items()})
+    return env
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free now (for MASTER_PORT of a local multi-process run)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def comm_from_env() -> Comm:

@@ -78,8 +78,7 @@ class AWP(WrapsBase, Method):
     def __init__(self, cfg: AWPConfig, attack, *, num_train, num_classes, device="cpu", label_smoothing=0.0):
         super().__init__(cfg, attack, num_train=num_train, num_classes=num_classes, device=device,
                          label_smoothing=label_smoothing)
-        self.base = METHODS.get(cfg.base.name)(cfg.base, attack, num_train=num_train, num_classes=num_classes,
-                                                device=device, label_smoothing=label_smoothing)
+        self.base = self.build_base(cfg.base, attack)
         self.gamma = cfg.resolved_gamma
         self.warmup = cfg.resolved_warmup
         self._saved: list[tuple[torch.Tensor, torch.Tensor]] | None = None

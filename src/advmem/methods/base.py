@@ -23,7 +23,7 @@ from torch import nn
 
 from advmem.attacks import pgd
 from advmem.attacks.objectives import Objective
-from advmem.recipe.method import AttackConfig, MethodConfig
+from advmem.recipe.method import METHODS, AttackConfig, MethodConfig
 
 
 @dataclass
@@ -138,6 +138,11 @@ class WrapsBase:
     it reports and the clamp rule (TE and AWP)."""
 
     base: Method
+
+    def build_base(self: Any, cfg: MethodConfig, attack: AttackConfig) -> Method:
+        """The wrapped method: `cfg`'s method with this one's data sizes, device and label smoothing."""
+        return METHODS.get(cfg.name)(cfg, attack, num_train=self.num_train, num_classes=self.num_classes,
+                                     device=self.device, label_smoothing=self.label_smoothing)
 
     @property
     def start(self) -> str:

@@ -141,9 +141,7 @@ class TemporalEnsembling(WrapsBase, Method):
                          label_smoothing=label_smoothing)
         base_cls = METHODS.get(cfg.base)
         base_cfg = {"name": cfg.base, **({"beta": cfg.beta} if "beta" in base_cls.Config.model_fields else {})}
-        self.base = base_cls(base_cls.Config.model_validate(base_cfg), te_attack(attack),
-                             num_train=num_train, num_classes=num_classes, device=device,
-                             label_smoothing=label_smoothing)
+        self.base = self.build_base(base_cls.Config.model_validate(base_cfg), te_attack(attack))
         self.buffer = torch.zeros(num_train, num_classes, dtype=torch.float32, device=self.device)
         self.visits = torch.zeros(num_train, dtype=torch.int64, device=self.device)
 

@@ -88,7 +88,8 @@ def plot_learning_curves(rows: list[dict[str, Any]], path: str | Path, title: st
         _mark_schedule(ax, decays, best, legend=True)
         ax.set_title(f"{label} accuracy")
         _epoch_axis(ax)
-        ax.legend(fontsize=8)
+        if ax.get_legend_handles_labels()[0]:  # nothing to name before the first evaluated epoch
+            ax.legend(fontsize=8)
     axes[0].set_ylabel("accuracy (%)")
     if title:
         fig.suptitle(title)

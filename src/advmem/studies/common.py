@@ -230,9 +230,10 @@ def std_band(ax, xs: list, ys: list[float], sd: list[float], colour: str, *, alp
                     alpha=alpha, lw=0)
 
 
-def seed_band(ax, curves: list[list[tuple[int, float]]], colour: str, label: str, ls: str = "-") -> None:
-    """The mean over seeds of per-seed (epoch, value) curves in points, with a ± std band when there
-    are several seeds."""
+def seed_band(ax, curves: list[list[tuple[int, float]]], colour: str, label: str, ls: str = "-",
+              scale: float = 100.0) -> None:
+    """The mean over seeds of per-seed (epoch, value) curves, times `scale` (fractions drawn in points
+    by default), with a ± std band when there are several seeds."""
     by: dict[int, list[float]] = {}
     for curve in curves:
         for epoch, v in curve:
@@ -241,10 +242,10 @@ def seed_band(ax, curves: list[list[tuple[int, float]]], colour: str, label: str
         return
     xs = sorted(by)
     st = [stats(by[x]) for x in xs]
-    ys = [100 * t["mean"] for t in st]
+    ys = [scale * t["mean"] for t in st]
     ax.plot(xs, ys, color=colour, ls=ls, label=label)
     if max(t["n"] for t in st) > 1:
-        std_band(ax, xs, ys, [100 * t["std"] for t in st], colour)
+        std_band(ax, xs, ys, [scale * t["std"] for t in st], colour)
 
 
 def write_csv(rows: list[dict[str, Any]], path: Path) -> None:

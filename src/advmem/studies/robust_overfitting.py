@@ -6,7 +6,10 @@ one data set, once per seed (`--seeds N`: seeds 0..N-1; seed S sets the recipe's
 comparison), skipping runs already complete in the output folder (incomplete ones are resumed).
 Weight averaging (an EMA of the PGD-AT weights) is tracked inside the PGD-AT run. Every run also
 records the robust accuracy on its hardest training samples (the largest adversarial loss at
-the last epoch before the first learning-rate decay). Then the best (on the validation split:
+the last epoch before the first learning-rate decay); where a setting tracks every training
+sample (noise40, clean), the section reports instead the 10% with the largest robust loss averaged
+over the tracked epochs up to the decay, with their mean robust loss (docs/robust-overfitting.md
+says why). Then the best (on the validation split:
 early stopping) and last checkpoints are evaluated on the test set through `advmem.evaluation`
 (its results cache, and AutoAttack with its sanity flags): natural and PGD-20 accuracy on the
 first `n_test` test images, AutoAttack (standard) on the first `--aa-n`.
@@ -198,7 +201,6 @@ class HardestTrainingSamples:
     state_key = "hardest_samples"
 
     def __init__(self, select_epoch: int, fraction: float) -> None:
-        import torch
         self.select_epoch = select_epoch
         self.fraction = fraction
         self.index: torch.Tensor | None = None
@@ -230,6 +232,25 @@ class HardestTrainingSamples:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.index = state.get("index")
+
+
+HARDEST_TRACKED = ("the largest robust loss averaged over the tracked epochs up to the first lr decay (per-sample "
+                   "tracking of every training sample; rule (c) of docs/memorization.md). A set chosen by its loss at "
+                   "one epoch is at 0% robust accuracy there by construction and stayed below 1% in every run of the "
+                   "noise20 setting; the average over the epochs before the decay keeps the samples that stay hard, and their "
+                   "mean robust loss shows the model fitting them before any of them flips")
+
+
+def tracked_hardest(run_path: Path, fraction: float) -> dict[str, Any] | None:
+    """`track.memorized.hardest_curve` of a run with per-sample tracking; None for a run without."""
+    # pyarrow and torch: only for a run that has per-sample tracking
+    from advmem.track.memorized import hardest_curve, read_memorized
+    from advmem.track.per_sample import PER_SAMPLE_FILE
+
+    if not (run_path / PER_SAMPLE_FILE).is_file():
+        return None
+    sel, _ = read_memorized(run_path, k_hardest=2**31 - 1)  # the whole ranking; the curve takes its head
+    return hardest_curve(sel, fraction)
 
 
 # -------------------------------------------------------------------------------------------------
@@ -513,7 +534,10 @@ def markdown(results: dict[str, Any]) -> str:
         if ends:
             hard.append(f"{res['label']} {pct(sum(a for a, _ in ends) / len(ends))} -> "
                         f"{pct(sum(b for _, b in ends) / len(ends))}")
-    if hard:
+    tracked = hardest_tracked_lines(results)
+    if tracked:
+        out += tracked
+    elif hard:
         out += ["", "Robust accuracy (%) on the hardest 10% of training samples (largest adversarial loss at epoch "
                 f"{s['select_epoch']}), at selection and at the end, mean over seeds: " + "; ".join(hard) + "."]
     out += results.get("memorized_markdown") or []
@@ -522,6 +546,39 @@ def markdown(results: dict[str, Any]) -> str:
             + " in the study folder. What was tried at small scale and why: "
             "docs/robust-overfitting.md."]
     return "\n".join(out) + "\n"
+
+
+def hardest_tracked_lines(results: dict[str, Any]) -> list[str]:
+    """The hardest-samples paragraph from per-sample tracking: robust accuracy and mean robust loss
+    at the first tracked epoch, the last one up to the first decay, and the end (mean ± std over seeds)."""
+    lines = []
+    for res in results["methods"].values():
+        curves = [e["hard_tracked"] for e in res["per_seed"].values() if e.get("hard_tracked")]
+        if not curves:
+            continue
+        points = []
+        for c in curves:
+            epochs, decay = c["epochs"], c["decay"]
+            before = [i for i, ep in enumerate(epochs) if decay is not None and ep <= decay]
+            picks = [0] + ([before[-1]] if before and 0 < before[-1] < len(epochs) - 1 else []) + [len(epochs) - 1]
+            points.append([(epochs[i], c["rob_acc"][i], c["rob_loss"][i]) for i in picks])
+        if len({len(p) for p in points}) != 1:
+            continue
+        cols = []
+        for j in range(len(points[0])):
+            ep = sorted({p[j][0] for p in points})
+            acc, loss = stats([p[j][1] for p in points]), stats([p[j][2] for p in points])
+            cols.append(f"epoch {'/'.join(map(str, ep))}: {pm(acc, unit='%')}, "
+                        f"loss {pm(loss, percent=False)}")
+        c0 = curves[0]
+        lines.append(f"| {res['label']} | {c0['k']} of {c0['n']} ({sum(c['changed'] for c in curves) / len(curves):.0f} "
+                     f"with a changed label) | " + " → ".join(cols) + f" | {len(curves)} |")
+    if not lines:
+        return []
+    return ["", f"Hardest {int(100 * results['settings']['hard_fraction'])}% of the training samples: "
+            + HARDEST_TRACKED + ". Robust accuracy on them (mean ± std over seeds) and their mean robust loss, at "
+            "the first tracked epoch, the last one up to the first decay and the end:", "",
+            "| run | samples | robust accuracy and loss | seeds |", "|---|---|---|---|", *lines]
 
 
 def mark_decays(ax, milestones: list[int]) -> None:
@@ -554,6 +611,10 @@ def plot(results: dict[str, Any], out: Path) -> None:
         ax.legend(fontsize=8)
     save_figure(fig, out / "robust_acc_vs_epoch.png")
 
+    tracked = any(e.get("hard_tracked") for res in results["methods"].values() for e in res["per_seed"].values())
+    if tracked:
+        plot_hardest_tracked(results, out)
+        return
     fig, ax = plt.subplots(figsize=(6, 4))
     for i, res in enumerate(results["methods"].values()):
         seed_band(ax, [e["hard"] for e in res["per_seed"].values()], f"C{i}", res["label"])
@@ -564,6 +625,31 @@ def plot(results: dict[str, Any], out: Path) -> None:
     ax.set_title(f"hardest {int(100 * results['settings']['hard_fraction'])}% training samples{band}", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
+    save_figure(fig, out / "hardest_train_rob_acc.png")
+
+
+def plot_hardest_tracked(results: dict[str, Any], out: Path) -> None:
+    """hardest_train_rob_acc.png from per-sample tracking: robust accuracy and mean robust loss of the
+    hardest samples (rule (c)) against epoch, mean ± std over seeds."""
+    # matplotlib: only when a figure is drawn
+    from advmem.report.plots import plt, save_figure
+
+    n = len(results["settings"]["seeds"])
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for i, res in enumerate(results["methods"].values()):
+        curves = [e["hard_tracked"] for e in res["per_seed"].values() if e.get("hard_tracked")]
+        seed_band(axes[0], [list(zip(c["epochs"], c["rob_acc"])) for c in curves], f"C{i}", res["label"])
+        seed_band(axes[1], [list(zip(c["epochs"], c["rob_loss"])) for c in curves], f"C{i}", res["label"], scale=1.0)
+    band = f", mean ± std over {n} seeds" if n > 1 else ""
+    pct_label = int(100 * results["settings"]["hard_fraction"])
+    for ax, ylabel in ((axes[0], "robust accuracy (%)"), (axes[1], "mean robust loss")):
+        mark_decays(ax, results["settings"]["milestones"])
+        ax.set_ylim(bottom=0)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(ylabel)
+        ax.set_title(f"hardest {pct_label}% training samples (rule (c)){band}", fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
     save_figure(fig, out / "hardest_train_rob_acc.png")
 
 
@@ -701,7 +787,8 @@ def run(args) -> int:
         results["methods"][spec.key]["per_seed"][str(seed)] = {
             "run": str(run_dir.path), "eval": ev,
             "curve": [{k: row[k] for k in keep if k in row} for row in rows],
-            "hard": [(row["epoch"], row["hard_train_rob_acc"]) for row in rows if "hard_train_rob_acc" in row]}
+            "hard": [(row["epoch"], row["hard_train_rob_acc"]) for row in rows if "hard_train_rob_acc" in row],
+            "hard_tracked": tracked_hardest(run_dir.path, hard_fraction)}
     milestones = first.optim.schedule.milestones if first.optim.schedule.name == "multistep" else []
     results["settings"] = {
         "scale": scale, "setting": setting, "setting_about": SETTINGS[setting]["about"], "section": section,

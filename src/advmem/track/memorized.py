@@ -29,6 +29,7 @@ tracker's `rob_correct`: the eval attack's PGD example is classified as the labe
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -67,6 +68,7 @@ class MemorizedSamples:
     corrupted_fit: np.ndarray
     hardest: np.ndarray
     notes: list[str] = field(default_factory=list)
+    rob_loss: np.ndarray | None = None   # (S, E) robust loss of each sample at each tracked epoch
     te_label: np.ndarray | None = None   # TE target's top class per training position (-1: never visited)
     te_conf: np.ndarray | None = None
 
@@ -133,7 +135,24 @@ def select_memorized(columns: dict[str, np.ndarray], decay: int | None, k_hardes
         epochs=epochs, index=index, label=label, true_label=true_label, label_changed=changed,
         rob_correct=rob_correct, memorized_epoch=memorized_epoch, hardness=hardness,
         hardness_epochs=epochs[hard_cols], decay=decay, after_decay=after,
-        corrupted_fit=pick(changed & fitted), hardest=index[by_hardness[:k_hardest]], notes=notes)
+        corrupted_fit=pick(changed & fitted), hardest=index[by_hardness[:k_hardest]], notes=notes, rob_loss=rob_loss)
+
+
+def hardest_curve(sel: MemorizedSamples, fraction: float) -> dict[str, Any]:
+    """Robust accuracy and mean robust loss, at every tracked epoch, of the `fraction` of tracked
+    samples that rule (c) ranks hardest (needs `sel` selected with k_hardest >= that many)."""
+    k = max(1, round(fraction * len(sel.index)))
+    if len(sel.hardest) < k:
+        raise ValueError(f"hardest_curve: {k} samples asked for, {len(sel.hardest)} selected")
+    rows = sel.row(sel.hardest[:k])
+    loss = sel.rob_loss[rows] if sel.rob_loss is not None else np.full((k, len(sel.epochs)), np.nan)
+    loss = np.where(np.isfinite(loss), loss, np.nan)
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # an epoch where every selected loss diverged: NaN
+        mean_loss = np.nanmean(loss, axis=0)
+    return {"epochs": sel.epochs.tolist(), "rob_acc": sel.rob_correct[rows].mean(axis=0).tolist(),
+            "rob_loss": mean_loss.tolist(), "k": k, "n": len(sel.index), "decay": sel.decay,
+            "changed": int(sel.label_changed[rows].sum())}
 
 
 def read_te_targets(run_dir: str | Path) -> tuple[np.ndarray, np.ndarray] | None:

@@ -11,7 +11,6 @@ import torch
 
 from advmem.analysis.common import check_runs, open_run, positive_int, resolve, seeded_rows
 from advmem.analysis.measures.base import FAMILIES, MeasureContext, MeasureSettings, compute_all
-from advmem.analysis.measures.kendall import kendall_tau
 from advmem.errors import UserError
 from advmem.analysis.measures.table import write_tables
 from advmem.engine.checkpoint import build_from_checkpoint
