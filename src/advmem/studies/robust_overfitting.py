@@ -234,7 +234,8 @@ class HardestTrainingSamples:
         self.index = state.get("index")
 
 
-HARDEST_TRACKED = ("the largest robust loss averaged over the tracked epochs up to the first lr decay (per-sample "
+HARDEST_TRACKED = ("the largest robust loss averaged over the tracked epochs up to the first lr decay (over every "
+                   "tracked epoch when the schedule has none; per-sample "
                    "tracking of every training sample; rule (c) of docs/memorization.md). A set chosen by its loss at "
                    "one epoch is at 0% robust accuracy there by construction and stayed below 1% in every run of the "
                    "noise20 setting; the average over the epochs before the decay keeps the samples that stay hard, and their "
@@ -499,7 +500,8 @@ def markdown(results: dict[str, Any]) -> str:
         f"Command: `{s['command']}`.",
         "",
         f"Settings: {s['summary']}. Seeds: {', '.join(map(str, seeds))} (each seed draws the initialization, the data "
-        "order and the noisy labels; a method and its TE variant share them, so their difference is paired). "
+        + ("order and the noisy labels" if s.get("noisy_labels", True) else "order")
+        + "; a method and its TE variant share them, so their difference is paired). "
         "Best = highest validation robust accuracy (early stopping); last = final epoch. Test accuracy (%) from "
         f"`advmem.evaluation`: natural and PGD-{s['pgd_steps']} (step eps/4, one random start) on "
         + (f"the first {s['n_test']}" if s["n_test"] != "all" else "all")
@@ -577,7 +579,7 @@ def hardest_tracked_lines(results: dict[str, Any]) -> list[str]:
         return []
     return ["", f"Hardest {int(100 * results['settings']['hard_fraction'])}% of the training samples: "
             + HARDEST_TRACKED + ". Robust accuracy on them (mean ± std over seeds) and their mean robust loss, at "
-            "the first tracked epoch, the last one up to the first decay and the end:", "",
+            "the first tracked epoch, the last one up to the first decay (where there is one) and the end:", "",
             "| run | samples | robust accuracy and loss | seeds |", "|---|---|---|---|", *lines]
 
 
@@ -794,6 +796,7 @@ def run(args) -> int:
         "scale": scale, "setting": setting, "setting_about": SETTINGS[setting]["about"], "section": section,
         "seeds": seeds, "aa_n": aa_n, "aa_seeds": [x for x in seeds if x < aa_seeds], "aa_version": aa_version,
         "pgd_steps": args.pgd_steps, "n_test": n_test or "all",
+        "noisy_labels": first.data.label_noise.kind != "none" and first.data.label_noise.rate > 0,
         "milestones": milestones, "select_epoch": milestones[0] if milestones else first.optim.epochs // 2,
         "hard_fraction": hard_fraction, "date": time.strftime("%Y-%m-%d"),
         "wall_s": time.time() - t0, "summary": settings_summary(first, SCALES[scale], te_ramp(scale, setting)
