@@ -39,6 +39,7 @@ def test_study_runs_end_to_end_at_tiny_scale(tmp_path, capsys):
                 else:
                     assert stem["autoattack"] is None
             assert entry["hard"] and entry["hard"][0][0] == 2, key  # logged from the last epoch before the decay
+            assert entry["run_minutes"] > 0  # the sum of the run's epoch times
     assert {"ema_best", "ema_last"} <= set(results["methods"]["pgd_at"]["per_seed"]["1"]["eval"])
     for name in ("pgd_at_te", "pgd_at_te_seed1"):
         assert (out / "runs" / name / "te_buffer.safetensors").is_file()
@@ -56,6 +57,9 @@ def test_study_runs_end_to_end_at_tiny_scale(tmp_path, capsys):
     assert text.count("<!-- robust-overfitting:begin -->") == 1
     assert "| PGD-AT+TE |" in text and "Early stopping (PGD-AT)" in text and "PGD-AT+EMA" in text
     assert "Paired differences" in text and "seed noise" in text
+    total = sum(e["run_minutes"] for res in results["methods"].values() for e in res["per_seed"].values())
+    assert f"; {total:.0f} run-minutes in all" in text and "Compute: minutes of training per run" in text
+    assert "data order and the noisy labels" not in text  # the tiny base has clean labels
     # a second invocation skips the complete runs and reuses the cached evaluation
     capsys.readouterr()
     cache = out / "runs" / "trades_te_seed1" / "study_eval.json"

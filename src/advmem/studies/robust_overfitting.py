@@ -520,6 +520,7 @@ def markdown(results: dict[str, Any]) -> str:
                        f"{pm(r['best_natural'])} | – | – |")
     out += ["", "Best epochs (per seed): " + "; ".join(f"{r['method']} {', '.join(map(str, r['best_epochs']))}"
                                                      for r in rows) + "."]
+    out += compute_lines(results)
     flagged = [f"{r['method']}: {', '.join(r['flags'])}" for r in rows if r["flags"]]
     out.append("AutoAttack sanity flags: " + ("; ".join(flagged) if flagged else "none") + ".")
     if pairs:
@@ -548,6 +549,20 @@ def markdown(results: dict[str, Any]) -> str:
             + " in the study folder. What was tried at small scale and why: "
             "docs/robust-overfitting.md."]
     return "\n".join(out) + "\n"
+
+
+def compute_lines(results: dict[str, Any]) -> list[str]:
+    """Minutes of training per run (its epoch times, per-epoch evaluation and tracking included; the
+    final PGD-20 / AutoAttack evaluation is not), mean ± std over seeds per method, and the total."""
+    per_method = {res["label"]: [e["run_minutes"] for e in res["per_seed"].values() if e.get("run_minutes")]
+                  for res in results["methods"].values()}
+    if not all(per_method.values()):
+        return []  # results of an older advmem, or runs without epoch times
+    total = sum(sum(v) for v in per_method.values())
+    return ["Compute: minutes of training per run (the sum of its epoch times, per-epoch evaluation and tracking "
+            "included, over every invocation that trained it; the final evaluation is not): "
+            + "; ".join(f"{label} {pm(stats(v), percent=False)}" for label, v in per_method.items())
+            + f"; {total:.0f} run-minutes in all (two runs at a time with --parallel 2)."]
 
 
 def hardest_tracked_lines(results: dict[str, Any]) -> list[str]:
@@ -788,6 +803,8 @@ def run(args) -> int:
         rows = run_dir.read_metrics()
         results["methods"][spec.key]["per_seed"][str(seed)] = {
             "run": str(run_dir.path), "eval": ev,
+            # what training cost, whatever invocations trained it (epoch_time includes evaluation and tracking)
+            "run_minutes": sum(float(row.get("epoch_time") or 0.0) for row in rows) / 60,
             "curve": [{k: row[k] for k in keep if k in row} for row in rows],
             "hard": [(row["epoch"], row["hard_train_rob_acc"]) for row in rows if "hard_train_rob_acc" in row],
             "hard_tracked": tracked_hardest(run_dir.path, hard_fraction)}
