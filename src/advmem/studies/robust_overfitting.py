@@ -499,8 +499,8 @@ def markdown(results: dict[str, Any]) -> str:
         *smoke_note(s["scale"]),
         f"Command: `{s['command']}`.",
         "",
-        f"Settings: {s['summary']}. Seeds: {', '.join(map(str, seeds))} (each seed draws the initialization, the data "
-        + ("order and the noisy labels" if s.get("noisy_labels", True) else "order")
+        f"Settings: {s['summary']}. Seeds: {', '.join(map(str, seeds))} (each seed draws the initialization"
+        + (", the data order and the noisy labels" if s.get("noisy_labels", True) else " and the data order")
         + "; a method and its TE variant share them, so their difference is paired). "
         "Best = highest validation robust accuracy (early stopping); last = final epoch. Test accuracy (%) from "
         f"`advmem.evaluation`: natural and PGD-{s['pgd_steps']} (step eps/4, one random start) on "
