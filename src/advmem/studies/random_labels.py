@@ -24,8 +24,10 @@ skipped with a note if this advmem lacks them) and writes one folder:
 The same markdown becomes the `random-labels-SCALE` section of REPRODUCTION.md (small and
 paper scales, run inside the advmem checkout; tiny only with --reproduction PATH).
 
-Scales: tiny (synthetic data, seconds, for the tests), small (Fashion-MNIST subset, a CPU
-budget of about 45 minutes on 2 cores per seed), paper (the CIFAR-10 recipes of the paper, for a GPU).
+Scales: tiny (synthetic data, seconds, for the tests), small (Fashion-MNIST subset on a CPU:
+one seed took 37 minutes on one quiet core, analyses included, so the default 3 seeds are about an
+hour on 2 cores with --parallel 2; docs/memorization.md), paper (the CIFAR-10 recipes of the paper,
+for a GPU).
 """
 
 from __future__ import annotations
@@ -539,8 +541,9 @@ def train_and_probe_along(scale: str, args, recipes, replays, paths, order, seed
 def add_arguments(parser) -> None:
     add_study_arguments(
         parser, scales=SCALES, reproduction_scales=REPRODUCTION_SCALES, out="studies/random-labels-SCALE",
-        scale_help="tiny: synthetic smoke test (seconds); small: Fashion-MNIST subset on a CPU (about 45 min on 2 "
-                   "cores per seed); paper: the paper's CIFAR-10 WRN-28-10 recipes (GPU)",
+        scale_help="tiny: synthetic smoke test (seconds); small: Fashion-MNIST subset on a CPU (one seed about "
+                   "37 min on one core; 3 seeds about an hour on 2 cores with --parallel 2); paper: the paper's "
+                   "CIFAR-10 WRN-28-10 recipes (GPU)",
         device_help="device for training and analyses (default: the recipes' 'auto')",
         set_help="override a value in every recipe (repeatable), e.g. --set optim.epochs=50 (not seed or "
                  "data.label_noise.seed: see --seeds)",
