@@ -159,6 +159,12 @@ def map_in_workers(fn: Callable, jobs: list[tuple], parallel: int) -> list[Any]:
 # Numbers over seeds
 
 
+def run_minutes(rows: list[dict[str, Any]]) -> float:
+    """What a run's training cost, whatever invocations trained it: the sum of its metrics rows'
+    epoch times (per-epoch evaluation and tracking included), in minutes."""
+    return sum(float(r.get("epoch_time") or 0.0) for r in rows) / 60
+
+
 def stats(values: list[float | None]) -> dict[str, Any]:
     """Mean, sample standard deviation (n - 1; 0 for one value), min, max and n of the values present."""
     vals = [float(v) for v in values if v is not None and not math.isnan(float(v))]

@@ -186,8 +186,7 @@ def run_numbers(run_path: Path, last_epochs: int) -> dict[str, Any]:
         out[key] = last_value(curve, key)
     rows = RunDir(run_path).read_metrics()
     out["memorized_frac"] = rows[-1].get("track_memorized_frac")
-    # what the run cost, whatever invocations trained it (epoch_time includes evaluation and tracking)
-    out["run_minutes"] = sum(float(r.get("epoch_time") or 0.0) for r in rows) / 60
+    out["run_minutes"] = common.run_minutes(rows)
     return out
 
 

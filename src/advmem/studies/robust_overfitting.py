@@ -803,8 +803,7 @@ def run(args) -> int:
         rows = run_dir.read_metrics()
         results["methods"][spec.key]["per_seed"][str(seed)] = {
             "run": str(run_dir.path), "eval": ev,
-            # what training cost, whatever invocations trained it (epoch_time includes evaluation and tracking)
-            "run_minutes": sum(float(row.get("epoch_time") or 0.0) for row in rows) / 60,
+            "run_minutes": common.run_minutes(rows),
             "curve": [{k: row[k] for k in keep if k in row} for row in rows],
             "hard": [(row["epoch"], row["hard_train_rob_acc"]) for row in rows if "hard_train_rob_acc" in row],
             "hard_tracked": tracked_hardest(run_dir.path, hard_fraction)}
