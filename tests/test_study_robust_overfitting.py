@@ -76,8 +76,9 @@ def test_seeds_and_settings_make_the_recipes():
 
     specs = {s.key: s for s in method_specs("small", False)}
     base = build_recipe("small", specs["pgd_at_te"], "cpu", [], 0)
-    # seed 0 of the default setting is the small base recipe itself: its runs keep their names and hashes
-    plain = recipe_from_dict(dict(SMALL, name="pgd_at_te", method=specs["pgd_at_te"].method, device="cpu"))
+    # seed 0 of the default setting is the small base recipe with per-sample tracking of every sample
+    plain = recipe_from_dict(dict(SMALL, name="pgd_at_te", method=specs["pgd_at_te"].method, device="cpu",
+                                  track={"per_sample": {"every": 4, "subset": "all"}}))
     assert base.name == "pgd_at_te" and base.hash() == plain.hash()
     seeded = build_recipe("small", specs["pgd_at_te"], "cpu", [], 2)
     assert seeded.name == "pgd_at_te_seed2" and (seeded.seed, seeded.data.label_noise.seed) == (2, 2)
@@ -89,6 +90,8 @@ def test_seeds_and_settings_make_the_recipes():
     assert clean.data.label_noise.kind == "none" and clean.data.train_size == 300
     assert clean.optim.schedule.name == "constant" and clean.optim.batch_size == 16 and clean.optim.lr == 0.01
     assert (clean.method.start_epoch, clean.method.end_epoch) == (40, 80)
+    for recipe in (base, seeded, noisy, clean):  # every setting tracks every training sample
+        assert (recipe.track.per_sample.every, recipe.track.per_sample.subset) == (4, "all")
 
 
 def test_bad_arguments_are_one_line_errors_and_write_nothing(tmp_path, capsys):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import torch
 import pyarrow.parquet as pq
 import pytest
 from conftest import CrashAt, Interrupt
@@ -105,3 +106,35 @@ def test_subset_too_large_is_user_error(tmp_path):
     with pytest.raises(UserError, match="track.per_sample.subset 500 exceeds"):
         train(recipe_from_dict(tracked_recipe("big", subset=500)), run_root=tmp_path, quiet=True)
     assert not (tmp_path / "big").exists()
+
+
+@pytest.mark.parametrize("method", ["pgd_at", "trades_te"])
+def test_tracking_leaves_training_unchanged(tmp_path, method):
+    """Turning per-sample tracking on must not move the run (the robust-overfitting study tracks every
+    setting): the tracker attacks in eval mode from its own generator, so weights, BN running
+    statistics and the logged losses are bitwise those of the untracked run."""
+    from safetensors.torch import load_file
+
+    def run(name, track):
+        recipe = tracked_recipe(name)
+        recipe["model"] = {"name": "small_cnn", "kwargs": {"width": 4, "hidden": 16}}
+        recipe["data"]["synthetic"]["image_size"] = 6
+        recipe["optim"]["epochs"] = 3
+        if method == "trades_te":
+            recipe["method"] = {"name": "te", "base": "trades", "start_epoch": 1, "end_epoch": 2}
+        else:  # with the EMA the study tracks inside the PGD-AT run
+            recipe["optim"]["ema"] = {"decay": 0.5, "start_epoch": 1}
+        if track:
+            recipe["track"]["per_sample"] = {"every": 1, "subset": "all"}
+        else:
+            del recipe["track"]
+        path = train(recipe_from_dict(recipe), run_root=tmp_path, quiet=True)[0].path
+        assert (path / PER_SAMPLE_FILE).exists() == track
+        stems = ["last"] + (["ema_last"] if method == "pgd_at" else [])
+        return {stem: load_file(str(path / "checkpoints" / f"{stem}.safetensors")) for stem in stems}
+
+    plain, tracked = run("plain", False), run("tracked", True)
+    for stem in plain:
+        assert plain[stem].keys() == tracked[stem].keys() and any("running_mean" in k for k in plain[stem])
+        for key in plain[stem]:
+            assert torch.equal(plain[stem][key], tracked[stem][key]), (stem, key)

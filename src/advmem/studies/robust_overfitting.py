@@ -6,8 +6,8 @@ one data set, once per seed (`--seeds N`: seeds 0..N-1; seed S sets the recipe's
 comparison), skipping runs already complete in the output folder (incomplete ones are resumed).
 Weight averaging (an EMA of the PGD-AT weights) is tracked inside the PGD-AT run. Every run also
 records the robust accuracy on its hardest training samples (the largest adversarial loss at
-the last epoch before the first learning-rate decay); where a setting tracks every training
-sample (noise40, clean), the section reports instead the 10% with the largest robust loss averaged
+the last epoch before the first learning-rate decay); since every setting tracks every training
+sample (per-sample tracking, every evaluated epoch), the section reports instead the 10% with the largest robust loss averaged
 over the tracked epochs up to the decay, with their mean robust loss (docs/robust-overfitting.md
 says why). Then the best (on the validation split:
 early stopping) and last checkpoints are evaluated on the test set through `advmem.evaluation`
@@ -111,14 +111,15 @@ SCALES: dict[str, dict[str, Any]] = {
 # 300 clean images, PGD-AT's test robust accuracy peaked near epoch 60 and fell by ~8 points by
 # epoch 120 while training robust accuracy kept rising. TE ramps up over epochs 40-80 there, to
 # full weight before the fall is under way, as the paper's ramp (90-150) brackets its first decay.
-# noise40 and clean also track every training sample (per_sample.parquet, every evaluated epoch) for
-# the memorized-samples grids and counts; noise20 does not, because its small-scale runs were trained
-# before the grids existed and adding tracking changes the recipe (`--set track.per_sample.every=4`
-# adds it, retraining those runs).
+# Every setting also tracks every training sample (per_sample.parquet, every evaluated epoch) for the
+# memorized-samples grids and counts and the hardest-samples curve (rule (c) of docs/memorization.md).
+# Tracking runs in eval mode on its own generator, so it leaves the training trajectory unchanged
+# (tests/test_tracker.py checks the weights); it does change the recipe, so a noise20 run
+# trained before 2026-12-02 without it is retrained.
 TRACK = {"tiny": "track.per_sample={every: 1, subset: all}", "small": "track.per_sample={every: 4, subset: all}"}
 SETTINGS: dict[str, dict[str, Any]] = {
     "noise20": {"section": SECTION, "about": "20% symmetric label noise (the default)",
-                "overrides": {"tiny": [], "small": []}},
+                "overrides": {"tiny": [TRACK["tiny"]], "small": [TRACK["small"]]}},
     "noise40": {"section": f"{SECTION}-noise40", "about": "40% symmetric label noise",
                 "overrides": {"tiny": ["data.label_noise={kind: symmetric, rate: 0.4, seed: 0}", TRACK["tiny"]],
                               "small": ["data.label_noise.rate=0.4", TRACK["small"]]}},
