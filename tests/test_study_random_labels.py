@@ -219,12 +219,14 @@ def test_rerun_skips_complete_runs_and_calls_analyses(tiny_study, monkeypatch, c
 
     def measure_runs(run_dirs, out_dir, **opts):
         calls["measures"] = len(run_dirs)
+        calls["margin_over"] = opts["settings"]["margin_over"]
         Path(out_dir).mkdir(parents=True, exist_ok=True)
-        (Path(out_dir) / "measures.md").write_text("| run | measure |\n|---|---|\n| x | 1 |\n")
+        (Path(out_dir) / "measures.md").write_text("# Complexity measures\n\n| run | measure |\n|---|---|\n| x | 1 |\n")
         return [{"run": Path(p).name} for p in run_dirs]
 
     monkeypatch.setitem(sys.modules, "advmem.analysis.grad_stability", types.SimpleNamespace(probe_runs=probe_runs))
-    monkeypatch.setitem(sys.modules, "advmem.analysis.measures", types.SimpleNamespace(measure_runs=measure_runs))
+    monkeypatch.setitem(sys.modules, "advmem.analysis.measures", types.SimpleNamespace(measure_runs=measure_runs,
+                                                                                    MeasureSettings=dict))
     args = Namespace(scale="tiny", out=str(out), device=None, set=[], reproduction=str(repro),
                      no_reproduction=False, quiet=True, seeds=None, parallel=1)
     assert random_labels.run(args) == 0
@@ -232,8 +234,12 @@ def test_rerun_skips_complete_runs_and_calls_analyses(tiny_study, monkeypatch, c
     assert err.count("complete, skipped") == 16  # the 8 runs and their 8 along-training replays
     assert "same-weights probe along training" not in err  # every probed checkpoint is cached
     assert mtimes == {run: (out / "runs" / run / "metrics.jsonl").stat().st_mtime_ns for run in RUNS}
-    assert calls == {"probe": RUNS, "measures": 8}
+    # margins over the correctly classified samples, as `advmem study measures` (no NaN measures)
+    assert calls == {"probe": RUNS, "measures": 8, "margin_over": "correct"}
     readme = (out / "README.md").read_text()
+    # the measures table sits in the section, before its Files line, without the analysis's own title
+    assert "\n# Complexity measures" not in readme
+    assert readme.index("| x | 1 |") < readme.index("Files: ")
     assert "Reproduced: **yes** (PGD-AT 5 vs TRADES 3, means)" in readme
     assert "PGD-AT random labels: 5 ± 5.7 (x_adv fixed: 0.1 ± 0)" in readme
     assert "TRADES random labels: 3 ± 0 (x_adv fixed: 0.1 ± 0)" in readme

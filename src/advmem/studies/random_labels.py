@@ -72,15 +72,17 @@ SCALES: dict[str, dict[str, Any]] = {
             "eval.every=1", "eval.attack.steps=2", "track.per_sample.every=1",
         ],
         "probe": {"directions": 2, "batch_size": 16, "alphas": [0.0, 1e-3, 1e-2, 1e-1]},
-        "measures": {},
+        "measures": {"margin_over": "correct"},
         "last_epochs": 1,
         "seeds": 2,  # two, so the smoke test exercises the seed machinery
     },
+    # measures: margins over the correctly classified samples, as `advmem study measures` (random-label
+    # runs fit under 90% of their samples, so the 10th percentile over all is <= 0: NaN measures)
     "small": {
         "recipes": {"pgd_at": "studies/random-labels-small-pgd-at", "trades": "studies/random-labels-small-trades"},
         "overrides": [],
         "probe": {"directions": 5, "batch_size": 128},
-        "measures": {},
+        "measures": {"margin_over": "correct"},
         "last_epochs": 10,
         "seeds": 3,
     },
@@ -88,7 +90,7 @@ SCALES: dict[str, dict[str, Any]] = {
         "recipes": {"pgd_at": "paper/cifar10-random-labels-pgd-at", "trades": "paper/cifar10-random-labels-trades"},
         "overrides": [],
         "probe": {"directions": 5, "batch_size": 128},
-        "measures": {},
+        "measures": {"margin_over": "correct"},
         "last_epochs": 10,
         "seeds": 1,  # CIFAR-10 WRN-28-10 for 300 epochs per run: ask for more with --seeds
     },
@@ -451,10 +453,15 @@ def markdown(results: dict[str, Any]) -> str:
     files += ["`measures/`"] if results.get("measures") is not None else []
     files += ["`memorized/`"] if results.get("memorized_markdown") else []
     lines += results.get("memorized_markdown") or []
-    lines += ["", "Files: " + ", ".join(files + ["`results.json`", "`runs/`"]) + "."]
     measures_md = results.get("measures_markdown")
     if measures_md:
-        lines += ["", "Complexity measures:", "", measures_md.strip()]
+        body = measures_md.strip().splitlines()
+        if body and body[0].startswith("# "):  # the analysis's own title: this section has its heading
+            body = body[1:]
+        lines += ["", "Complexity measures on these runs' last checkpoints (`advmem analyze measures`; the paper's "
+                  "test of them, over a family of models, is `advmem study measures` and its section):"]
+        lines += body
+    lines += ["", "Files: " + ", ".join(files + ["`results.json`", "`runs/`"]) + "."]
     return "\n".join(lines) + "\n"
 
 
@@ -491,6 +498,10 @@ def run_measures(run_paths: list[Path], out_dir: Path, opts: dict[str, Any], not
         log(notes[-1])
         return None
     log("complexity measures")
+    opts = dict(opts)
+    if "margin_over" in opts:
+        from advmem.analysis.measures import MeasureSettings
+        opts["settings"] = MeasureSettings(margin_over=opts.pop("margin_over"))
     return measure_runs(run_paths, out_dir, **opts)
 
 
