@@ -25,8 +25,8 @@ The same markdown becomes the `random-labels-SCALE` section of REPRODUCTION.md (
 paper scales, run inside the advmem checkout; tiny only with --reproduction PATH).
 
 Scales: tiny (synthetic data, seconds, for the tests), small (Fashion-MNIST subset on a CPU:
-one seed took 37 minutes on one quiet core, analyses included, so the default 3 seeds are about an
-hour on 2 cores with --parallel 2; docs/memorization.md), paper (the CIFAR-10 recipes of the paper,
+the default 3 seeds with every analysis took 68 minutes on one core, 45 of them training;
+docs/memorization.md), paper (the CIFAR-10 recipes of the paper,
 for a GPU).
 """
 
@@ -551,8 +551,8 @@ def train_and_probe_along(scale: str, args, recipes, replays, paths, order, seed
 def add_arguments(parser) -> None:
     add_study_arguments(
         parser, scales=SCALES, reproduction_scales=REPRODUCTION_SCALES, out="studies/random-labels-SCALE",
-        scale_help="tiny: synthetic smoke test (seconds); small: Fashion-MNIST subset on a CPU (one seed about "
-                   "37 min on one core; 3 seeds about an hour on 2 cores with --parallel 2); paper: the paper's "
+        scale_help="tiny: synthetic smoke test (seconds); small: Fashion-MNIST subset on a CPU (3 seeds with "
+                   "every analysis: 68 min on one core, less with --parallel 2); paper: the paper's "
                    "CIFAR-10 WRN-28-10 recipes (GPU)",
         device_help="device for training and analyses (default: the recipes' 'auto')",
         set_help="override a value in every recipe (repeatable), e.g. --set optim.epochs=50 (not seed or "
