@@ -563,7 +563,7 @@ def compute_lines(results: dict[str, Any]) -> list[str]:
     return ["Compute: minutes of training per run (the sum of its epoch times, per-epoch evaluation and tracking "
             "included, over every invocation that trained it; the final evaluation is not): "
             + "; ".join(f"{label} {pm(stats(v), percent=False)}" for label, v in per_method.items())
-            + f"; {total:.0f} run-minutes in all (two runs at a time with --parallel 2)."]
+            + f"; {total:.0f} run-minutes in all (summed per run, whatever --parallel was)."]
 
 
 def hardest_tracked_lines(results: dict[str, Any]) -> list[str]:
