@@ -60,6 +60,10 @@ AGG_KEYS = ("train_nat_acc", "train_rob_acc", "test_nat_acc", "test_rob_acc", "g
 CURVE_KEYS = ("train_nat_acc", "train_rob_acc", "test_nat_acc", "test_rob_acc", "grad_norm_sq")
 
 # Base recipes have random labels; the true-label runs are the same recipes with the noise off.
+# Complexity measures at every scale: margins over the correctly classified samples, as `advmem study
+# measures` (random-label runs fit under 90% of their samples, so the 10th percentile over all of
+# them is <= 0 and the margin-normalized measures would be NaN).
+MEASURES = {"margin_over": "correct"}
 SCALES: dict[str, dict[str, Any]] = {
     "tiny": {
         "recipes": {"pgd_at": "studies/random-labels-small-pgd-at", "trades": "studies/random-labels-small-trades"},
@@ -72,17 +76,15 @@ SCALES: dict[str, dict[str, Any]] = {
             "eval.every=1", "eval.attack.steps=2", "track.per_sample.every=1",
         ],
         "probe": {"directions": 2, "batch_size": 16, "alphas": [0.0, 1e-3, 1e-2, 1e-1]},
-        "measures": {"margin_over": "correct"},
+        "measures": MEASURES,
         "last_epochs": 1,
         "seeds": 2,  # two, so the smoke test exercises the seed machinery
     },
-    # measures: margins over the correctly classified samples, as `advmem study measures` (random-label
-    # runs fit under 90% of their samples, so the 10th percentile over all is <= 0: NaN measures)
     "small": {
         "recipes": {"pgd_at": "studies/random-labels-small-pgd-at", "trades": "studies/random-labels-small-trades"},
         "overrides": [],
         "probe": {"directions": 5, "batch_size": 128},
-        "measures": {"margin_over": "correct"},
+        "measures": MEASURES,
         "last_epochs": 10,
         "seeds": 3,
     },
@@ -90,7 +92,7 @@ SCALES: dict[str, dict[str, Any]] = {
         "recipes": {"pgd_at": "paper/cifar10-random-labels-pgd-at", "trades": "paper/cifar10-random-labels-trades"},
         "overrides": [],
         "probe": {"directions": 5, "batch_size": 128},
-        "measures": {"margin_over": "correct"},
+        "measures": MEASURES,
         "last_epochs": 10,
         "seeds": 1,  # CIFAR-10 WRN-28-10 for 300 epochs per run: ask for more with --seeds
     },

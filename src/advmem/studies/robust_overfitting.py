@@ -7,9 +7,9 @@ comparison), skipping runs already complete in the output folder (incomplete one
 Weight averaging (an EMA of the PGD-AT weights) is tracked inside the PGD-AT run. Every run also
 records the robust accuracy on its hardest training samples (the largest adversarial loss at
 the last epoch before the first learning-rate decay); since every setting tracks every training
-sample (per-sample tracking, every evaluated epoch), the section reports instead the 10% with the largest robust loss averaged
-over the tracked epochs up to the decay, with their mean robust loss (docs/robust-overfitting.md
-says why). Then the best (on the validation split:
+sample (every evaluated epoch), the section reports instead the 10% with the largest robust loss
+averaged over the tracked epochs up to the decay, with their mean robust loss
+(docs/robust-overfitting.md says why). Then the best (on the validation split:
 early stopping) and last checkpoints are evaluated on the test set through `advmem.evaluation`
 (its results cache, and AutoAttack with its sanity flags): natural and PGD-20 accuracy on the
 first `n_test` test images, AutoAttack (standard) on the first `--aa-n`.
