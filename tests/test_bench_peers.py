@@ -58,3 +58,30 @@ def test_peers_rows_share_initial_weights_and_evaluator(monkeypatch):
     assert "row / advmem epoch time" in "\n".join(section.summary)
     assert any(g.metric.startswith("Epoch time, the paper's loop / advmem, PGD-AT") for g in section.goals)
     assert "failed" not in text.lower()
+
+
+def test_bf16_row_is_opt_in_and_its_goal_needs_equal_accuracy(monkeypatch):
+    """The bf16 row says why it is missing on a CPU without native bf16; where it runs, its goal
+    rows are met only if the time ratio reaches the goal and the accuracy is within 2 SE."""
+    monkeypatch.setattr(peers, "native_bf16_cpu", lambda: False)
+    factory = peers.Factory(Settings(device=torch.device("cpu"), tiny=True), epochs=1)
+    v = factory.advmem("pgd_at", bf16=True)
+    assert v.missing and "no native bf16" in v.missing and v.model is None
+
+    def variant(family, pgd20):
+        return peers.Variant(family, "pgd_at", result={"nat": 0.8, "pgd20": pgd20})
+    keys = {}
+    times = {}
+    variants = []
+    for family, t, acc in (("advmem", 2.0, 0.50), ("bf16", 1.0, 0.49), ("paper", 3.0, 0.50), ("art", 2.5, 0.5)):
+        v = variant(family, acc)
+        v.model = torch.nn.Linear(1, 1)  # runnable
+        variants.append(v)
+        keys[id(v)] = family
+        times[family] = [t, t]
+    goals = {g.metric.split(", PGD-AT")[0]: g for g in peers.bf16_goals(variants, times, keys, 1000, "cpu")}
+    assert goals["Epoch time, the paper's loop / advmem bf16 (opt-in)"].met is True  # 3.0x, -1.0 pp
+    assert goals["Epoch time, IBM ART / advmem bf16 (opt-in)"].met is False  # 2.5x < 3x
+    variants[1].result["pgd20"] = 0.45  # -5 pp: beyond 2 SE (3.2 pp), the speed does not count
+    goals = {g.metric.split(", PGD-AT")[0]: g for g in peers.bf16_goals(variants, times, keys, 1000, "cpu")}
+    assert goals["Epoch time, the paper's loop / advmem bf16 (opt-in)"].met is False

@@ -7,8 +7,10 @@ one shared initial state), on the same images (a Fashion-MNIST subset, synthetic
 same shape when it is absent), with the same attack (Linf PGD-10, same eps and step) and the
 same optimizer (SGD, same lr, momentum and weight decay, constant lr):
 
-- advmem: `Trainer.train_epoch` at the toolkit's per-device `perf:` defaults; and the same
-  with channels_last, fold_bn and fast_pool off (what the kernel-level options contribute);
+- advmem: `Trainer.train_epoch` at the toolkit's per-device `perf:` defaults; the same with
+  channels_last, fold_bn and fast_pool off (what the kernel-level options contribute); and on a
+  CPU with native bf16 (AMX / AVX512-BF16), the same with `perf.precision: bf16`, opt-in because
+  it changes the arithmetic: its row says what it buys and what accuracy it keeps;
 - the paper's loop: `paper_loop.py` (the semantics of the memorization paper's code);
 - torchattacks: `PGD` / `TPGD` in a plain loop over a DataLoader;
 - IBM ART: `AdversarialTrainer` with `ProjectedGradientDescent` (Madry's protocol, ratio 1)
@@ -53,12 +55,15 @@ FAMILIES = {
     "torchattacks": "torchattacks{v} PGD / TPGD in a plain loop",
     "art": "IBM ART{v} adversarial trainers",
     "kernels_off": "advmem with channels_last, fold_bn and fast_pool off",
+    "bf16": "advmem with perf.precision: bf16 (opt-in: bf16 autocast on a CPU with native bf16)",
 }
 ROWS = {"torchattacks": {"pgd_at": "torchattacks{v} PGD in a plain loop", "trades": "torchattacks{v} TPGD in a plain loop"},
         "art": {"pgd_at": "IBM ART{v} AdversarialTrainer + ProjectedGradientDescent (Madry's protocol)",
                 "trades": "IBM ART{v} AdversarialTrainerTRADESPyTorch + ProjectedGradientDescent"}}
 SHORT = {"paper": "the paper's loop", "torchattacks": "torchattacks", "art": "IBM ART",
-         "kernels_off": "advmem with kernel options off"}
+         "kernels_off": "advmem with kernel options off", "bf16": "advmem bf16"}
+# advmem's own variants: not peers in the accuracy comparison
+OWN = ("advmem", "kernels_off", "bf16")
 GOALS = {"paper": (">= 2x (issue 18)", 2.0), "art": (">= 3x (issue 18)", 3.0)}
 
 
@@ -90,6 +95,11 @@ def peer_module(name: str):
         return importlib.import_module(name)
     except Exception:
         return None
+
+
+def native_bf16_cpu() -> bool:
+    """oneDNN runs bf16 natively here (AMX or AVX512-BF16; `ONEDNN_MAX_CPU_ISA` respected)."""
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
 def not_installed(module: str, method: str) -> Variant:
@@ -139,14 +149,21 @@ class Factory:
 
     # -- advmem
 
-    def advmem(self, method: str, kernels_off: bool = False) -> Variant:
+    def advmem(self, method: str, kernels_off: bool = False, bf16: bool = False) -> Variant:
+        family = "kernels_off" if kernels_off else "bf16" if bf16 else "advmem"
+        if bf16 and (self.settings.cuda or not native_bf16_cpu()):
+            why = ("bf16 is the CUDA default already" if self.settings.cuda
+                   else "this CPU has no native bf16 (AMX or AVX512-BF16): oneDNN would emulate it")
+            return Variant(family, method, missing=why)
         recipe = _recipe(self.settings, method, self.epochs)
         if kernels_off:
             recipe["perf"] = {"channels_last": False, "fold_bn": False, "fast_pool": False}
-        t = self.base if method == "pgd_at" and not kernels_off else make_trainer(recipe, self.settings)
+        if bf16:
+            recipe["perf"] = {"precision": "bf16"}
+        t = self.base if family == "advmem" and method == "pgd_at" else make_trainer(recipe, self.settings)
         t.model.load_state_dict(self.init)
         dev = self.settings.device
-        return Variant("kernels_off" if kernels_off else "advmem", method, t.model, t.optimizer,
+        return Variant(family, method, t.model, t.optimizer,
                        epoch=lambda e: t.train_epoch(e),
                        warm=lambda: t.train_step(self.warm_batch, 1, 1, fresh_sums(dev)))
 
@@ -243,7 +260,7 @@ def build_variants(factory: Factory) -> list[Variant]:
     out = []
     for method in METHODS:
         out += [factory.advmem(method), factory.paper(method), factory.torchattacks(method), factory.art(method),
-                factory.advmem(method, kernels_off=True)]
+                factory.advmem(method, kernels_off=True), factory.advmem(method, bf16=True)]
     return out
 
 
@@ -325,6 +342,7 @@ def _report(section: Section, settings: Settings, factory: Factory, variants: li
                                       f"{r_text}x", goal, None if limit is None else r.median >= limit))
         rows.append([label, METHODS[v.method], f"{median(ts):.2f}", r_text, f"{100 * v.result['nat']:.1f}",
                      f"{100 * v.result['pgd20']:.1f}"])
+    section.goals += bf16_goals(variants, times, keys, len(factory.test), dev.type)
     section.add(*table(["variant", "method", "epoch s (median)", "row / advmem", "natural %", "PGD-20 %"], rows), "")
     # the compact table at the top of the goal metrics
     lines = [[family, *[cells.get(m, "-") for m in METHODS]] for family, cells in summary.items()]
@@ -332,7 +350,7 @@ def _report(section: Section, settings: Settings, factory: Factory, variants: li
     for m in METHODS:
         ours = [100 * v.result["pgd20"] for v in variants if v.method == m and v.family == "advmem" and v.result]
         peers = [100 * v.result["pgd20"] for v in variants
-                 if v.method == m and v.family not in ("advmem", "kernels_off") and v.result]
+                 if v.method == m and v.family not in OWN and v.result]
         acc.append("-" if not ours else f"{ours[0]:.1f} vs {min(peers):.1f}-{max(peers):.1f}" if peers
                    else f"{ours[0]:.1f} (no peer ran)")
     lines.append([f"PGD-20 accuracy % after {rounds} epoch(s), advmem vs the peers", *acc])
@@ -340,6 +358,30 @@ def _report(section: Section, settings: Settings, factory: Factory, variants: li
         f"advmem against the tools researchers use (section 'Peers' below: same model, initial weights, data, "
         f"attack and optimizer; {clock}; accuracy by one common evaluator):", "",
         *table(["row / advmem epoch time (higher = advmem faster)", *METHODS.values()], lines), ""]
+
+
+def bf16_goals(variants: list[Variant], times, keys, n_test: int, device: str) -> list[Goal]:
+    """The issue's goals against advmem with the opt-in bf16: met only where the time ratio reaches the
+    goal AND bf16's PGD-20 accuracy is within two binomial standard errors of fp32 advmem's (1000
+    test images: about 3 points), so no speed is bought with a weaker model."""
+    out = []
+    for method in METHODS:
+        ours = {v.family: v for v in variants if v.method == method and v.family in ("advmem", "bf16")
+                and v.missing is None}
+        if "bf16" not in ours:
+            continue
+        p = ours["advmem"].result["pgd20"]
+        gap = 100 * (ours["bf16"].result["pgd20"] - p)
+        two_se = 200 * (p * (1 - p) / n_test) ** 0.5
+        same = abs(gap) <= two_se
+        for family, (goal, limit) in GOALS.items():
+            if not any(v.family == family and v.method == method and v.missing is None for v in variants):
+                continue
+            r = ratio(times[keys_for(variants, keys, method, family)], times[keys_for(variants, keys, method, "bf16")])
+            out.append(Goal(f"Epoch time, {SHORT[family]} / advmem bf16 (opt-in), {METHODS[method]}, {device}; "
+                            f"PGD-20 bf16 - fp32 {gap:+.1f} pp (2 SE {two_se:.1f})", f"{r.text()}x",
+                            f"{goal}, accuracy within 2 SE", r.median >= limit and same))
+    return out
 
 
 def keys_for(variants: list[Variant], keys: dict[int, str], method: str, family: str) -> str:
